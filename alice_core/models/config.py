@@ -1,0 +1,108 @@
+"""One config dataclass per model, with named presets."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import AliceError
+
+
+@dataclass(frozen=True)
+class WanDiTConfig:
+    """Architecture of a Wan2.x text-to-video DiT (official Wan naming of the hyper-parameters)."""
+
+    dim: int = 1536
+    ffn_dim: int = 8960
+    num_heads: int = 12
+    num_layers: int = 30
+    in_dim: int = 16
+    out_dim: int = 16
+    text_dim: int = 4096
+    text_len: int = 512
+    freq_dim: int = 256
+    patch_size: tuple[int, int, int] = (1, 2, 2)
+    eps: float = 1e-6
+    qk_norm: bool = True
+    cross_attn_norm: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        if self.dim % self.num_heads:
+            raise AliceError(f"DiT config: dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if (self.dim // self.num_heads) % 2:
+            raise AliceError(f"DiT config: head dim {self.dim // self.num_heads} must be even for RoPE")
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.num_heads
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["patch_size"] = list(self.patch_size)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "WanDiTConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise AliceError(f"DiT config: unknown keys {unknown}; allowed keys are {sorted(known)}")
+        return cls(**d)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "WanDiTConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+DIT_PRESETS: dict[str, WanDiTConfig] = {
+    "wan2.1-t2v-1.3b": WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+    "wan2.1-t2v-14b": WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.2-ti2v-5b": WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48),
+}
+
+
+def dit_preset(name: str) -> WanDiTConfig:
+    """A named DiT preset; the error lists the valid names."""
+    try:
+        return DIT_PRESETS[name]
+    except KeyError:
+        raise AliceError(f"unknown DiT preset {name!r}; choose one of {sorted(DIT_PRESETS)}") from None
+
+
+@dataclass(frozen=True)
+class WanVAEConfig:
+    """Architecture of the Wan2.1 video VAE (causal 3D convolutions, stride 4x8x8)."""
+
+    base_dim: int = 96
+    z_dim: int = 16
+    dim_mult: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 2
+    temporal_downsample: tuple[bool, ...] = (False, True, True)
+    latents_mean: tuple[float, ...] = (
+        -0.7571, -0.7089, -0.9113, 0.1075, -0.1745, 0.9653, -0.1517, 1.5508,
+        0.4134, -0.0715, 0.5517, -0.3632, -0.1922, -0.9497, 0.2503, -0.2921,
+    )
+    latents_std: tuple[float, ...] = (
+        2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
+        3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
+    )
+
+    def __post_init__(self) -> None:
+        for name in ("dim_mult", "temporal_downsample", "latents_mean", "latents_std"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        if len(self.latents_mean) != self.z_dim or len(self.latents_std) != self.z_dim:
+            raise AliceError(
+                f"VAE config: latents_mean/latents_std need {self.z_dim} values (z_dim), "
+                f"got {len(self.latents_mean)}/{len(self.latents_std)}"
+            )
+
+    @property
+    def spatial_stride(self) -> int:
+        return 2 ** (len(self.dim_mult) - 1)
+
+    @property
+    def temporal_stride(self) -> int:
+        return 2 ** sum(self.temporal_downsample)
