@@ -1,0 +1,1 @@
+"""Checkpoint formats: reading files safely, detecting layouts, converting state dicts."""

@@ -1,0 +1,138 @@
+"""DiT state-dict layouts: detection, conversion to the official Wan naming, and architecture from shapes.
+
+Alice's `WanDiT` uses the official Wan key names, so every other layout is converted to that one.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import torch
+
+from ..errors import AliceError
+from ..models.config import WanDiTConfig
+
+# diffusers -> official Wan, applied in order to each key (block-level names first).
+_DIFFUSERS_TO_OFFICIAL: list[tuple[str, str]] = [
+    (r"^condition_embedder\.time_embedder\.linear_1\.", "time_embedding.0."),
+    (r"^condition_embedder\.time_embedder\.linear_2\.", "time_embedding.2."),
+    (r"^condition_embedder\.text_embedder\.linear_1\.", "text_embedding.0."),
+    (r"^condition_embedder\.text_embedder\.linear_2\.", "text_embedding.2."),
+    (r"^condition_embedder\.time_proj\.", "time_projection.1."),
+    (r"^scale_shift_table$", "head.modulation"),
+    (r"^proj_out\.", "head.head."),
+    (r"^(blocks\.\d+)\.scale_shift_table$", r"\1.modulation"),
+    (r"^(blocks\.\d+)\.attn1\.to_out\.0\.", r"\1.self_attn.o."),
+    (r"^(blocks\.\d+)\.attn1\.to_([qkv])\.", r"\1.self_attn.\2."),
+    (r"^(blocks\.\d+)\.attn1\.norm_([qk])\.", r"\1.self_attn.norm_\2."),
+    (r"^(blocks\.\d+)\.attn2\.to_out\.0\.", r"\1.cross_attn.o."),
+    (r"^(blocks\.\d+)\.attn2\.to_([qkv])\.", r"\1.cross_attn.\2."),
+    (r"^(blocks\.\d+)\.attn2\.norm_([qk])\.", r"\1.cross_attn.norm_\2."),
+    # diffusers swaps norm2/norm3: its affine cross-attention norm is `norm2`.
+    (r"^(blocks\.\d+)\.norm2\.", r"\1.norm3."),
+    (r"^(blocks\.\d+)\.ffn\.net\.0\.proj\.", r"\1.ffn.0."),
+    (r"^(blocks\.\d+)\.ffn\.net\.2\.", r"\1.ffn.2."),
+]
+_COMPILED = [(re.compile(p), r) for p, r in _DIFFUSERS_TO_OFFICIAL]
+
+LAYOUTS = ("official", "rcm", "diffusers")
+
+
+def detect_dit_layout(state: dict[str, torch.Tensor]) -> str:
+    """'official' (Wan / ComfyUI / TurboDiffusion naming), 'rcm' (rCM .pt: `net.` prefix or 2-D patch embedding)
+    or 'diffusers'; raises if the keys fit none."""
+    keys = set(state)
+    if "head.modulation" in keys or "net.head.modulation" in keys:
+        patch = state.get("patch_embedding.weight", state.get("net.patch_embedding.weight"))
+        if any(k.startswith("net.") for k in keys) or (patch is not None and patch.ndim == 2):
+            return "rcm"
+        return "official"
+    if "scale_shift_table" in keys and "proj_out.weight" in keys:
+        return "diffusers"
+    sample = sorted(keys)[:6]
+    raise AliceError(
+        "not a Wan DiT checkpoint: expected `head.modulation` (official Wan / rCM) or `scale_shift_table` + "
+        f"`proj_out.weight` (diffusers); found keys like {sample}"
+    )
+
+
+def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    out = {}
+    for key, value in state.items():
+        new = key
+        for pattern, repl in _COMPILED:
+            new, n = pattern.subn(repl, new)
+            if n:
+                break
+        out[new] = value
+    return out
+
+
+def rcm_to_official(state: dict[str, torch.Tensor], patch_size: tuple[int, int, int] = (1, 2, 2)) -> dict[str, torch.Tensor]:
+    """Strip rCM's optional `net.` prefix and turn its Linear patch embedding [dim, C*kt*kh*kw] back into the Conv3d
+    weight [dim, C, kt, kh, kw] (rCM flattens it in (c, kt, kh, kw) order)."""
+    out = {(k[4:] if k.startswith("net.") else k): v for k, v in state.items()}
+    patch = out.get("patch_embedding.weight")
+    if patch is not None and patch.ndim == 2:
+        per_channel = math.prod(patch_size)
+        if patch.shape[1] % per_channel:
+            raise AliceError(
+                f"rCM patch_embedding.weight has shape {tuple(patch.shape)}; its second dim must be in_dim*{per_channel}"
+            )
+        out["patch_embedding.weight"] = patch.reshape(patch.shape[0], patch.shape[1] // per_channel, *patch_size)
+    return out
+
+
+def to_official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    layout = detect_dit_layout(state)
+    if layout == "diffusers":
+        return diffusers_to_official(state)
+    if layout == "rcm":
+        return rcm_to_official(state)
+    return dict(state)
+
+
+def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = None, text_len: int = 512) -> WanDiTConfig:
+    """Architecture from the shapes of an official-layout state dict. Real Wan models use head_dim 128, which
+    gives num_heads when it is not stored with the file."""
+    try:
+        dim = state["head.modulation"].shape[-1]
+        patch_w = state["patch_embedding.weight"]
+        in_dim, patch_size = patch_w.shape[1], tuple(patch_w.shape[2:])
+        ffn_dim = state["blocks.0.ffn.0.weight"].shape[0]
+        text_dim = state["text_embedding.0.weight"].shape[1]
+        freq_dim = state["time_embedding.0.weight"].shape[1]
+        out_dim = state["head.head.weight"].shape[0] // math.prod(patch_size)
+    except KeyError as exc:
+        raise AliceError(f"Wan DiT checkpoint is missing the key {exc.args[0]!r}") from None
+    num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
+    if num_heads is None:
+        if dim % 128:
+            raise AliceError(f"cannot infer num_heads for dim {dim} (not a multiple of 128); store a config with the file")
+        num_heads = dim // 128
+    return WanDiTConfig(
+        dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=num_layers, in_dim=in_dim, out_dim=out_dim,
+        text_dim=text_dim, text_len=text_len, freq_dim=freq_dim, patch_size=patch_size,
+        qk_norm="blocks.0.self_attn.norm_q.weight" in state, cross_attn_norm="blocks.0.norm3.weight" in state,
+    )
+
+
+def check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Raise one clear error listing missing / unexpected keys and shape mismatches."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [
+        f"{k}: expected {tuple(expected[k].shape)}, found {tuple(state[k].shape)}"
+        for k in sorted(set(state) & set(expected))
+        if tuple(state[k].shape) != tuple(expected[k].shape)
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} keys (e.g. {unexpected[:3]})")
+        if wrong:
+            parts.append(f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})")
+        raise AliceError(f"{source}: checkpoint does not fit the model architecture: " + "; ".join(parts))

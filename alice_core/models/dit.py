@@ -1,0 +1,212 @@
+"""The Wan2.1 text-to-video DiT in plain PyTorch.
+
+Module names follow the official Wan checkpoints (`blocks.N.self_attn.q`, `ffn.0`, `modulation`, `head.head`, ...),
+so official and rCM state dicts load without renaming; other layouts are converted in `alice_core.loading`.
+Layers come from an injected `ops` namespace (see `ops.py`) so fp8 / NF4 layers swap in.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import AliceError
+from .config import WanDiTConfig
+from .ops import StandardOps
+
+
+def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
+    """Wan's timestep embedding: [cos, sin] of position * 10000^(-i/half), computed in float64."""
+    half = dim // 2
+    position = position.to(torch.float64)
+    freqs = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=position.device) / half)
+    angles = torch.outer(position, freqs)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def rope_frequency_split(head_dim: int) -> tuple[int, int, int]:
+    """Channel pairs given to time, height and width (44/42/42 channels for head_dim 128)."""
+    hw = 2 * (head_dim // 6)
+    return (head_dim - 2 * hw) // 2, hw // 2, hw // 2
+
+
+def rope_cos_sin(head_dim: int, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token grid."""
+    tables = []
+    for n_pairs, size in zip(rope_frequency_split(head_dim), grid):
+        # Each axis uses the frequencies it would have as a 1D RoPE of 2*n_pairs channels (theta 1e4).
+        inv = 1.0 / torch.pow(10000.0, torch.arange(0, 2 * n_pairs, 2, dtype=torch.float64, device=device) / (2 * n_pairs))
+        tables.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), inv))
+    f, h, w = grid
+    angles = torch.cat(
+        [
+            tables[0][:, None, None, :].expand(f, h, w, -1),
+            tables[1][None, :, None, :].expand(f, h, w, -1),
+            tables[2][None, None, :, :].expand(f, h, w, -1),
+        ],
+        dim=-1,
+    ).reshape(f * h * w, -1)
+    return torch.cos(angles).float(), torch.sin(angles).float()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (complex multiplication, as Wan does)."""
+    xf = x.float().unflatten(-1, (-1, 2))
+    real, imag = xf[..., 0], xf[..., 1]
+    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
+    return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2)
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Multi-head attention on [B, L, heads, head_dim] tensors."""
+    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    return out.transpose(1, 2).flatten(2)
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = ops.Linear(cfg.dim, cfg.dim)
+        self.k = ops.Linear(cfg.dim, cfg.dim)
+        self.v = ops.Linear(cfg.dim, cfg.dim)
+        self.o = ops.Linear(cfg.dim, cfg.dim)
+        # RMSNorm over the full dim, across heads (not per head).
+        self.norm_q = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        v = self.v(x)
+        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), *rope).to(v.dtype)
+        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1)), *rope).to(v.dtype)
+        return self.o(attention(q, k, v.unflatten(-1, (self.num_heads, -1))))
+
+
+class CrossAttention(nn.Module):
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        self.num_heads = cfg.num_heads
+        self.q = ops.Linear(cfg.dim, cfg.dim)
+        self.k = ops.Linear(cfg.dim, cfg.dim)
+        self.v = ops.Linear(cfg.dim, cfg.dim)
+        self.o = ops.Linear(cfg.dim, cfg.dim)
+        self.norm_q = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+        self.norm_k = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        v = self.v(context)
+        q = self.norm_q(self.q(x)).to(v.dtype).unflatten(-1, (self.num_heads, -1))
+        k = self.norm_k(self.k(context)).to(v.dtype).unflatten(-1, (self.num_heads, -1))
+        return self.o(attention(q, k, v.unflatten(-1, (self.num_heads, -1))))
+
+
+class FeedForward(nn.Sequential):
+    """Linear -> GELU(tanh) -> Linear; indices 0 and 2 match the official `ffn.0` / `ffn.2` keys."""
+
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__(ops.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.ffn_dim, cfg.dim))
+
+
+class WanBlock(nn.Module):
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        self.norm1 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(cfg, ops)
+        # norm3 (affine) sits before cross-attention; it is the only block norm with parameters.
+        self.norm3 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
+        self.cross_attn = CrossAttention(cfg, ops)
+        self.norm2 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.ffn = FeedForward(cfg, ops)
+        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # Modulation math in float32: shift/scale/gate for attention, then for the FFN.
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + e0).unbind(1)
+        y = self.self_attn(self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None], rope)
+        x = x + y.float() * gate_a[:, None]
+        x = x + self.cross_attn(self.norm3(x), context).float()
+        y = self.ffn(self.norm2(x) * (1 + scale_f[:, None]) + shift_f[:, None])
+        return x + y.float() * gate_f[:, None]
+
+
+class Head(nn.Module):
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        self.norm = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
+        self.head = ops.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
+        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+
+    def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.modulation.float() + e[:, None]).unbind(1)
+        return self.head(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
+
+
+class WanDiT(nn.Module):
+    """Wan2.1 T2V DiT. `model(x, t, context) -> velocity` (flow matching, v = noise - x0).
+
+    x: [B, in_dim, F, H, W] latents; t: [B] timesteps in Wan's 0..1000 units; context: [B, L, text_dim] text states,
+    L <= text_len (zero-padded here to text_len as Wan does).
+    """
+
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        self.config = cfg
+        self.patch_embedding = ops.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.dim, cfg.dim))
+        self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), ops.Linear(cfg.dim, cfg.dim))
+        self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(cfg.dim, cfg.dim * 6))
+        self.blocks = nn.ModuleList([WanBlock(cfg, ops) for _ in range(cfg.num_layers)])
+        self.head = Head(cfg, ops)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.head.weight.dtype if self.head.head.weight.is_floating_point() else torch.bfloat16
+
+    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> None:
+        cfg = self.config
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            raise AliceError(f"DiT input must be [B, {cfg.in_dim}, F, H, W] latents, got shape {tuple(x.shape)}")
+        pt, ph, pw = cfg.patch_size
+        if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
+            raise AliceError(f"latent size {tuple(x.shape[2:])} is not divisible by the patch size {cfg.patch_size}")
+        if t.shape != (x.shape[0],):
+            raise AliceError(f"timesteps must have shape [B]=[{x.shape[0]}], got {tuple(t.shape)}")
+        if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.text_dim:
+            raise AliceError(
+                f"text context must be [B={x.shape[0]}, L, text_dim={cfg.text_dim}], got {tuple(context.shape)}; "
+                "is the text encoder the one this model was trained with?"
+            )
+        if context.shape[1] > cfg.text_len:
+            raise AliceError(f"text context has {context.shape[1]} tokens, more than the model's text_len {cfg.text_len}")
+
+    def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Time embedding e [B, dim] (used by the head) and the per-block modulation input e0 [B, 6, dim]."""
+        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).float()).float()
+        e0 = self.time_projection(e).float().unflatten(1, (6, self.config.dim))
+        return e, e0
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        cfg = self.config
+        self.check_inputs(x, t, context)
+        tokens = self.patch_embedding(x)
+        grid = tuple(tokens.shape[2:])
+        tokens = tokens.flatten(2).transpose(1, 2).float()
+        rope = rope_cos_sin(cfg.head_dim, grid, x.device)
+
+        e, e0 = self.embed_time(t)
+        context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        context = self.text_embedding(context)
+
+        for block in self.blocks:
+            tokens = block(tokens, e0, context, rope)
+        return self.unpatchify(self.head(tokens, e), grid).to(x.dtype)
+
+    def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        """[B, L, out_dim * prod(patch)] -> [B, out_dim, F, H, W]."""
+        (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
+        x = tokens.float().view(tokens.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        x = torch.einsum("bfhwpqrc->bcfphqwr", x)
+        return x.reshape(tokens.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)

@@ -1,0 +1,53 @@
+"""Layer namespace injected into the models, so quantised layers swap in without touching model code.
+
+The models never name `nn.Linear` directly: they take an `ops` object whose `Linear`, `Conv3d`,
+`LayerNorm` and `RMSNorm` build the layers (the ComfyUI pattern). Quantised namespaces subclass
+`StandardOps` and replace `Linear`.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Linear(nn.Linear):
+    """nn.Linear that casts its input to the weight dtype, so a float32 residual stream can feed bf16 layers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+
+
+class Conv3d(nn.Conv3d):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x.to(self.weight.dtype))
+
+
+class LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in float32 whatever the weight dtype (Wan keeps its norms in fp32)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight.float() if self.weight is not None else None
+        b = self.bias.float() if self.bias is not None else None
+        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+
+
+class RMSNorm(nn.Module):
+    """Wan's RMSNorm: x / rms(x) * weight, in float32."""
+
+    def __init__(self, dim: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        xf = x.float()
+        return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+
+
+class StandardOps:
+    Linear = Linear
+    Conv3d = Conv3d
+    LayerNorm = LayerNorm
+    RMSNorm = RMSNorm
