@@ -1,0 +1,115 @@
+"""The `alice` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .errors import AliceError
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
+
+
+def _add_generate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm or .gif (never overwritten)")
+    p.add_argument("--model", default=None, help="bundled model name (default alice-tiny), bundle folder or checkpoint file")
+    p.add_argument("--vae", default=None, help="Wan2.1 VAE file (for a single checkpoint file)")
+    p.add_argument("--text-encoder", default=None, help="text encoder: 'minilm' or a umT5 folder")
+    p.add_argument("--sampler", choices=("rcm", "teacher"), default="rcm")
+    p.add_argument("--steps", type=int, default=None, help="rcm: 1-4 (default 4); teacher: default 50")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="4k+1 frames (model default if omitted)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--guidance", type=float, default=None, help="teacher CFG scale")
+    p.add_argument("--shift", type=float, default=None, help="teacher flow shift")
+    p.add_argument("--sigma-max", type=float, default=None, help="rCM starting sigma (default 80)")
+    p.add_argument("--ode", action="store_true", help="rCM: deterministic ODE steps instead of re-noising")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--crf", type=int, default=19, help="mp4/webm quality (lower is better)")
+
+
+def _check_output_path(output: str) -> Path:
+    path = Path(output).expanduser()
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise AliceError(f"output {path} must end in {', '.join(VIDEO_SUFFIXES)}")
+    if path.exists():
+        raise AliceError(f"{path} already exists; choose another -o path or delete it")
+    if not path.parent.is_dir():
+        raise AliceError(f"output folder {path.parent} does not exist; create it first")
+    return path
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from .pipeline import GenerationSettings, load_pipeline
+
+    output = _check_output_path(args.output)
+    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device)
+    settings = GenerationSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
+        steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
+        sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift,
+    )
+    pipe.resolve(settings)  # fail on bad settings before any work
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int, _x0) -> None:
+        bar.total = total
+        bar.update(1)
+
+    try:
+        video = pipe.generate(settings, progress=progress)
+    finally:
+        bar.close()
+    path = pipe.save(video, output, crf=args.crf)
+    t = video.timings
+    print(path)
+    print(
+        f"text encoding {t['text_encoding']:.2f}s, sampling {t['sampling']:.2f}s "
+        f"({video.settings.sampler}, {video.settings.steps} steps), decoding {t['decoding']:.2f}s"
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alice", description="Alice: fast 4-step text-to-video")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_generate(sub)
+    sub.add_parser("models", help="list bundled models")
+    return parser
+
+
+def cmd_models(_args: argparse.Namespace) -> int:
+    from .bundle import bundled_models
+
+    for name in bundled_models():
+        print(name)
+    return 0
+
+
+COMMANDS = {"generate": cmd_generate, "models": cmd_models}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except AliceError as exc:
+        print(f"alice: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alice: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""One straight path: prompt -> text embeddings -> latents -> frames -> file."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .bundle import SAMPLERS, ModelBundle, resolve_bundle
+from .errors import AliceError
+from .models.dit import WanDiT
+from .models.interfaces import TextEncoder, VideoAutoencoder
+from .sampling import RCM_MAX_STEPS, ProgressFn, StepControl, sample_flow_matching, sample_rcm
+
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+DEFAULT_STEPS = {"rcm": 4, "teacher": 50}
+MAX_TEACHER_STEPS = 1000
+
+
+@dataclass
+class GenerationSettings:
+    """What to generate. None means "the model's default"."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    seed: int = 0
+    sampler: str = "rcm"
+    steps: int | None = None
+    width: int | None = None
+    height: int | None = None
+    frames: int | None = None
+    fps: int | None = None
+    sigma_max: float | None = None
+    ode: bool = False
+    guidance: float | None = None
+    shift: float | None = None
+
+
+@dataclass
+class GeneratedVideo:
+    frames: np.ndarray                 # uint8 [F, H, W, 3]
+    settings: GenerationSettings       # fully resolved
+    model_name: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def metadata(self) -> dict[str, str | int | float]:
+        meta = {k: v for k, v in dataclasses.asdict(self.settings).items() if v is not None}
+        meta.update(model=self.model_name, software=f"alice {__version__}")
+        return meta
+
+
+class VideoPipeline:
+    def __init__(
+        self,
+        name: str,
+        text_encoder: TextEncoder,
+        autoencoder: VideoAutoencoder,
+        dits: dict[str, WanDiT],
+        defaults: dict | None = None,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        if not dits:
+            raise AliceError(f"model {name!r} has no DiT weights")
+        self.name = name
+        self.text_encoder = text_encoder
+        self.autoencoder = autoencoder
+        self.dits = dits
+        self.defaults = defaults or {}
+        self.device = torch.device(device)
+
+    # -- settings -----------------------------------------------------------------------------------------------
+    def resolve(self, s: GenerationSettings) -> GenerationSettings:
+        """Fill defaults and validate, with errors that name the fix."""
+        d = self.defaults
+        if not s.prompt or not s.prompt.strip():
+            raise AliceError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
+        if s.sampler not in SAMPLERS:
+            raise AliceError(f"unknown sampler {s.sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if s.sampler not in self.dits:
+            raise AliceError(
+                f"model {self.name!r} has no weights for the {s.sampler!r} sampler; use --sampler "
+                f"{' or '.join(self.dits)}"
+            )
+        r = dataclasses.replace(
+            s,
+            negative_prompt=s.negative_prompt if s.negative_prompt is not None else d.get("negative_prompt", ""),
+            steps=s.steps if s.steps is not None else d.get(f"{s.sampler}_steps", DEFAULT_STEPS[s.sampler]),
+            width=s.width or d.get("width", 832),
+            height=s.height or d.get("height", 480),
+            frames=s.frames or d.get("frames", 81),
+            fps=s.fps or d.get("fps", 16),
+            sigma_max=s.sigma_max if s.sigma_max is not None else d.get("sigma_max", 80.0),
+            guidance=s.guidance if s.guidance is not None else d.get("guidance", 5.0),
+            shift=s.shift if s.shift is not None else d.get("shift", 5.0),
+        )
+        max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
+        if not 1 <= r.steps <= max_steps:
+            raise AliceError(f"steps must be 1..{max_steps} for the {r.sampler} sampler, got {r.steps}")
+        ts = self.autoencoder.temporal_stride
+        if r.frames < 1 or (r.frames - 1) % ts:
+            raise AliceError(f"frames must be {ts}k+1 (e.g. {4 * ts + 1}), got {r.frames}; use --frames {self._nearest_frames(r.frames)}")
+        multiple = self.autoencoder.spatial_stride * self.dits[r.sampler].config.patch_size[1]
+        for label, value in (("width", r.width), ("height", r.height)):
+            if value < multiple or value % multiple:
+                fixed = max(multiple, round(value / multiple) * multiple)
+                raise AliceError(f"{label} must be a multiple of {multiple}, got {value}; use --{label} {fixed}")
+        if not 1 <= r.fps <= 120:
+            raise AliceError(f"fps must be 1..120, got {r.fps}")
+        if not 0 <= r.seed < 2**63:
+            raise AliceError(f"seed must be 0..2^63-1, got {r.seed}")
+        return r
+
+    def _nearest_frames(self, frames: int) -> int:
+        ts = self.autoencoder.temporal_stride
+        return max(1, round((frames - 1) / ts)) * ts + 1
+
+    # -- the path ------------------------------------------------------------------------------------------------
+    def encode_text(self, prompts: list[str]) -> torch.Tensor:
+        return self.text_encoder.encode(prompts).to(self.device)
+
+    def latent_shape(self, s: GenerationSettings) -> tuple[int, int, int, int, int]:
+        ae = self.autoencoder
+        return (1, ae.latent_channels, 1 + (s.frames - 1) // ae.temporal_stride, s.height // ae.spatial_stride, s.width // ae.spatial_stride)
+
+    def sample(
+        self,
+        s: GenerationSettings,
+        context: torch.Tensor,
+        negative_context: torch.Tensor | None,
+        control: StepControl,
+    ) -> torch.Tensor:
+        dit = self.dits[s.sampler]
+        dtype = dit.dtype
+        if dtype in (torch.bfloat16, torch.float16):
+            control.timestep_dtype = dtype
+
+        def velocity(ctx: torch.Tensor):
+            def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+                with torch.inference_mode():
+                    return dit(x.to(dtype), t, ctx.to(dtype)).float()
+            return fn
+
+        generator = torch.Generator().manual_seed(s.seed)
+        shape = self.latent_shape(s)
+        if s.sampler == "rcm":
+            return sample_rcm(velocity(context), shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
+        uncond = velocity(negative_context) if negative_context is not None else None
+        return sample_flow_matching(velocity(context), uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            video = self.autoencoder.decode(latents)
+        frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return frames.permute(1, 2, 3, 0).cpu().numpy()
+
+    def generate(
+        self,
+        settings: GenerationSettings,
+        progress: ProgressFn | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> GeneratedVideo:
+        s = self.resolve(settings)
+        timings = {}
+        start = time.perf_counter()
+        if s.sampler == "teacher" and s.guidance != 1.0:
+            both = self.encode_text([s.prompt, s.negative_prompt])
+            context, negative = both[:1], both[1:]
+        else:
+            context, negative = self.encode_text([s.prompt]), None
+        timings["text_encoding"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        latents = self.sample(s, context, negative, StepControl(progress=progress, should_cancel=should_cancel))
+        timings["sampling"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        frames = self.decode(latents)
+        timings["decoding"] = time.perf_counter() - start
+        return GeneratedVideo(frames=frames, settings=s, model_name=self.name, timings=timings)
+
+    def save(self, video: GeneratedVideo, path: str | Path, crf: int = 19) -> Path:
+        from .video_io import write_video
+
+        return write_video(video.frames, path, fps=video.settings.fps, metadata=video.metadata(), crf=crf)
+
+
+# -- loading --------------------------------------------------------------------------------------------------------
+def parse_precision(precision: str) -> torch.dtype:
+    try:
+        return PRECISIONS[precision]
+    except KeyError:
+        raise AliceError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}") from None
+
+
+def load_autoencoder(spec: dict, folder: Path, dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
+    kind = spec.get("type")
+    if kind == "space_to_depth":
+        from .models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
+
+        return SpaceToDepthAutoencoder(SpaceToDepthConfig(**{k: v for k, v in spec.items() if k != "type"}))
+    if kind == "wan_vae":
+        from .loading.vae_keys import load_wan_vae
+
+        return load_wan_vae(folder / spec["file"], dtype=dtype)
+    raise AliceError(f"{folder / 'model.json'}: autoencoder.type must be 'space_to_depth' or 'wan_vae', got {kind!r}")
+
+
+def load_pipeline(
+    model: str | None = None,
+    precision: str = "fp32",
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    device: str = "cpu",
+) -> VideoPipeline:
+    """A pipeline for a bundled model name, a bundle folder, or a Wan checkpoint file (+ `vae` and `text_encoder`)."""
+    from .loading.dit import load_dit
+    from .models.text_encoders import load_text_encoder
+
+    dtype = parse_precision(precision)
+    bundle = resolve_bundle(model)
+    if bundle is not None:
+        te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder))
+        ae = load_autoencoder({"type": "wan_vae", "file": str(Path(vae).resolve())}, Path("."), dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
+        dits = {k: load_dit(p, dtype=dtype).to(device) for k, p in bundle.dits.items()}
+        return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
+
+    # A single checkpoint: the same weights serve whichever sampler the user picks.
+    if vae is None or text_encoder is None:
+        raise AliceError(
+            f"{model} is a single DiT checkpoint: also pass --vae PATH (Wan2.1 VAE) and --text-encoder PATH (umT5 folder)"
+        )
+    from .loading.vae_keys import load_wan_vae
+
+    dit = load_dit(model, dtype=dtype).to(device)
+    return VideoPipeline(Path(model).stem, load_text_encoder(text_encoder), load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, {}, device)
+
+
+def _bundle_path(bundle: ModelBundle, ref: str) -> str:
+    return ref if ref == "minilm" else str(bundle.folder / ref)

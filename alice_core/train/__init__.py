@@ -1,0 +1,1 @@
+"""Training: flow-matching teacher, rCM distillation, LoRA finetune (loss math, loops and data kept apart)."""

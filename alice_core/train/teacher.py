@@ -1,0 +1,149 @@
+"""Training the tiny teacher: the Wan DiT with flow matching, time shift and caption dropout (for CFG).
+
+One command (`alice train teacher`), resumable from an atomically written checkpoint, seeded, with a progress bar.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ..models.config import WanDiTConfig
+from ..models.dit import WanDiT
+from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
+from .data import CachedTextEncoder, SyntheticVideoData, video_statistics
+from .flow_matching import flow_matching_loss, sample_training_times
+from .state import EMA, load_checkpoint, save_atomic, training_device
+
+TINY_TEXT_LEN = 32
+
+
+def tiny_dit_config(in_dim: int = 768) -> WanDiTConfig:
+    """alice-tiny's DiT: Wan architecture at 6 layers x 256 wide, MiniLM text (384-d)."""
+    return WanDiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=6, in_dim=in_dim, out_dim=in_dim,
+                        text_dim=384, text_len=TINY_TEXT_LEN)
+
+
+@dataclass
+class TeacherTrainConfig:
+    steps: int = 20000
+    batch_size: int = 32
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    shift: float = 3.0
+    size: int = 64
+    frames: int = 17
+    seed: int = 0
+    checkpoint_every: int = 100
+    dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
+
+
+def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
+    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+
+
+def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | None = None, threads: int | None = None,
+                  max_minutes: float | None = None) -> Path:
+    """Train (or resume) until cfg.steps or max_minutes; returns the checkpoint path."""
+    from ..models.text_encoders import MiniLMTextEncoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out_dir / "checkpoint.pt"
+    dev = training_device(device)
+
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None:
+        cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
+    dit_cfg = WanDiTConfig.from_dict(cfg.dit)
+    torch.manual_seed(cfg.seed)
+    model = WanDiT(dit_cfg).to(dev).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
+    ema = EMA(model, cfg.ema_decay)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    rng = np.random.default_rng(cfg.seed + 2)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        if "optimizer" in state:
+            opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        step = int(state["step"])
+        norm = tuple(state["latent_norm"])
+    else:
+        norm = video_statistics(np.random.default_rng(cfg.seed + 3), 256, cfg.size, cfg.frames)
+
+    ae = SpaceToDepthAutoencoder(SpaceToDepthConfig(mean=norm[0], std=norm[1]))
+    text = CachedTextEncoder(MiniLMTextEncoder(), dit_cfg.text_len)
+    null_context = text.encode([""])[0]
+    data = SyntheticVideoData(ae, text, size=cfg.size, frames=cfg.frames, rng=rng)
+
+    def save() -> None:
+        save_atomic({
+            "config": asdict(cfg), "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+            "optimizer": opt.state_dict(), "torch_rng": gen.get_state(),
+            "numpy_rng": json.dumps(rng.bit_generator.state), "latent_norm": list(norm),
+        }, ckpt_path)
+
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+    bar = tqdm(total=cfg.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True)
+    log = (out_dir / "loss.csv").open("a")
+    try:
+        while step < cfg.steps and time.monotonic() < deadline:
+            x0, ctx, _ = data.batch(cfg.batch_size)
+            drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
+            ctx[drop] = null_context
+            s = sample_training_times(cfg.batch_size, cfg.shift, gen)
+            noise = torch.randn(x0.shape, generator=gen)
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            ema.update(model, step)
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+            log.write(f"{step},{loss.item():.6f}\n")
+            if step % cfg.checkpoint_every == 0:
+                log.flush()
+                save()
+    finally:
+        bar.close()
+        log.close()
+    save()
+    return ckpt_path
+
+
+def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float16) -> Path:
+    """Write the (EMA) weights of a training checkpoint as an Alice DiT safetensors file with its config."""
+    from safetensors.torch import save_file
+
+    from ..loading.dit import CONFIG_METADATA_KEY
+
+    state = load_checkpoint(checkpoint)
+    weights = state["ema" if use_ema else "model"]
+    cfg = WanDiTConfig.from_dict(state["config"]["dit"])
+    out_file = Path(out_file)
+    tmp = out_file.with_name(f".{out_file.name}.tmp")
+    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(tmp),
+              metadata={CONFIG_METADATA_KEY: json.dumps(cfg.to_dict()), "step": str(state["step"])})
+    tmp.replace(out_file)
+    return out_file
