@@ -80,10 +80,43 @@ def cmd_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train alice-tiny stages (resumable: rerun the same command to continue)")
+    stages = p.add_subparsers(dest="stage", required=True)
+    t = stages.add_parser("teacher", help="flow-matching teacher on procedurally rendered clips")
+    t.add_argument("--out", required=True, help="run folder (checkpoint.pt, loss.csv); resumes if it has a checkpoint")
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--size", type=int, default=64)
+    t.add_argument("--frames", type=int, default=17)
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
+    t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
+    e.add_argument("checkpoint")
+    e.add_argument("output")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.teacher import TeacherTrainConfig, export_dit, train_teacher
+
+    if args.stage == "export":
+        print(export_dit(args.checkpoint, args.output))
+        return 0
+    cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
+                             frames=args.frames, checkpoint_every=args.checkpoint_every)
+    print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alice", description="Alice: fast 4-step text-to-video")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
+    _add_train(sub)
     sub.add_parser("models", help="list bundled models")
     return parser
 
@@ -96,7 +129,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models}
+COMMANDS = {"generate": cmd_generate, "models": cmd_models, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -161,6 +161,21 @@ class WanDiT(nn.Module):
         self.blocks = nn.ModuleList([WanBlock(cfg, ops) for _ in range(cfg.num_layers)])
         self.head = Head(cfg, ops)
 
+    def init_weights(self) -> "WanDiT":
+        """Fresh-training init as Wan does it: Xavier linears with zero biases, small-normal embeddings and a
+        zero output head, so an untrained model predicts v = 0 and early training is stable."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+        return self
+
     @property
     def dtype(self) -> torch.dtype:
         return self.head.head.weight.dtype if self.head.head.weight.is_floating_point() else torch.bfloat16

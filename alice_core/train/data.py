@@ -48,7 +48,7 @@ class SyntheticVideoData:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        from ..world import make_training_batch
+        from ..world.captions import make_training_batch
 
         clips, captions = make_training_batch(self.rng, n, size=self.size, frames=self.frames, hard_weights=self.hard_weights)
         latents = self.autoencoder.encode(clips_to_video(clips))
@@ -58,7 +58,7 @@ class SyntheticVideoData:
 def video_statistics(rng: np.random.Generator, n: int, size: int, frames: int) -> tuple[float, float]:
     """Mean and std of pixel values over n rendered clips: the space-to-depth latent is a permutation of the
     pixels, so these normalise its latents to zero mean and unit variance."""
-    from ..world import make_training_batch
+    from ..world.captions import make_training_batch
 
     clips, _ = make_training_batch(rng, n, size=size, frames=frames, hard_weights=None)
     video = clips_to_video(clips)

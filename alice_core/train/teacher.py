@@ -34,7 +34,7 @@ def tiny_dit_config(in_dim: int = 768) -> WanDiTConfig:
 @dataclass
 class TeacherTrainConfig:
     steps: int = 20000
-    batch_size: int = 32
+    batch_size: int = 16
     lr: float = 3e-4
     warmup_steps: int = 200
     weight_decay: float = 0.01
@@ -70,7 +70,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
     dit_cfg = WanDiTConfig.from_dict(cfg.dit)
     torch.manual_seed(cfg.seed)
-    model = WanDiT(dit_cfg).to(dev).train()
+    model = WanDiT(dit_cfg).init_weights().to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)

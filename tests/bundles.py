@@ -1,0 +1,38 @@
+"""Small random-weight model bundles for tests (random weights are for tests only, never a user default)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from alice_core.bundle import ModelBundle
+from alice_core.loading.dit import CONFIG_METADATA_KEY
+from alice_core.models.config import WanDiTConfig
+from alice_core.models.dit import WanDiT
+
+
+def save_dit(model: WanDiT, path: Path) -> Path:
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path),
+              metadata={CONFIG_METADATA_KEY: json.dumps(model.config.to_dict())})
+    return path
+
+
+def random_tiny_bundle(folder: Path, seed: int = 0) -> ModelBundle:
+    """space-to-depth (stride 4) latents, MiniLM text, a 1-layer DiT for each sampler; 32x32, 9 frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(seed)
+    cfg = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=192, out_dim=192, text_dim=384, text_len=32)
+    dits = {}
+    for sampler in ("rcm", "teacher"):
+        dits[sampler] = save_dit(WanDiT(cfg), folder / f"dit_{sampler}.safetensors")
+    bundle = ModelBundle(
+        name="random-test", folder=folder, dits=dits,
+        autoencoder={"type": "space_to_depth", "spatial_stride": 4, "temporal_stride": 4, "mean": 0.0, "std": 0.5},
+        text_encoder="minilm",
+        defaults={"width": 32, "height": 32, "frames": 9, "fps": 8, "teacher_steps": 6, "guidance": 3.0},
+    )
+    bundle.write()
+    return bundle

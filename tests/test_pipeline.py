@@ -1,0 +1,137 @@
+"""The straight path prompt -> file, through the pipeline and the `alice` CLI, on random tiny weights."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from alice_core.cli import main
+from alice_core.errors import AliceError
+from alice_core.pipeline import GenerationSettings, load_pipeline
+from alice_core.video_io import read_video, read_video_metadata
+
+from .bundles import random_tiny_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return random_tiny_bundle(tmp_path_factory.mktemp("bundle"))
+
+
+@pytest.fixture(scope="module")
+def pipe(bundle):
+    return load_pipeline(str(bundle.folder))
+
+
+def test_generate_shapes_and_determinism(pipe):
+    a = pipe.generate(GenerationSettings("a red ball bouncing", seed=3))
+    b = pipe.generate(GenerationSettings("a red ball bouncing", seed=3))
+    c = pipe.generate(GenerationSettings("a red ball bouncing", seed=4))
+    assert a.frames.shape == (9, 32, 32, 3) and a.frames.dtype == np.uint8
+    assert np.array_equal(a.frames, b.frames)
+    assert not np.array_equal(a.frames, c.frames)
+    assert set(a.timings) == {"text_encoding", "sampling", "decoding"}
+
+
+def test_prompt_changes_the_video(pipe):
+    a = pipe.generate(GenerationSettings("a red ball bouncing", seed=3))
+    b = pipe.generate(GenerationSettings("a blue square moving left", seed=3))
+    assert not np.array_equal(a.frames, b.frames)
+
+
+def test_teacher_sampler_runs_its_steps(pipe):
+    steps = []
+    video = pipe.generate(GenerationSettings("a cat", sampler="teacher"), progress=lambda d, n, x: steps.append((d, n)))
+    assert steps[-1] == (6, 6) and len(steps) == 6  # the bundle's default teacher step count
+    assert video.settings.guidance == 3.0
+
+
+@pytest.mark.parametrize(
+    "change,message",
+    [
+        ({"frames": 10}, "frames must be 4k\\+1"),
+        ({"width": 30}, "width must be a multiple of 8"),
+        ({"height": 0}, "height must be a multiple of 8"),
+        ({"steps": 5}, "steps must be 1..4"),
+        ({"steps": 0}, "steps must be 1..4"),
+        ({"sampler": "euler"}, "unknown sampler"),
+        ({"prompt": "  "}, "prompt is empty"),
+    ],
+)
+def test_bad_settings_name_the_fix(pipe, change, message):
+    settings = GenerationSettings(**{"prompt": "a red ball", **change})
+    with pytest.raises(AliceError, match=message):
+        pipe.resolve(settings)
+
+
+def test_cli_writes_mp4_with_metadata(bundle, tmp_path, capsys):
+    out = tmp_path / "out.mp4"
+    rc = main(["generate", "a green triangle sliding up", "-o", str(out), "--model", str(bundle.folder), "--seed", "11", "--frames", "13", "--width", "48"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert str(out) in printed and "sampling" in printed and "decoding" in printed and "text encoding" in printed
+    frames, fps = read_video(out)
+    assert frames.shape == (13, 32, 48, 3) and fps == pytest.approx(8)
+    meta = read_video_metadata(out)
+    assert meta["prompt"] == "a green triangle sliding up"
+    assert str(meta["seed"]) == "11" and str(meta["steps"]) == "4" and meta["sampler"] == "rcm"
+    assert meta["model"] == "random-test"
+
+
+@pytest.mark.parametrize("suffix", [".webm", ".gif"])
+def test_cli_other_formats(bundle, tmp_path, suffix):
+    out = tmp_path / f"out{suffix}"
+    assert main(["generate", "a ball", "-o", str(out), "--model", str(bundle.folder)]) == 0
+    frames, _ = read_video(out)
+    assert frames.shape == (9, 32, 32, 3)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--frames", "10"], "frames must be 4k+1"),
+        (["--width", "50"], "width must be a multiple of 8; use --width 48"),
+        (["--steps", "7"], "steps must be 1..4"),
+        (["--model", "/nonexistent/model.safetensors"], "not found"),
+    ],
+)
+def test_cli_bad_input_one_line_nonzero_no_file(bundle, tmp_path, capsys, args, message):
+    out = tmp_path / "bad.mp4"
+    argv = ["generate", "a ball", "-o", str(out), "--model", str(bundle.folder), *args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_cli_wrong_architecture_file(tmp_path, capsys):
+    from safetensors.torch import save_file
+    import torch
+
+    bad = tmp_path / "vae_not_dit.safetensors"
+    save_file({"encoder.conv1.weight": torch.zeros(4, 3, 3, 3, 3)}, str(bad))
+    out = tmp_path / "x.mp4"
+    assert main(["generate", "a ball", "-o", str(out), "--model", str(bad), "--vae", str(bad), "--text-encoder", "minilm"]) == 2
+    err = capsys.readouterr().err
+    assert "not a Wan DiT checkpoint" in err and str(bad) in err
+    assert not out.exists()
+
+
+def test_cli_refuses_to_overwrite(bundle, tmp_path, capsys):
+    out = tmp_path / "exists.mp4"
+    out.write_bytes(b"keep me")
+    assert main(["generate", "a ball", "-o", str(out), "--model", str(bundle.folder)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_console_script_runs(bundle, tmp_path):
+    out = tmp_path / "cli.gif"
+    proc = subprocess.run(
+        [sys.executable, "-m", "alice_core", "generate", "a ball", "-o", str(out), "--model", str(bundle.folder)],
+        capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert out.exists()
