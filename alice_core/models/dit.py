@@ -7,6 +7,7 @@ Layers come from an injected `ops` namespace (see `ops.py`) so fp8 / NF4 layers 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -15,7 +16,7 @@ from torch import nn
 
 from ..errors import AliceError
 from .config import WanDiTConfig
-from .ops import StandardOps
+from .ops import StandardOps, upcast
 
 
 def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -33,7 +34,9 @@ def rope_frequency_split(head_dim: int) -> tuple[int, int, int]:
     return (head_dim - 2 * hw) // 2, hw // 2, hw // 2
 
 
-def rope_cos_sin(head_dim: int, grid: tuple[int, int, int], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_cos_sin(
+    head_dim: int, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype = torch.float32
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token grid."""
     tables = []
     for n_pairs, size in zip(rope_frequency_split(head_dim), grid):
@@ -49,20 +52,40 @@ def rope_cos_sin(head_dim: int, grid: tuple[int, int, int], device: torch.device
         ],
         dim=-1,
     ).reshape(f * h * w, -1)
-    return torch.cos(angles).float(), torch.sin(angles).float()
+    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (complex multiplication, as Wan does)."""
-    xf = x.float().unflatten(-1, (-1, 2))
+    xf = upcast(x).unflatten(-1, (-1, 2))
     real, imag = xf[..., 0], xf[..., 1]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
     return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2)
 
 
+_MATH_ATTENTION = False
+
+
+@contextlib.contextmanager
+def math_attention():
+    """Use explicit softmax(QK^T)V attention inside this block: the fused SDPA kernels have no forward-mode AD,
+    which the rCM trainer's exact JVP (torch.func.jvp) needs."""
+    global _MATH_ATTENTION
+    previous, _MATH_ATTENTION = _MATH_ATTENTION, True
+    try:
+        yield
+    finally:
+        _MATH_ATTENTION = previous
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Multi-head attention on [B, L, heads, head_dim] tensors."""
-    out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if _MATH_ATTENTION:
+        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
+        out = weights @ v
+    else:
+        out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(1, 2).flatten(2)
 
 
@@ -124,12 +147,12 @@ class WanBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         # Modulation math in float32: shift/scale/gate for attention, then for the FFN.
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (self.modulation.float() + e0).unbind(1)
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (upcast(self.modulation) + e0).unbind(1)
         y = self.self_attn(self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None], rope)
-        x = x + y.float() * gate_a[:, None]
-        x = x + self.cross_attn(self.norm3(x), context).float()
+        x = x + upcast(y) * gate_a[:, None]
+        x = x + upcast(self.cross_attn(self.norm3(x), context))
         y = self.ffn(self.norm2(x) * (1 + scale_f[:, None]) + shift_f[:, None])
-        return x + y.float() * gate_f[:, None]
+        return x + upcast(y) * gate_f[:, None]
 
 
 class Head(nn.Module):
@@ -140,7 +163,7 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (self.modulation.float() + e[:, None]).unbind(1)
+        shift, scale = (upcast(self.modulation) + e[:, None]).unbind(1)
         return self.head(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
 
 
@@ -199,8 +222,9 @@ class WanDiT(nn.Module):
 
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Time embedding e [B, dim] (used by the head) and the per-block modulation input e0 [B, 6, dim]."""
-        e = self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).float()).float()
-        e0 = self.time_projection(e).float().unflatten(1, (6, self.config.dim))
+        dtype = upcast(self.head.modulation).dtype
+        e = upcast(self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(dtype)))
+        e0 = upcast(self.time_projection(e)).unflatten(1, (6, self.config.dim))
         return e, e0
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
@@ -208,8 +232,8 @@ class WanDiT(nn.Module):
         self.check_inputs(x, t, context)
         tokens = self.patch_embedding(x)
         grid = tuple(tokens.shape[2:])
-        tokens = tokens.flatten(2).transpose(1, 2).float()
-        rope = rope_cos_sin(cfg.head_dim, grid, x.device)
+        tokens = upcast(tokens.flatten(2).transpose(1, 2))
+        rope = rope_cos_sin(cfg.head_dim, grid, x.device, tokens.dtype)
 
         e, e0 = self.embed_time(t)
         context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
@@ -222,6 +246,6 @@ class WanDiT(nn.Module):
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
         """[B, L, out_dim * prod(patch)] -> [B, out_dim, F, H, W]."""
         (f, h, w), (pt, ph, pw) = grid, self.config.patch_size
-        x = tokens.float().view(tokens.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
+        x = upcast(tokens).view(tokens.shape[0], f, h, w, pt, ph, pw, self.config.out_dim)
         x = torch.einsum("bfhwpqrc->bcfphqwr", x)
         return x.reshape(tokens.shape[0], self.config.out_dim, f * pt, h * ph, w * pw)

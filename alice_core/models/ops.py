@@ -12,6 +12,12 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def upcast(x: torch.Tensor) -> torch.Tensor:
+    """Float32 for the precision-sensitive parts (norms, modulation, residual stream); float64 stays float64 so
+    numerical checks (finite differences) can run the whole model in double precision."""
+    return x if x.dtype == torch.float64 else x.float()
+
+
 class Linear(nn.Linear):
     """nn.Linear that casts its input to the weight dtype, so a float32 residual stream can feed bf16 layers."""
 
@@ -28,9 +34,10 @@ class LayerNorm(nn.LayerNorm):
     """LayerNorm computed in float32 whatever the weight dtype (Wan keeps its norms in fp32)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.layer_norm(x.float(), self.normalized_shape, w, b, self.eps)
+        x = upcast(x)
+        w = self.weight.to(x.dtype) if self.weight is not None else None
+        b = self.bias.to(x.dtype) if self.bias is not None else None
+        return F.layer_norm(x, self.normalized_shape, w, b, self.eps)
 
 
 class RMSNorm(nn.Module):
@@ -42,8 +49,8 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.float()
+        xf = upcast(x)
+        return xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + self.eps) * self.weight.to(xf.dtype)
 
 
 class StandardOps:
