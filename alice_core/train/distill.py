@@ -1,0 +1,232 @@
+"""The rCM distillation loop: student (from the teacher) trained with sCM + DMD, a fake-score critic, EMA.
+
+Switches: mode "rcm" (both), "scm" (consistency only), "dmd" (score distillation only). Multi-process data
+parallel through torch.distributed (gloo on CPU, nccl on GPU): gradients are averaged explicitly after each
+backward, so every replica applies the same update and stays identical.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..bundle import ModelBundle
+from ..errors import AliceError
+from ..loading.dit import load_dit
+from ..models.dit import WanDiT
+from .data import CachedTextEncoder, SyntheticVideoData
+from .rcm import TrigFlow, backward_simulation, critic_loss, dmd_loss, sample_lognormal_angles, sample_shifted_angles, scm_loss
+from .state import EMA, load_checkpoint, save_atomic, training_device
+
+MODES = {"rcm": (100.0, 1.0), "scm": (100.0, 0.0), "dmd": (0.0, 1.0)}  # (sCM loss scale, DMD loss scale)
+
+
+@dataclass
+class DistillConfig:
+    mode: str = "rcm"
+    steps: int = 4000
+    batch_size: int = 8
+    student_lr: float = 5e-5
+    fake_score_lr: float = 5e-5
+    betas: tuple[float, float] = (0.0, 0.999)
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    guidance: float = 3.0           # teacher CFG folded into the targets: the student needs one pass per step
+    p_mean: float = 0.7             # sCM time distribution (rCM's 1.3B values)
+    p_std: float = 1.6
+    dmd_shift: float = 5.0
+    tangent_warmup: int = 200
+    student_update_freq: int = 5
+    max_simulation_steps: int = 4
+    ema_decay: float = 0.999
+    seed: int = 0
+    checkpoint_every: int = 50
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise AliceError(f"distillation mode must be one of {sorted(MODES)}, got {self.mode!r}")
+        self.betas = tuple(self.betas)
+
+
+def _rank_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(model: torch.nn.Module, world: int) -> None:
+    if world == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+            p.grad.div_(world)
+
+
+class Distiller:
+    """Holds the three networks and their optimisers; `step()` runs one student or critic iteration."""
+
+    def __init__(self, teacher: WanDiT, cfg: DistillConfig, data: SyntheticVideoData, null_context: torch.Tensor,
+                 device: torch.device) -> None:
+        self.cfg = cfg
+        self.data = data
+        self.device = device
+        self.scm_scale, self.dmd_scale = MODES[cfg.mode]
+        self.teacher = teacher.to(device).eval().requires_grad_(False)
+        # Student and fake score both start from the teacher (rCM's set_up_model).
+        self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
+        self.fake = copy.deepcopy(self.teacher).train().requires_grad_(True) if self.dmd_scale > 0 else None
+        self.opt_student = torch.optim.AdamW(self.student.parameters(), lr=cfg.student_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt_fake = (torch.optim.AdamW(self.fake.parameters(), lr=cfg.fake_score_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+                         if self.fake is not None else None)
+        self.ema = EMA(self.student, cfg.ema_decay)
+        self.null_context = null_context.to(device)
+        rank, self.world = _rank_world()
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+        self.iteration = 0
+
+    # TrigFlow views are rebuilt per call so they always wrap the current modules.
+    def _tf(self, net: WanDiT) -> TrigFlow:
+        return TrigFlow(net)
+
+    def is_student_phase(self, it: int) -> bool:
+        if self.fake is None or (self.scm_scale > 0 and it < self.cfg.tangent_warmup):
+            return True
+        return it % self.cfg.student_update_freq == 0
+
+    def warmup_ratio(self, it: int) -> float:
+        return 1.0 if self.cfg.tangent_warmup <= 0 else min(1.0, it / self.cfg.tangent_warmup)
+
+    def step(self) -> dict[str, float]:
+        cfg, it = self.cfg, self.iteration
+        x0, ctx, _ = self.data.batch(cfg.batch_size)
+        x0, ctx = x0.to(self.device), ctx.to(self.device)
+        null = self.null_context.expand_as(ctx)
+        logs: dict[str, float] = {}
+        n_sim = it % cfg.max_simulation_steps + 1
+        if self.is_student_phase(it):
+            self.opt_student.zero_grad(set_to_none=True)
+            if self.scm_scale > 0:
+                t = sample_lognormal_angles(cfg.batch_size, cfg.p_mean, cfg.p_std, self.gen).to(self.device)
+                noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+                out = scm_loss(self._tf(self.student), self._tf(self.teacher), x0, ctx, null, t, noise, cfg.guidance,
+                               self.warmup_ratio(it), self.scm_scale)
+                out.loss.backward()
+                logs["scm"] = out.loss.item()
+            dmd_active = self.dmd_scale > 0 and (self.scm_scale == 0 or it >= cfg.tangent_warmup)
+            if dmd_active:
+                g = backward_simulation(self._tf(self.student), tuple(x0.shape), ctx, n_sim, self.gen)
+                t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen).to(self.device)
+                noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+                loss = dmd_loss(g, self._tf(self.fake), self._tf(self.teacher), ctx, null, t_d, noise, cfg.guidance, self.dmd_scale)
+                loss.backward()
+                logs["dmd"] = loss.item()
+            _average_gradients(self.student, self.world)
+            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+            self.opt_student.step()
+            self.ema.update(self.student, it)
+        else:
+            with torch.no_grad():
+                g = backward_simulation(self._tf(self.student), tuple(x0.shape), ctx, n_sim, self.gen)
+            t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen).to(self.device)
+            noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+            self.opt_fake.zero_grad(set_to_none=True)
+            loss = critic_loss(self._tf(self.fake), g, ctx, t_d, noise)
+            loss.backward()
+            _average_gradients(self.fake, self.world)
+            torch.nn.utils.clip_grad_norm_(self.fake.parameters(), cfg.grad_clip)
+            self.opt_fake.step()
+            logs["critic"] = loss.item()
+        self.iteration += 1
+        return logs
+
+    def state_dict(self) -> dict:
+        state = {
+            "config": {**asdict(self.cfg), "dit": self.teacher.config.to_dict()},
+            "step": self.iteration, "student": self.student.state_dict(), "ema": self.ema.state_dict(),
+            "opt_student": self.opt_student.state_dict(), "torch_rng": self.gen.get_state(),
+            "numpy_rng": json.dumps(self.data.rng.bit_generator.state),
+        }
+        if self.fake is not None:
+            state.update(fake=self.fake.state_dict(), opt_fake=self.opt_fake.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt_student.load_state_dict(state["opt_student"])
+        if self.fake is not None:
+            self.fake.load_state_dict(state["fake"])
+            self.opt_fake.load_state_dict(state["opt_fake"])
+        self.gen.set_state(state["torch_rng"])
+        self.data.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        self.iteration = int(state["step"])
+
+
+def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str | None = None) -> Distiller:
+    """A Distiller for the teacher of a model bundle, fed with rendered clips at the bundle's default size."""
+    from ..models.text_encoders import load_text_encoder
+    from ..pipeline import load_autoencoder
+
+    bundle = ModelBundle.read(teacher_bundle)
+    if "teacher" not in bundle.dits:
+        raise AliceError(f"{bundle.folder / 'model.json'}: no 'teacher' entry in dits; distillation needs the teacher")
+    dev = training_device(device)
+    rank, _ = _rank_world()
+    teacher = load_dit(bundle.dits["teacher"]).float()
+    autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder)
+    te = load_text_encoder(bundle.text_encoder if bundle.text_encoder == "minilm" else str(bundle.folder / bundle.text_encoder))
+    text = CachedTextEncoder(te, teacher.config.text_len)
+    d = bundle.defaults
+    data = SyntheticVideoData(autoencoder, text, size=d.get("width", 64), frames=d.get("frames", 17),
+                              rng=np.random.default_rng(cfg.seed * 1000 + rank))
+    return Distiller(teacher, cfg, data, text.encode([""]), dev)
+
+
+def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path, device: str | None = None,
+            threads: int | None = None, max_minutes: float | None = None) -> Path:
+    """Run (or resume) distillation into out_dir/checkpoint.pt; only rank 0 writes."""
+    if threads:
+        torch.set_num_threads(threads)
+    out_dir = Path(out_dir)
+    ckpt = out_dir / "checkpoint.pt"
+    rank, _ = _rank_world()
+    distiller = build_distiller(teacher_bundle, cfg, device)
+    if ckpt.exists():
+        distiller.load_state_dict(load_checkpoint(ckpt))
+    deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
+    bar = tqdm(total=cfg.steps, initial=distiller.iteration, desc=f"distill[{cfg.mode}]", unit="it", disable=rank != 0)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log = (out_dir / "loss.jsonl").open("a") if rank == 0 else None
+    try:
+        while distiller.iteration < cfg.steps and time.monotonic() < deadline:
+            logs = distiller.step()
+            bar.update(1)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
+            if log:
+                log.write(json.dumps({"it": distiller.iteration, **logs}) + "\n")
+            if rank == 0 and distiller.iteration % cfg.checkpoint_every == 0:
+                save_atomic(distiller.state_dict(), ckpt)
+    finally:
+        bar.close()
+        if log:
+            log.close()
+    if rank == 0:
+        save_atomic(distiller.state_dict(), ckpt)
+    return ckpt
+
+
+def init_distributed_from_env() -> None:
+    """Join a process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
