@@ -18,7 +18,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default=None, help="bundled model name (default alice-tiny), bundle folder or checkpoint file")
     p.add_argument("--vae", default=None, help="Wan2.1 VAE file (for a single checkpoint file)")
     p.add_argument("--text-encoder", default=None, help="text encoder: 'minilm' or a umT5 folder")
-    p.add_argument("--sampler", choices=("rcm", "teacher"), default="rcm")
+    p.add_argument("--sampler", choices=("rcm", "teacher"), default=None, help="default: the model's (rcm for alice-tiny)")
     p.add_argument("--steps", type=int, default=None, help="rcm: 1-4 (default 4); teacher: default 50")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--frames", type=int, default=None, help="4k+1 frames (model default if omitted)")
@@ -98,17 +98,81 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
     e.add_argument("checkpoint")
     e.add_argument("output")
+    d = stages.add_parser("distill", help="rCM distillation of a bundle's teacher into a 4-step student")
+    d.add_argument("--teacher-bundle", required=True, help="model bundle folder holding the teacher")
+    d.add_argument("--out", required=True, help="run folder; resumes if it has a checkpoint")
+    d.add_argument("--mode", choices=("rcm", "scm", "dmd"), default="rcm")
+    d.add_argument("--steps", type=int, default=4000)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--guidance", type=float, default=3.0, help="teacher CFG folded into the student")
+    d.add_argument("--lr", type=float, default=5e-5)
+    d.add_argument("--tangent-warmup", type=int, default=200)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--checkpoint-every", type=int, default=50)
+    d.add_argument("--max-minutes", type=float, default=None)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--device", default=None)
+    b = stages.add_parser("bundle", help="assemble a model bundle (model.json + weights) from training runs")
+    b.add_argument("--teacher-run", required=True)
+    b.add_argument("--student-run", default=None)
+    b.add_argument("--out", required=True, help="bundle folder, e.g. alice_core/bundled/alice-tiny")
+    b.add_argument("--name", default="alice-tiny")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.teacher import TeacherTrainConfig, export_dit, train_teacher
+    from .train.teacher import TeacherTrainConfig, export_dit, train_teacher, write_tiny_bundle
 
     if args.stage == "export":
         print(export_dit(args.checkpoint, args.output))
         return 0
+    if args.stage == "bundle":
+        print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
+        return 0
+    if args.stage == "distill":
+        from .train.distill import DistillConfig, distill, init_distributed_from_env
+
+        init_distributed_from_env()
+        cfg = DistillConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
+                            student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
+                            seed=args.seed, checkpoint_every=args.checkpoint_every)
+        print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes))
+        return 0
     cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
                              frames=args.frames, checkpoint_every=args.checkpoint_every)
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="score a model on SynthBench's held-out prompts (table with 95% CIs over seeds)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--runs", default="rcm:4,teacher:50", help="comma-separated sampler:steps[:guidance]")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--split", default="heldout", choices=("heldout", "train_check"))
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from .bench import BenchRun, bench_pipeline, format_bench_table
+    from .pipeline import load_pipeline
+    from .world import synthbench_prompts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = [BenchRun.parse(r) for r in args.runs.split(",") if r]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise AliceError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    prompts = synthbench_prompts(args.split)[: args.limit]
+    table = format_bench_table(bench_pipeline(load_pipeline(args.model), runs, prompts, seeds))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
     return 0
 
 
@@ -117,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_generate(sub)
     _add_train(sub)
+    _add_bench(sub)
     sub.add_parser("models", help="list bundled models")
     return parser
 
@@ -129,7 +194,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models, "train": cmd_train}
+COMMANDS = {"generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ class GenerationSettings:
     prompt: str
     negative_prompt: str | None = None
     seed: int = 0
-    sampler: str = "rcm"
+    sampler: str | None = None
     steps: int | None = None
     width: int | None = None
     height: int | None = None
@@ -80,6 +80,7 @@ class VideoPipeline:
         d = self.defaults
         if not s.prompt or not s.prompt.strip():
             raise AliceError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
+        s = dataclasses.replace(s, sampler=s.sampler or d.get("sampler", "rcm"))
         if s.sampler not in SAMPLERS:
             raise AliceError(f"unknown sampler {s.sampler!r}; use one of {', '.join(SAMPLERS)}")
         if s.sampler not in self.dits:

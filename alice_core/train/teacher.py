@@ -147,3 +147,30 @@ def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = Tru
               metadata={CONFIG_METADATA_KEY: json.dumps(cfg.to_dict()), "step": str(state["step"])})
     tmp.replace(out_file)
     return out_file
+
+
+def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: str | Path | None = None,
+                      name: str = "alice-tiny") -> Path:
+    """A model bundle from a teacher run (and a distilled student run): fp16 EMA weights, the latent
+    normalisation the teacher was trained with, and alice-tiny's defaults."""
+    from ..bundle import ModelBundle
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    teacher_state = load_checkpoint(Path(teacher_run) / "checkpoint.pt")
+    mean, std = teacher_state["latent_norm"]
+    tcfg = teacher_state["config"]
+    dits = {"teacher": export_dit(Path(teacher_run) / "checkpoint.pt", folder / "teacher.safetensors")}
+    if student_run is not None:
+        dits["rcm"] = export_dit(Path(student_run) / "checkpoint.pt", folder / "student.safetensors")
+    bundle = ModelBundle(
+        name=name, folder=folder, dits=dits,
+        autoencoder={"type": "space_to_depth", "spatial_stride": 8, "temporal_stride": 4, "mean": mean, "std": std},
+        text_encoder="minilm",
+        defaults={
+            "sampler": "rcm" if "rcm" in dits else "teacher", "width": tcfg["size"], "height": tcfg["size"],
+            "frames": tcfg["frames"], "fps": 8, "teacher_steps": 50, "guidance": 3.0, "shift": tcfg["shift"],
+            "sigma_max": 80.0, "negative_prompt": "",
+        },
+    )
+    return bundle.write()
