@@ -145,6 +145,7 @@ def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = Tru
     tmp = out_file.with_name(f".{out_file.name}.tmp")
     save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(tmp),
               metadata={CONFIG_METADATA_KEY: json.dumps(cfg.to_dict()), "step": str(state["step"])})
+    tmp.chmod(0o644)  # safetensors creates 0600 files; shipped weights must be readable by everyone
     tmp.replace(out_file)
     return out_file
 
