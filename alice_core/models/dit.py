@@ -89,7 +89,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor
     return out.transpose(1, 2).flatten(2)
 
 
-class SelfAttention(nn.Module):
+class Attention(nn.Module):
+    """q/k/v/o projections with RMSNorm on q and k over the full dim (across heads, not per head)."""
+
     def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
@@ -97,33 +99,29 @@ class SelfAttention(nn.Module):
         self.k = ops.Linear(cfg.dim, cfg.dim)
         self.v = ops.Linear(cfg.dim, cfg.dim)
         self.o = ops.Linear(cfg.dim, cfg.dim)
-        # RMSNorm over the full dim, across heads (not per head).
         self.norm_q = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
         self.norm_k = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
 
+    def heads(self, x: torch.Tensor) -> torch.Tensor:
+        return x.unflatten(-1, (self.num_heads, -1))
+
+
+class SelfAttention(Attention):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         v = self.v(x)
-        q = apply_rope(self.norm_q(self.q(x)).unflatten(-1, (self.num_heads, -1)), *rope).to(v.dtype)
-        k = apply_rope(self.norm_k(self.k(x)).unflatten(-1, (self.num_heads, -1)), *rope).to(v.dtype)
-        return self.o(attention(q, k, v.unflatten(-1, (self.num_heads, -1))))
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope).to(v.dtype)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope).to(v.dtype)
+        return self.o(attention(q, k, self.heads(v)))
 
 
-class CrossAttention(nn.Module):
-    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
-        super().__init__()
-        self.num_heads = cfg.num_heads
-        self.q = ops.Linear(cfg.dim, cfg.dim)
-        self.k = ops.Linear(cfg.dim, cfg.dim)
-        self.v = ops.Linear(cfg.dim, cfg.dim)
-        self.o = ops.Linear(cfg.dim, cfg.dim)
-        self.norm_q = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
-        self.norm_k = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+class CrossAttention(Attention):
+    """Attention to the text tokens; no RoPE."""
 
     def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
         v = self.v(context)
-        q = self.norm_q(self.q(x)).to(v.dtype).unflatten(-1, (self.num_heads, -1))
-        k = self.norm_k(self.k(context)).to(v.dtype).unflatten(-1, (self.num_heads, -1))
-        return self.o(attention(q, k, v.unflatten(-1, (self.num_heads, -1))))
+        q = self.heads(self.norm_q(self.q(x)).to(v.dtype))
+        k = self.heads(self.norm_k(self.k(context)).to(v.dtype))
+        return self.o(attention(q, k, self.heads(v)))
 
 
 class FeedForward(nn.Sequential):
