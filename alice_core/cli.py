@@ -95,6 +95,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
     t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    t.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
+    r = stages.add_parser("pack", help="write a small committable resume pack of a teacher run")
+    r.add_argument("run")
+    r.add_argument("folder")
     e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
     e.add_argument("checkpoint")
     e.add_argument("output")
@@ -125,6 +129,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.stage == "export":
         print(export_dit(args.checkpoint, args.output))
         return 0
+    if args.stage == "pack":
+        from .train.teacher import write_teacher_resume_pack
+
+        print(write_teacher_resume_pack(args.run, args.folder))
+        return 0
     if args.stage == "bundle":
         print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
         return 0
@@ -139,7 +148,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
                              frames=args.frames, checkpoint_every=args.checkpoint_every)
-    print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes))
+    print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
+                        resume_pack=args.resume_pack))
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -55,3 +56,43 @@ class EMA:
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.shadow = {k: v.clone().float() for k, v in state.items()}
+
+
+RESUME_WEIGHTS = "resume.safetensors"
+
+
+def write_resume_pack(state: dict, folder: str | Path, networks: tuple[str, ...]) -> Path:
+    """A small, committable resume point: the named networks' weights in fp16 plus step, config and RNG states.
+
+    Optimiser moments are left out (they would triple the size); a run resumed from a pack re-warms its
+    optimiser. A run resumed from its own checkpoint.pt is exact.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {f"{net}.{k}": v.to(torch.float16).contiguous() for net in networks for k, v in state[net].items()}
+    tensors["torch_rng"] = state["torch_rng"]
+    extra = {k: v for k, v in state.items() if k not in (*networks, "torch_rng") and not k.startswith("opt")}
+    tmp = folder / f".{RESUME_WEIGHTS}.tmp"
+    save_file(tensors, str(tmp), metadata={"state": json.dumps(extra), "networks": json.dumps(list(networks))})
+    tmp.chmod(0o644)
+    os.replace(tmp, folder / RESUME_WEIGHTS)
+    return folder / RESUME_WEIGHTS
+
+
+def read_resume_pack(folder: str | Path) -> dict:
+    """The state dict `write_resume_pack` stored (weights back in fp32, no optimiser entries)."""
+    from safetensors import safe_open
+
+    path = Path(folder) / RESUME_WEIGHTS
+    if not path.exists():
+        raise AliceError(f"no resume pack at {path}; pass the folder that holds {RESUME_WEIGHTS}")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+        state = json.loads(meta["state"])
+        for net in json.loads(meta["networks"]):
+            prefix = f"{net}."
+            state[net] = {k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
+        state["torch_rng"] = f.get_tensor("torch_rng")
+    return state

@@ -20,7 +20,7 @@ from ..models.dit import WanDiT
 from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from .data import CachedTextEncoder, SyntheticVideoData, video_statistics
 from .flow_matching import flow_matching_loss, sample_training_times
-from .state import EMA, load_checkpoint, save_atomic, training_device
+from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device, write_resume_pack
 
 TINY_TEXT_LEN = 32
 
@@ -54,8 +54,10 @@ def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
 
 
 def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | None = None, threads: int | None = None,
-                  max_minutes: float | None = None) -> Path:
-    """Train (or resume) until cfg.steps or max_minutes; returns the checkpoint path."""
+                  max_minutes: float | None = None, resume_pack: str | Path | None = None) -> Path:
+    """Train (or resume) until cfg.steps or max_minutes; returns the checkpoint path.
+
+    Resumes from out_dir/checkpoint.pt when present (exact), else from `resume_pack` (a committed fp16 pack)."""
     from ..models.text_encoders import MiniLMTextEncoder
 
     if threads:
@@ -65,7 +67,10 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     ckpt_path = out_dir / "checkpoint.pt"
     dev = training_device(device)
 
-    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if ckpt_path.exists():
+        state = load_checkpoint(ckpt_path)
+    else:
+        state = read_resume_pack(resume_pack) if resume_pack else None
     if state is not None:
         cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
     dit_cfg = WanDiTConfig.from_dict(cfg.dit)
@@ -102,7 +107,11 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
 
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     bar = tqdm(total=cfg.steps, initial=step, desc="teacher", unit="step", dynamic_ncols=True)
-    log = (out_dir / "loss.csv").open("a")
+    log_path = out_dir / "loss.csv"
+    if log_path.exists():  # drop lines logged after the checkpoint we resume from (a kill between checkpoints)
+        kept = [line for line in log_path.read_text().splitlines() if int(line.split(",")[0]) <= step]
+        log_path.write_text("".join(f"{line}\n" for line in kept))
+    log = log_path.open("a")
     try:
         while step < cfg.steps and time.monotonic() < deadline:
             x0, ctx, _ = data.batch(cfg.batch_size)
@@ -175,3 +184,8 @@ def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: 
         },
     )
     return bundle.write()
+
+
+def write_teacher_resume_pack(run_dir: str | Path, folder: str | Path) -> Path:
+    """Commit-sized resume point of a teacher run (see `write_resume_pack`)."""
+    return write_resume_pack(load_checkpoint(Path(run_dir) / "checkpoint.pt"), folder, ("model", "ema"))
