@@ -96,7 +96,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
     t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     t.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
-    r = stages.add_parser("pack", help="write a small committable resume pack of a teacher run")
+    r = stages.add_parser("pack", help="write a small committable resume pack of a teacher or distillation run")
     r.add_argument("run")
     r.add_argument("folder")
     e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
@@ -116,6 +116,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--max-minutes", type=float, default=None)
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--device", default=None)
+    d.add_argument("--student-update-freq", type=int, default=5, help="after warm-up, 1 student update per N iterations")
+    d.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
     b = stages.add_parser("bundle", help="assemble a model bundle (model.json + weights) from training runs")
     b.add_argument("--teacher-run", required=True)
     b.add_argument("--student-run", default=None)
@@ -130,9 +132,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(export_dit(args.checkpoint, args.output))
         return 0
     if args.stage == "pack":
-        from .train.teacher import write_teacher_resume_pack
+        from .train.state import write_run_resume_pack
 
-        print(write_teacher_resume_pack(args.run, args.folder))
+        print(write_run_resume_pack(args.run, args.folder))
         return 0
     if args.stage == "bundle":
         print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
@@ -143,8 +145,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         init_distributed_from_env()
         cfg = DistillConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
                             student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
-                            seed=args.seed, checkpoint_every=args.checkpoint_every)
-        print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes))
+                            seed=args.seed, checkpoint_every=args.checkpoint_every,
+                            student_update_freq=args.student_update_freq)
+        print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
         return 0
     cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
                              frames=args.frames, checkpoint_every=args.checkpoint_every)

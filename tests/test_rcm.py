@@ -166,3 +166,21 @@ def test_two_process_gloo_replicas_stay_identical(tmp_path):
             assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs between replicas"
     start = random_dit(0, DATA_CFG).state_dict()
     assert any(not torch.equal(a["student"][k], start[k]) for k in start)  # and they did train
+
+
+def test_distillation_resumes_to_identical_weights(tmp_path):
+    from alice_core.train.distill import distill
+    from alice_core.train.state import load_checkpoint
+
+    from .bundles import random_tiny_bundle
+
+    bundle = random_tiny_bundle(tmp_path / "bundle")
+    cfg = lambda steps: DistillConfig(mode="rcm", steps=steps, batch_size=1, tangent_warmup=1, student_update_freq=2,
+                                      max_simulation_steps=2, checkpoint_every=1)
+    straight = load_checkpoint(distill(bundle.folder, cfg(4), tmp_path / "a", threads=1))
+    distill(bundle.folder, cfg(2), tmp_path / "b", threads=1)
+    resumed = load_checkpoint(distill(bundle.folder, cfg(4), tmp_path / "b", threads=1))
+    assert straight["step"] == resumed["step"] == 4
+    for net in ("student", "fake", "ema"):
+        for k in straight[net]:
+            assert torch.equal(straight[net][k], resumed[net][k]), f"{net}.{k}"

@@ -4,8 +4,8 @@ import torch
 
 from alice_core.loading.dit import load_dit
 from alice_core.models.config import WanDiTConfig
-from alice_core.train.state import load_checkpoint, read_resume_pack
-from alice_core.train.teacher import TeacherTrainConfig, export_dit, train_teacher, write_teacher_resume_pack
+from alice_core.train.state import load_checkpoint, read_resume_pack, write_run_resume_pack
+from alice_core.train.teacher import TeacherTrainConfig, export_dit, train_teacher
 
 SMALL = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=768, out_dim=768, text_dim=384, text_len=32)
 
@@ -31,7 +31,7 @@ def test_interrupted_run_resumes_to_identical_weights(tmp_path):
 def test_resume_pack_and_export(tmp_path):
     run = tmp_path / "run"
     train_teacher(config(2), run, threads=1)
-    pack = write_teacher_resume_pack(run, tmp_path / "pack")
+    pack = write_run_resume_pack(run, tmp_path / "pack")
     assert pack.stat().st_size < 2 * 4 * sum(v.numel() for v in load_checkpoint(run / "checkpoint.pt")["model"].values())
     state = read_resume_pack(tmp_path / "pack")
     assert state["step"] == 2 and "optimizer" not in state

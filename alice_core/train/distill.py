@@ -26,7 +26,7 @@ from ..loading.dit import load_dit
 from ..models.dit import WanDiT
 from .data import CachedTextEncoder, SyntheticVideoData
 from .rcm import TrigFlow, backward_simulation, critic_loss, dmd_loss, sample_lognormal_angles, sample_shifted_angles, scm_loss
-from .state import EMA, load_checkpoint, save_atomic, training_device
+from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 
 MODES = {"rcm": (100.0, 1.0), "scm": (100.0, 0.0), "dmd": (0.0, 1.0)}  # (sCM loss scale, DMD loss scale)
 
@@ -162,12 +162,15 @@ class Distiller:
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore a checkpoint; a resume pack has no optimiser states, so those start fresh."""
         self.student.load_state_dict(state["student"])
         self.ema.load_state_dict(state["ema"])
-        self.opt_student.load_state_dict(state["opt_student"])
+        if "opt_student" in state:
+            self.opt_student.load_state_dict(state["opt_student"])
         if self.fake is not None:
             self.fake.load_state_dict(state["fake"])
-            self.opt_fake.load_state_dict(state["opt_fake"])
+            if "opt_fake" in state:
+                self.opt_fake.load_state_dict(state["opt_fake"])
         self.gen.set_state(state["torch_rng"])
         self.data.rng.bit_generator.state = json.loads(state["numpy_rng"])
         self.iteration = int(state["step"])
@@ -194,8 +197,10 @@ def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str 
 
 
 def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path, device: str | None = None,
-            threads: int | None = None, max_minutes: float | None = None) -> Path:
-    """Run (or resume) distillation into out_dir/checkpoint.pt; only rank 0 writes."""
+            threads: int | None = None, max_minutes: float | None = None, resume_pack: str | Path | None = None) -> Path:
+    """Run (or resume) distillation into out_dir/checkpoint.pt; only rank 0 writes.
+
+    Resumes from out_dir/checkpoint.pt (exact) or else from a committed resume pack (optimisers re-warm)."""
     if threads:
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
@@ -204,6 +209,8 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
     distiller = build_distiller(teacher_bundle, cfg, device)
     if ckpt.exists():
         distiller.load_state_dict(load_checkpoint(ckpt))
+    elif resume_pack:
+        distiller.load_state_dict(read_resume_pack(resume_pack))
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     bar = tqdm(total=cfg.steps, initial=distiller.iteration, desc=f"distill[{cfg.mode}]", unit="it", disable=rank != 0)
     out_dir.mkdir(parents=True, exist_ok=True)

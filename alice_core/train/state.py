@@ -96,3 +96,9 @@ def read_resume_pack(folder: str | Path) -> dict:
             state[net] = {k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
         state["torch_rng"] = f.get_tensor("torch_rng")
     return state
+
+
+def write_run_resume_pack(run_dir: str | Path, folder: str | Path) -> Path:
+    """Resume pack of a teacher or distillation run folder (whichever networks its checkpoint holds)."""
+    state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
+    return write_resume_pack(state, folder, tuple(n for n in ("model", "student", "fake", "ema") if n in state))

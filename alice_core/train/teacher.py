@@ -20,7 +20,7 @@ from ..models.dit import WanDiT
 from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from .data import CachedTextEncoder, SyntheticVideoData, video_statistics
 from .flow_matching import flow_matching_loss, sample_training_times
-from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device, write_resume_pack
+from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 
 TINY_TEXT_LEN = 32
 
@@ -184,8 +184,3 @@ def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: 
         },
     )
     return bundle.write()
-
-
-def write_teacher_resume_pack(run_dir: str | Path, folder: str | Path) -> Path:
-    """Commit-sized resume point of a teacher run (see `write_resume_pack`)."""
-    return write_resume_pack(load_checkpoint(Path(run_dir) / "checkpoint.pt"), folder, ("model", "ema"))
