@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import AliceError
+from .hub_cli import add_download_parser, run_download
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
 
@@ -33,6 +34,7 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--crf", type=int, default=19, help="mp4/webm quality (lower is better)")
+    p.add_argument("--download", action="store_true", help="fetch a catalogue model (see alice download --list) if missing")
 
 
 def _check_output_path(output: str) -> Path:
@@ -49,7 +51,14 @@ def _check_output_path(output: str) -> Path:
 def cmd_generate(args: argparse.Namespace) -> int:
     from .pipeline import GenerationSettings, load_pipeline
 
+    from .hub_cli import catalogue_pipeline_args
+
     output = _check_output_path(args.output)
+    found = catalogue_pipeline_args(args.model, args.download)  # None for bundles and checkpoint paths
+    if found:
+        args.model = found["model"]
+        args.vae = args.vae or found["vae"]
+        args.text_encoder = args.text_encoder or found["text_encoder"]
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device)
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
@@ -89,8 +98,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-4)
     t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--size", type=int, default=64)
-    t.add_argument("--frames", type=int, default=17)
+    t.add_argument("--size", type=int, default=32)
+    t.add_argument("--frames", type=int, default=9)
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
@@ -195,6 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     _add_train(sub)
     _add_bench(sub)
+    add_download_parser(sub)
     sub.add_parser("models", help="list bundled models")
     return parser
 
@@ -207,7 +217,9 @@ def cmd_models(_args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench}
+COMMANDS = {
+    "generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench, "download": run_download,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ from alice_core.models.config import WanDiTConfig
 from alice_core.train.state import load_checkpoint, read_resume_pack, write_run_resume_pack
 from alice_core.train.teacher import TeacherTrainConfig, export_dit, train_teacher
 
-SMALL = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=768, out_dim=768, text_dim=384, text_len=32)
+SMALL = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=48, out_dim=48, text_dim=384, text_len=32)
 
 
 def config(steps):

@@ -25,8 +25,13 @@ from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training
 TINY_TEXT_LEN = 32
 
 
-def tiny_dit_config(in_dim: int = 768) -> WanDiTConfig:
-    """alice-tiny's DiT: Wan architecture at 6 layers x 256 wide, MiniLM text (384-d)."""
+def tiny_dit_config(in_dim: int = 48) -> WanDiTConfig:
+    """alice-tiny's DiT: Wan architecture at 6 layers x 256 wide, MiniLM text (384-d).
+
+    in_dim 48 = space-to-depth (2x2 pixels x 4 frames x RGB); with the (1,2,2) patch a token carries 192 values,
+    fewer than the model width, so the network can represent the identity map that v-prediction needs
+    (v = (x_s - x0)/s contains x_s itself). With 8x8 blocks (768 values per token through 256 dims) the noise
+    outside the head's 256-dim row space could never be removed and samples stayed noisy."""
     return WanDiTConfig(dim=256, ffn_dim=1024, num_heads=4, num_layers=6, in_dim=in_dim, out_dim=in_dim,
                         text_dim=384, text_len=TINY_TEXT_LEN)
 
@@ -42,11 +47,15 @@ class TeacherTrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     shift: float = 3.0
-    size: int = 64
-    frames: int = 17
+    size: int = 32
+    frames: int = 9
+    spatial_stride: int = 2
     seed: int = 0
     checkpoint_every: int = 100
     dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
+
+    def autoencoder_config(self, mean: float, std: float) -> SpaceToDepthConfig:
+        return SpaceToDepthConfig(spatial_stride=self.spatial_stride, temporal_stride=4, mean=mean, std=std)
 
 
 def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
@@ -93,7 +102,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     else:
         norm = video_statistics(np.random.default_rng(cfg.seed + 3), 256, cfg.size, cfg.frames)
 
-    ae = SpaceToDepthAutoencoder(SpaceToDepthConfig(mean=norm[0], std=norm[1]))
+    ae = SpaceToDepthAutoencoder(cfg.autoencoder_config(*norm))
     text = CachedTextEncoder(MiniLMTextEncoder(), dit_cfg.text_len)
     null_context = text.encode([""])[0]
     data = SyntheticVideoData(ae, text, size=cfg.size, frames=cfg.frames, rng=rng)
@@ -175,7 +184,7 @@ def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: 
         dits["rcm"] = export_dit(Path(student_run) / "checkpoint.pt", folder / "student.safetensors")
     bundle = ModelBundle(
         name=name, folder=folder, dits=dits,
-        autoencoder={"type": "space_to_depth", "spatial_stride": 8, "temporal_stride": 4, "mean": mean, "std": std},
+        autoencoder={"type": "space_to_depth", **TeacherTrainConfig(**tcfg).autoencoder_config(mean, std).to_dict()},
         text_encoder="minilm",
         defaults={
             "sampler": "rcm" if "rcm" in dits else "teacher", "width": tcfg["size"], "height": tcfg["size"],

@@ -1,0 +1,447 @@
+"""Weights from the Hugging Face Hub: a catalogue of known files, the folders they belong in, offline-safe downloads.
+
+Nothing is fetched unless a caller passes `download=True` (the CLI's --download, the node toggle, the app button).
+Downloads use huggingface_hub's own metadata request and HTTP transfer, so HF_ENDPOINT, HF_TOKEN and HF_HUB_OFFLINE
+mean what they mean everywhere else. A transfer writes to a hidden `.NAME.<etag>.incomplete` file beside its target
+and resumes from it after an interruption (within a run and across runs); the file is renamed into place only when
+its size and sha256 are right, and deleted when they are not.
+
+Folders follow ComfyUI's names (diffusion_models, text_encoders, vae, loras). Standalone Alice keeps them under
+$ALICE_HOME (default ~/.cache/alice); ComfyUI nodes pass ComfyUI's own folder paths in `folders` (this module
+never imports ComfyUI).
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from .errors import AliceError
+
+FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras")
+CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
+# Left free on the disk beyond the downloads themselves, so a download never fills a disk to the last byte.
+DISK_HEADROOM = 256 * 1024**2
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_OPTIONAL_FILE_KEYS = ("revision", "local_path", "size", "sha256", "approx_size", "note")
+
+# progress(label, bytes_done, bytes_total or None); it may raise to cancel (the partial file is kept for resuming).
+ProgressCallback = Callable[[str, int, "int | None"], None]
+# ComfyUI-style folder kind -> folders to look in; downloads go to the first one.
+Folders = Mapping[str, Sequence["str | Path"]]
+
+
+class HubUnreachable(AliceError):
+    """The Hub could not be asked or could not deliver: offline mode, no network, a server error."""
+
+
+@dataclass(frozen=True)
+class CatalogueFile:
+    name: str                      # catalogue key
+    repo_id: str
+    filename: str                  # path inside the repository
+    folder: str                    # one of FOLDER_KINDS
+    revision: str = "main"
+    local_path: str = ""           # path inside the folder; default: the file's base name
+    size: int | None = None        # bytes, where confirmed
+    sha256: str | None = None      # where confirmed; otherwise the Hub's LFS ETag is used
+    approx_size: str | None = None
+    note: str = ""
+
+    @property
+    def relative_path(self) -> str:
+        return self.local_path or self.filename.rsplit("/", 1)[-1]
+
+    def url(self) -> str:
+        from huggingface_hub import hf_hub_url
+
+        return hf_hub_url(self.repo_id, self.filename, revision=self.revision, endpoint=hub_endpoint())
+
+
+@dataclass(frozen=True)
+class CatalogueModel:
+    """A whole model: the files it needs by role, so one download fetches everything."""
+
+    name: str
+    description: str
+    roles: dict[str, str]                        # "dit" / "vae" / "text_encoder" -> file entry name
+    extra_files: tuple[str, ...] = ()            # needed beside the role files (the umT5 tokenizer)
+    comfyui_only: bool = False                   # its files load only through ComfyUI's own loaders
+
+    @property
+    def file_names(self) -> list[str]:
+        return [*self.roles.values(), *self.extra_files]
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    files: dict[str, CatalogueFile]
+    models: dict[str, CatalogueModel] = field(default_factory=dict)
+
+    def expand(self, names: Iterable[str]) -> list[CatalogueFile]:
+        """Model and file names -> the files they stand for, each once, in order."""
+        out: dict[str, CatalogueFile] = {}
+        for name in names:
+            if name in self.models:
+                for file_name in self.models[name].file_names:
+                    out.setdefault(file_name, self.files[file_name])
+            elif name in self.files:
+                out.setdefault(name, self.files[name])
+            else:
+                raise AliceError(
+                    f"{name!r} is not in the model catalogue; models: {', '.join(self.models) or 'none'}; "
+                    f"files: {', '.join(self.files)} (see `alice download --list`)"
+                )
+        return list(out.values())
+
+
+def load_catalogue(path: str | Path | None = None) -> Catalogue:
+    """The packaged catalogue (alice_core/catalogue.json), or another file of the same form."""
+    path = Path(path) if path else CATALOGUE_PATH
+    try:
+        spec = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AliceError(f"model catalogue {path} not found; reinstall alice-video") from None
+    except json.JSONDecodeError as exc:
+        raise AliceError(f"{path}: invalid JSON ({exc})") from None
+    files = {name: _parse_file(path, name, entry) for name, entry in spec.get("files", {}).items()}
+    models = {name: _parse_model(path, name, entry, files) for name, entry in spec.get("models", {}).items()}
+    clash = sorted(files.keys() & models.keys())
+    if clash:
+        raise AliceError(f"{path}: names used for both a file and a model: {', '.join(clash)}; rename one")
+    return Catalogue(files, models)
+
+
+def _parse_file(path: Path, name: str, entry: dict) -> CatalogueFile:
+    where = f"{path}: files.{name}"
+    missing = [k for k in ("repo_id", "filename", "folder") if not entry.get(k)]
+    if missing:
+        raise AliceError(f"{where} lacks {', '.join(missing)}")
+    if entry["folder"] not in FOLDER_KINDS:
+        raise AliceError(f"{where}.folder is {entry['folder']!r}; use one of {', '.join(FOLDER_KINDS)}")
+    sha256 = entry.get("sha256")
+    if sha256 is not None and not _SHA256.fullmatch(sha256):
+        raise AliceError(f"{where}.sha256 must be 64 lower-case hex digits or null")
+    size = entry.get("size")
+    if size is not None and (not isinstance(size, int) or size <= 0):
+        raise AliceError(f"{where}.size must be a positive number of bytes or null")
+    local_path = entry.get("local_path") or ""
+    if Path(local_path).is_absolute() or ".." in Path(local_path).parts:
+        raise AliceError(f"{where}.local_path must be a relative path inside its folder")
+    optional = {k: entry[k] for k in _OPTIONAL_FILE_KEYS if entry.get(k) is not None}
+    return CatalogueFile(name=name, repo_id=entry["repo_id"], filename=entry["filename"], folder=entry["folder"],
+                         **optional)
+
+
+def _parse_model(path: Path, name: str, entry: dict, files: Mapping[str, CatalogueFile]) -> CatalogueModel:
+    roles = dict(entry.get("files", {}))
+    extra = tuple(entry.get("extra_files", ()))
+    unknown = [f for f in [*roles.values(), *extra] if f not in files]
+    if not roles or unknown:
+        listed = ", ".join(unknown) or "none given"
+        raise AliceError(f"{path}: models.{name} must name catalogue files; unknown: {listed}")
+    return CatalogueModel(name=name, description=entry.get("description", ""), roles=roles, extra_files=extra,
+                          comfyui_only=bool(entry.get("comfyui_only", False)))
+
+
+# ---- where files live ---------------------------------------------------------------------------------------------
+
+def alice_home() -> Path:
+    """Root of standalone Alice's model folders: $ALICE_HOME, else ~/.cache/alice."""
+    return Path(os.environ.get("ALICE_HOME") or "~/.cache/alice").expanduser()
+
+
+def standalone_folders(root: str | Path | None = None) -> dict[str, list[Path]]:
+    """{kind: [root/kind]} for every folder kind; root defaults to alice_home()."""
+    root = Path(root).expanduser() if root else alice_home()
+    return {kind: [root / kind] for kind in FOLDER_KINDS}
+
+
+def _folders_for(file: CatalogueFile, folders: Folders) -> list[Path]:
+    paths = [Path(p).expanduser() for p in folders.get(file.folder, ())]
+    if not paths:
+        raise AliceError(f"no {file.folder!r} model folder was given for {file.relative_path}; add one to `folders`")
+    return paths
+
+
+def find_local(file: CatalogueFile, folders: Folders | None = None) -> Path | None:
+    """The file if it is already in one of its folders (never checks the network)."""
+    for folder in _folders_for(file, folders if folders is not None else standalone_folders()):
+        if (folder / file.relative_path).is_file():
+            return folder / file.relative_path
+    return None
+
+
+def target_path(file: CatalogueFile, folders: Folders | None = None) -> Path:
+    """Where a download of `file` is placed: its first folder."""
+    return _folders_for(file, folders if folders is not None else standalone_folders())[0] / file.relative_path
+
+
+def partial_path(dest: Path, etag: str) -> Path:
+    """Where an unfinished download of `dest` is kept; named after the remote version so a changed file starts over."""
+    tag = re.sub(r"[^0-9A-Za-z]", "", etag)[:16]
+    return dest.with_name(f".{dest.name}.{tag}.incomplete")
+
+
+# ---- the Hub ------------------------------------------------------------------------------------------------------
+
+def hub_endpoint() -> str:
+    """HF_ENDPOINT as it is now (huggingface_hub itself reads it once, at import), else the client's endpoint."""
+    from huggingface_hub import constants
+
+    return (os.environ.get("HF_ENDPOINT") or constants.ENDPOINT).rstrip("/")
+
+
+def hub_offline() -> bool:
+    """HF_HUB_OFFLINE as huggingface_hub saw it at import, or as it is set now."""
+    from huggingface_hub import is_offline_mode
+
+    return is_offline_mode() or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    import httpx2  # huggingface_hub 2.x's HTTP client
+
+    return (httpx2.TransportError, ConnectionError, TimeoutError)
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """What the Hub says about a file just before it is fetched."""
+
+    url: str                 # where the bytes come from: the resolve URL or the CDN it redirects to
+    etag: str
+    size: int | None
+    sha256: str | None       # expected content hash: the catalogue's, else the LFS ETag
+    send_token: bool         # False when the bytes come from another host (a signed CDN URL)
+
+
+def remote_file(file: CatalogueFile) -> RemoteFile:
+    """One HEAD request through huggingface_hub; raises AliceError (HubUnreachable when offline or unreachable)."""
+    from huggingface_hub import get_hf_file_metadata
+    from huggingface_hub.errors import (
+        FileMetadataError, HfHubHTTPError, OfflineModeIsEnabled, RemoteEntryNotFoundError, RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    endpoint, url = hub_endpoint(), file.url()
+    where = f"{file.repo_id}@{file.revision} on {endpoint}"
+    no_access = (f"{file.repo_id} on {endpoint} is gated, private or gone; accept its terms on the Hub and set "
+                 "HF_TOKEN, or check HF_ENDPOINT")
+    not_hub = f"{endpoint} does not answer like a Hugging Face Hub; check HF_ENDPOINT"
+    try:
+        meta = get_hf_file_metadata(url, endpoint=endpoint)
+    except OfflineModeIsEnabled as exc:
+        raise HubUnreachable("HF_HUB_OFFLINE is set") from exc
+    except (RevisionNotFoundError, RemoteEntryNotFoundError) as exc:
+        raise AliceError(f"{file.filename} is not in {where}; catalogue entry {file.name!r} is out of date") from exc
+    except RepositoryNotFoundError as exc:  # also GatedRepoError
+        raise AliceError(no_access) from exc
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        if status in (401, 403):
+            raise AliceError(no_access) from exc
+        raise HubUnreachable(f"{endpoint} answered HTTP {status}") from exc
+    except FileMetadataError as exc:
+        raise HubUnreachable(not_hub) from exc
+    except _transport_errors() as exc:
+        raise HubUnreachable(f"cannot reach {endpoint}: {type(exc).__name__}") from exc
+    if meta.commit_hash is None or not meta.etag:
+        raise HubUnreachable(not_hub)
+
+    etag = meta.etag.lower()
+    lfs_sha256 = etag if _SHA256.fullmatch(etag) else None  # the Hub's ETag of an LFS file is its sha256
+    if file.sha256 and lfs_sha256 and lfs_sha256 != file.sha256:
+        raise AliceError(f"{file.filename} in {where} has changed (Hub sha256 {lfs_sha256[:12]}..., catalogue "
+                         f"{file.sha256[:12]}...); update catalogue entry {file.name!r} or pin its revision")
+    if file.size and meta.size and meta.size != file.size:
+        raise AliceError(f"{file.filename} in {where} is {meta.size} bytes, the catalogue says {file.size}; "
+                         f"update catalogue entry {file.name!r} or pin its revision")
+    origin = urlsplit(url)
+    location = urlsplit(meta.location)
+    same_host = (origin.scheme, origin.hostname, origin.port) == (location.scheme, location.hostname, location.port)
+    return RemoteFile(url=meta.location, etag=etag, size=meta.size if meta.size is not None else file.size,
+                      sha256=file.sha256 or lfs_sha256, send_token=same_host)
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _progress_bar_class(progress: ProgressCallback | None, label: str) -> type:
+    """The part of tqdm's interface huggingface_hub's http_get uses, reporting to `progress` instead of a terminal."""
+
+    class CallbackBar:
+        def __init__(self, *_args, total: int | None = None, initial: int = 0, **_kwargs) -> None:
+            self.total, self.n = total, initial
+            self._report()
+
+        def update(self, n: int = 1) -> None:
+            self.n += n
+            self._report()
+
+        def _report(self) -> None:
+            if progress is not None:
+                progress(label, self.n, self.total)
+
+        def close(self) -> None:
+            pass
+
+        def __enter__(self) -> "CallbackBar":
+            return self
+
+        def __exit__(self, *_exc) -> None:
+            return None
+
+    return CallbackBar
+
+
+def download_file(
+    file: CatalogueFile, dest: str | Path, progress: ProgressCallback | None = None, remote: RemoteFile | None = None,
+) -> Path:
+    """Fetch `file` into `dest` (resuming a partial download), check it and rename it into place."""
+    from huggingface_hub.errors import HfHubHTTPError
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+
+    dest = Path(dest)
+    remote = remote or remote_file(file)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    partial = partial_path(dest, remote.etag)
+    for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.incomplete"):
+        if stale != partial:  # a partial of an older version of the file
+            stale.unlink(missing_ok=True)
+    done = partial.stat().st_size if partial.exists() else 0
+    if remote.size is not None and done > remote.size:
+        partial.unlink()
+        done = 0
+    headers = build_hf_headers()  # HF_TOKEN (or the stored token) and the user agent
+    if not remote.send_token:
+        headers.pop("authorization", None)  # never hand the token to a CDN
+    kept = f"the partial download {partial} is kept; run the download again to resume"
+    try:
+        with open(partial, "r+b" if done else "wb") as out:
+            out.seek(done)
+            http_get(remote.url, out, resume_size=done, headers=headers, expected_size=remote.size,
+                     displayed_filename=file.relative_path,
+                     tqdm_class=_progress_bar_class(progress, file.relative_path))
+    except HfHubHTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else None
+        raise HubUnreachable(f"the transfer of {file.filename} failed with HTTP {status}; {kept}") from exc
+    except _transport_errors() as exc:
+        raise HubUnreachable(f"the transfer of {file.filename} broke off ({type(exc).__name__}); {kept}") from exc
+    except OSError as exc:  # wrong length, full disk
+        partial.unlink(missing_ok=True)
+        raise AliceError(f"downloading {file.filename} failed ({exc}); the partial file was deleted") from exc
+    if remote.sha256:
+        actual = file_sha256(partial)
+        if actual != remote.sha256:
+            partial.unlink()
+            raise AliceError(
+                f"{file.filename} from {file.repo_id} failed its checksum (sha256 {actual[:12]}..., expected "
+                f"{remote.sha256[:12]}...) and was deleted; download it again, and if this repeats the catalogue "
+                f"entry {file.name!r} is out of date"
+            )
+    os.replace(partial, dest)
+    return dest
+
+
+def _check_free_space(plans: Sequence[tuple[CatalogueFile, Path, RemoteFile]]) -> None:
+    """Refuse before transferring anything when a disk cannot take all the remaining bytes."""
+    per_disk: dict[int, tuple[Path, int]] = {}
+    for _file, dest, remote in plans:
+        if remote.size is None:
+            continue
+        partial = partial_path(dest, remote.etag)
+        remaining = remote.size - (partial.stat().st_size if partial.exists() else 0)
+        probe = next(p for p in (dest.parent, *dest.parents) if p.exists())
+        device = probe.stat().st_dev
+        first_probe, total = per_disk.get(device, (probe, 0))
+        per_disk[device] = (first_probe, total + max(remaining, 0))
+    for probe, total in per_disk.values():
+        free = shutil.disk_usage(probe).free
+        if free < total + DISK_HEADROOM:
+            raise AliceError(
+                f"not enough free disk space in {probe}: the download needs {_gb(total)} GB (plus "
+                f"{_gb(DISK_HEADROOM)} GB to spare) and {_gb(free)} GB is free; free some space or choose another "
+                "models folder (ALICE_HOME or `alice download --folder`)"
+            )
+
+
+def _gb(n: int) -> str:
+    return f"{n / 1e9:.2f}"
+
+
+def _missing_message(files: Sequence[CatalogueFile], folders: Folders, reason: str, advice: str) -> str:
+    listing = "; ".join(f"{f.relative_path} from {f.url()} into {target_path(f, folders).parent}" for f in files)
+    noun = "file" if len(files) == 1 else "files"
+    return f"{len(files)} model {noun} missing ({reason}): {listing}. {advice}"
+
+
+_BY_HAND = "Put each file in the folder named (keeping the name shown), or retry when the Hub is reachable"
+_ASK_FOR_DOWNLOAD = ("Put each file in the folder named, or ask for a download: `alice download NAME` or "
+                     "`alice generate --download`, the node's download toggle, or the app's Download button")
+
+
+def ensure_files(
+    names: str | Iterable[str],
+    download: bool = False,
+    progress: ProgressCallback | None = None,
+    folders: Folders | None = None,
+    catalogue: Catalogue | None = None,
+) -> dict[str, Path]:
+    """Local paths of catalogue files (or of every file of catalogue models), keyed by file entry name.
+
+    Files already in their folders are used as they are, without any network request. Missing files are fetched
+    only when `download` is true; otherwise, or when the Hub is offline or unreachable, AliceError lists every
+    missing file with its URL and the folder to put it in.
+    """
+    catalogue = catalogue or load_catalogue()
+    folders = folders if folders is not None else standalone_folders()
+    files = catalogue.expand([names] if isinstance(names, str) else names)
+    paths = {f.name: find_local(f, folders) for f in files}
+    missing = [f for f in files if paths[f.name] is None]
+    if not missing:
+        return paths
+    if not download:
+        raise AliceError(_missing_message(missing, folders, "downloads happen only when asked", _ASK_FOR_DOWNLOAD))
+    if hub_offline():
+        raise HubUnreachable(_missing_message(missing, folders, "HF_HUB_OFFLINE is set", _BY_HAND))
+    try:
+        plans = [(f, target_path(f, folders), remote_file(f)) for f in missing]
+    except HubUnreachable as exc:
+        raise HubUnreachable(_missing_message(missing, folders, str(exc), _BY_HAND)) from exc
+    _check_free_space(plans)
+    for i, (file, dest, remote) in enumerate(plans):
+        try:
+            paths[file.name] = download_file(file, dest, progress, remote)
+        except HubUnreachable as exc:
+            raise HubUnreachable(_missing_message(missing[i:], folders, str(exc), _BY_HAND)) from exc
+    return paths
+
+
+def resolve_catalogue_model(
+    name: str,
+    download: bool = False,
+    progress: ProgressCallback | None = None,
+    folders: Folders | None = None,
+    catalogue: Catalogue | None = None,
+) -> dict[str, Path]:
+    """{role: local path} ("dit", "vae", "text_encoder") of a catalogue model, fetching it first if asked."""
+    catalogue = catalogue or load_catalogue()
+    if name not in catalogue.models:
+        raise AliceError(f"{name!r} is not a catalogue model; choose one of {', '.join(catalogue.models)}")
+    paths = ensure_files([name], download, progress, folders, catalogue)
+    return {role: paths[file_name] for role, file_name in catalogue.models[name].roles.items()}
