@@ -25,6 +25,8 @@ def save_atomic(obj: dict, path: str | Path) -> Path:
 
 
 def load_checkpoint(path: str | Path) -> dict:
+    if not Path(path).exists():
+        raise AliceError(f"no training checkpoint at {path}; train first (alice train teacher/distill --out {Path(path).parent})")
     try:
         return torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
