@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_bench(sub)
     add_download_parser(sub)
+    try:  # the app ships beside alice_core (webui/); a library-only install has no `alice app`
+        from webui.cli import add_app_parser
+    except ImportError:
+        pass
+    else:
+        add_app_parser(sub)
     sub.add_parser("models", help="list bundled models")
     return parser
 
@@ -219,6 +225,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench, "download": run_download,
+    "app": lambda args: __import__("webui.cli", fromlist=["run_app"]).run_app(args),
 }
 
 

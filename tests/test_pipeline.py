@@ -12,7 +12,7 @@ from alice_core.errors import AliceError
 from alice_core.pipeline import GenerationSettings, load_pipeline
 from alice_core.video_io import read_video, read_video_metadata
 
-from .bundles import random_tiny_bundle
+from tests.bundles import random_tiny_bundle
 
 
 @pytest.fixture(scope="module")

@@ -172,7 +172,7 @@ def test_distillation_resumes_to_identical_weights(tmp_path):
     from alice_core.train.distill import distill
     from alice_core.train.state import load_checkpoint
 
-    from .bundles import random_tiny_bundle
+    from tests.bundles import random_tiny_bundle
 
     bundle = random_tiny_bundle(tmp_path / "bundle")
     cfg = lambda steps: DistillConfig(mode="rcm", steps=steps, batch_size=1, tangent_warmup=1, student_update_freq=2,

@@ -9,7 +9,7 @@ from alice_core.models.dit import WanDiT
 from alice_core.models.vae import WanVAE
 from alice_core.video_io import read_video, read_video_metadata
 
-from .test_text_encoders import tiny_umt5  # noqa: F401  (fixture: diffusers-layout umT5 folder)
+from tests.test_text_encoders import tiny_umt5  # noqa: F401  (fixture: diffusers-layout umT5 folder)
 
 
 @pytest.fixture(scope="module")

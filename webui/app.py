@@ -1,0 +1,342 @@
+"""The Alice web app: prompt -> video in the browser, one generation at a time per device.
+
+`launch()` is what `alice app` runs; `build_app()` gives the Blocks for embedding or tests. The UI sends only
+values (text, numbers, a model label from a server-side list); it has no file inputs and no path fields, and
+Gradio serves only the files this app wrote.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no usage pings
+
+import random
+import tempfile
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import gradio as gr
+import torch
+
+from alice_core.errors import AliceError
+from alice_core.pipeline import DEFAULT_STEPS, PRECISIONS, VideoPipeline
+from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
+
+from .models import default_frames, default_size, frame_presets, size_presets
+from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
+
+SAMPLER_LABELS = {"rcm": "student (rCM, 1-4 steps)", "teacher": "teacher"}
+SAMPLERS_TEXT = {"rcm": "4-step student (rCM)", "teacher": "teacher"}
+GALLERY_LIMIT = 48
+MAX_SEED = 2**31 - 1
+# System fonts only: the default theme would fetch web fonts, and this app must work offline.
+THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+CSS = """
+.alice-video video { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+"""
+
+
+class CancelFlags:
+    """One flag per browser session, read by the pipeline between steps (Gradio cannot stop a running thread)."""
+
+    def __init__(self) -> None:
+        self._flags: dict[str, threading.Event] = {}
+        self._lock = threading.Lock()
+
+    def start(self, session: str) -> threading.Event:
+        with self._lock:
+            self._flags[session] = flag = threading.Event()
+        return flag
+
+    def finish(self, session: str, flag: threading.Event) -> None:
+        with self._lock:
+            if self._flags.get(session) is flag:
+                del self._flags[session]
+
+    def cancel(self, session: str) -> bool:
+        with self._lock:
+            flag = self._flags.get(session)
+        if flag is not None:
+            flag.set()
+        return flag is not None
+
+
+def _model_choices(studio: Studio) -> list[tuple[str, str]]:
+    shown = []
+    for c in studio.choices():
+        text = c.label if c.available else f"{c.label} (not downloaded)"
+        shown.append((f"{text} - {c.description}" if c.description else text, c.label))
+    return shown
+
+
+def _compare_note(pipe: VideoPipeline) -> str:
+    if {"rcm", "teacher"} <= set(pipe.dits):
+        return "Renders the 4-step student and the teacher with the same prompt, seed and size, side by side."
+    return (f"**Teacher vs student is off for {pipe.name}:** it needs both a teacher and a distilled 4-step "
+            f"student, and this model has only the {' and '.join(pipe.dits)}.")
+
+
+def _model_info(pipe: VideoPipeline) -> str:
+    width, height = default_size(pipe)
+    samplers = ", ".join(SAMPLERS_TEXT.get(s, s) for s in pipe.dits)
+    return f"**{pipe.name}**: {samplers}; default {width}x{height}, {default_frames(pipe)} frames."
+
+
+class _Handlers:
+    """The event handlers. Their parameter names are the public API names (gradio_client keyword arguments)."""
+
+    def __init__(self, studio: Studio, ui: SimpleNamespace) -> None:
+        self.studio = studio
+        self.ui = ui
+        self.flags = CancelFlags()
+
+    def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
+             fps) -> Job:
+        if seed is None or randomize_seed:
+            seed = random.randint(0, MAX_SEED)
+        return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
+                   frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision)
+
+    def _run(self, session: str, progress: gr.Progress, work):
+        """work(progress_fn, should_cancel) under this session's cancel flag; None when cancelled."""
+        flag = self.flags.start(session)
+        if self.studio.busy():
+            progress(0, desc="waiting for the device")
+        try:
+            return work(lambda done, total, label: progress((done, total), desc=f"{label} step", unit="steps"),
+                        flag.is_set)
+        except GenerationCancelled:
+            return None
+        except AliceError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        finally:
+            self.flags.finish(session, flag)
+
+    @staticmethod
+    def _history(history: list, results: list[Result]) -> list:
+        for r in results:
+            s = r.video.settings
+            caption = f"{s.sampler} {s.steps} steps, seed {s.seed}, {r.wall_s:.1f}s: {s.prompt[:60]}"
+            history = [(str(r.path), caption), *history][:GALLERY_LIMIT]
+        return history
+
+    def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
+                 randomize_seed, size, frames, fps, history, request: gr.Request, progress=gr.Progress()):
+        steps = student_steps if sampler == "rcm" else teacher_steps
+        job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
+                        frames, fps)
+        result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
+        if result is None:
+            gr.Warning("Generation cancelled")
+            return [gr.skip()] * 5
+        history = self._history(history, [result])
+        return str(result.path), result.summary(), job.seed, history, history
+
+    def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
+                randomize_seed, size, frames, fps, history, request: gr.Request, progress=gr.Progress()):
+        job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames, fps)
+        pair = self._run(request.session_hash, progress,
+                         lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
+        if pair is None:
+            gr.Warning("Generation cancelled")
+            return [gr.skip()] * 6
+        student, teacher = pair
+        history = self._history(history, [student, teacher])
+        return (
+            gr.update(value=str(student.path),
+                      label=f"Student, {student.video.settings.steps} steps: {student.wall_s:.2f} s"),
+            gr.update(value=str(teacher.path),
+                      label=f"Teacher, {teacher.video.settings.steps} steps: {teacher.wall_s:.2f} s"),
+            {"student": student.summary(), "teacher": teacher.summary()},
+            job.seed, history, history,
+        )
+
+    def cancel(self, request: gr.Request) -> None:
+        if self.flags.cancel(request.session_hash):
+            gr.Info("Cancelling after the current step")
+
+    def model_changed(self, model, precision) -> dict:
+        ui = self.ui
+        try:
+            choice = self.studio.choice(model)
+            if not choice.available:
+                return {ui.model_info: f"**{model}** is in the download catalogue; click **Download** to fetch it.",
+                        ui.download: gr.update(visible=True),
+                        ui.generate: gr.update(interactive=False), ui.compare: gr.update(interactive=False)}
+            pipe = self.studio.pipeline(model, precision)
+        except AliceError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        return {
+            ui.model_info: _model_info(pipe), ui.download: gr.update(visible=False),
+            ui.generate: gr.update(interactive=True),
+            ui.compare: gr.update(interactive={"rcm", "teacher"} <= set(pipe.dits)),
+            ui.compare_note: _compare_note(pipe),
+            ui.size: gr.update(choices=size_presets(pipe), value=size_presets(pipe)[0]),
+            ui.frames: gr.update(choices=frame_presets(pipe), value=default_frames(pipe)),
+            ui.fps: gr.update(value=pipe.defaults.get("fps", 16)),
+            ui.sampler: gr.update(choices=[(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe)),
+            ui.student_steps: gr.update(visible="rcm" in pipe.dits),
+            ui.teacher_steps: gr.update(visible="teacher" in pipe.dits, value=_teacher_steps(pipe)),
+        }
+
+    def refresh(self, model):
+        choices = _model_choices(self.studio)
+        known = [value for _, value in choices]
+        return gr.update(choices=choices, value=model if model in known else self.studio.default_label)
+
+    def download(self, model, progress=gr.Progress()):
+        progress(0, desc=f"downloading {model}")
+        def report(label: str, done: int, total: int | None) -> None:
+            progress((done, total) if total else None, desc=label, unit="B")
+
+        try:
+            self.studio.download(model, report)
+        except AliceError as exc:
+            raise gr.Error(str(exc), print_exception=False) from None
+        gr.Info(f"{model} downloaded")
+        return gr.update(choices=_model_choices(self.studio), value=model)
+
+
+def _default_sampler(pipe: VideoPipeline) -> str:
+    return pipe.defaults.get("sampler") if pipe.defaults.get("sampler") in pipe.dits else next(iter(pipe.dits))
+
+
+def _teacher_steps(pipe: VideoPipeline) -> int:
+    return min(pipe.defaults.get("teacher_steps", DEFAULT_STEPS["teacher"]), MAX_TEACHER_STEPS_UI)
+
+
+def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
+    """The UI around `studio`, with the queue set to one generation at a time."""
+    pipe = studio.pipeline(studio.default_label, precision)
+    defaults = pipe.defaults
+    ui = SimpleNamespace()
+    with gr.Blocks(title="Alice - text to video") as demo:
+        gr.Markdown("# Alice: text to video\nDescribe a clip, press **Generate**. One video is made at a time; "
+                    "while others are ahead of you, the video panel shows your place in the queue.")
+        with gr.Row():
+            with gr.Column(scale=5):
+                ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bouncing", elem_id="prompt")
+                ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.get("negative_prompt", ""))
+                with gr.Row():
+                    ui.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                    ui.randomize_seed = gr.Checkbox(label="Random seed", value=True)
+                with gr.Row():
+                    ui.size = gr.Dropdown(size_presets(pipe), value=size_presets(pipe)[0], label="Size (WxH)",
+                                          allow_custom_value=True, elem_id="size")
+                    ui.frames = gr.Dropdown(frame_presets(pipe), value=default_frames(pipe), label="Frames",
+                                            allow_custom_value=True)
+                    ui.fps = gr.Slider(1, 60, value=defaults.get("fps", 16), step=1, label="FPS")
+                with gr.Row():
+                    ui.model = gr.Dropdown(_model_choices(studio), value=studio.default_label, label="Model", scale=4,
+                                           elem_id="model")
+                    ui.refresh = gr.Button("↻", scale=0, min_width=40)
+                    ui.download = gr.Button("Download", scale=1, visible=False)
+                    ui.precision = gr.Dropdown(list(PRECISIONS), value=precision, label="Precision", scale=2,
+                                               info="bf16/fp16: for GPUs")
+                ui.model_info = gr.Markdown(_model_info(pipe))
+                ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
+                                      label="Sampler")
+                with gr.Row():
+                    ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.get("rcm_steps", RCM_MAX_STEPS),
+                                                 step=1, label="Student steps", visible="rcm" in pipe.dits)
+                    ui.teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS_UI, value=_teacher_steps(pipe), step=1,
+                                                 label="Teacher steps", visible="teacher" in pipe.dits,
+                                                 elem_id="teacher-steps")
+                with gr.Row():
+                    ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                    ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+            with gr.Column(scale=4):
+                ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
+                                    elem_id="output-video", elem_classes="alice-video")
+                ui.settings = gr.JSON(label="Settings of this video")
+        with gr.Accordion("Teacher vs student", open=False, elem_id="compare-panel"):
+            ui.compare_note = gr.Markdown(_compare_note(pipe))
+            ui.compare = gr.Button("Render teacher vs student", interactive={"rcm", "teacher"} <= set(pipe.dits),
+                                   elem_id="compare")
+            with gr.Row():
+                ui.student_video = gr.Video(label="Student", interactive=False, autoplay=True, loop=True,
+                                            elem_classes="alice-video")
+                ui.teacher_video = gr.Video(label="Teacher", interactive=False, autoplay=True, loop=True,
+                                            elem_classes="alice-video")
+        ui.gallery = gr.Gallery(label="This session's videos", columns=6, fit_columns=False, height=240,
+                                object_fit="contain", preview=False, interactive=False)
+        history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
+
+        h = _Handlers(studio, ui)
+        inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
+                  ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, history]
+        # Generation and comparison share one queue slot: one job at a time on the device.
+        gen_event = ui.generate.click(h.generate, inputs, [ui.video, ui.settings, ui.seed, ui.gallery, history],
+                                      api_name="generate", concurrency_id="device", concurrency_limit=1)
+        cmp_event = ui.compare.click(
+            h.compare, inputs, [ui.student_video, ui.teacher_video, ui.settings, ui.seed, ui.gallery, history],
+            api_name="compare", concurrency_id="device", concurrency_limit=1,
+        )
+        # cancels= drops this session's waiting jobs; the flag stops a running one at the next step.
+        ui.cancel.click(h.cancel, None, None, api_name="cancel", cancels=[gen_event, cmp_event], queue=False)
+        model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
+                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps]
+        for control in (ui.model, ui.precision):
+            control.change(h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private",
+                           concurrency_id="loading")
+        ui.refresh.click(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)
+        demo.load(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)  # pick up new bundles
+        ui.download.click(h.download, [ui.model], [ui.model], api_visibility="private", concurrency_id="loading").then(
+            h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private", concurrency_id="loading"
+        )
+    demo.queue(default_concurrency_limit=1)
+    return demo
+
+
+def launch(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    model: str | None = None,
+    *,
+    precision: str = "fp32",
+    device: str | None = None,
+    output_dir: str | Path | None = None,
+    models_dir: str | Path | None = None,
+    block: bool = True,
+    quiet: bool = False,
+) -> gr.Blocks:
+    """Start the app on host:port (loopback by default; a public share link only with share=True).
+
+    `model` is the model selected at start (default: the bundled alice-tiny). With block=False it returns the
+    running Blocks (call .close() to stop it).
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="alice-app-"))
+    studio = Studio(output_dir, device=device, models_dir=models_dir, default_model=model)
+    if not quiet:
+        print(f"alice app: videos are saved in {studio.output_dir}; models folder {studio.models_dir}")
+    return serve(studio, precision, host=host, port=port, share=share, block=block, quiet=quiet)
+
+
+def serve(
+    studio: Studio,
+    precision: str = "fp32",
+    *,
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    share: bool = False,
+    block: bool = True,
+    quiet: bool = False,
+) -> gr.Blocks:
+    """Build the app around an existing Studio and start serving it."""
+    demo = build_app(studio, precision)
+    try:
+        demo.launch(
+            server_name=host, server_port=port, share=share, prevent_thread_lock=not block, quiet=quiet,
+            # Only what this app wrote may be served; the models folder never.
+            allowed_paths=[str(studio.output_dir)], blocked_paths=[str(studio.models_dir)],
+            theme=THEME, css=CSS, footer_links=["api", "settings"], run_history=False,
+        )
+    except OSError:
+        raise AliceError(
+            f"cannot listen on {host}:{port} (in use or not permitted); pass --port with a free port"
+        ) from None
+    return demo

@@ -1,0 +1,32 @@
+"""`alice app`: the command-line entry of the web app (Gradio is imported only when the app starts)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_app_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("app", help="start the local web app (http://127.0.0.1:7860 by default)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 opens it to the "
+                        "network)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (off unless asked)")
+    p.add_argument("--model", default=None,
+                   help="model selected at start: a bundled name (default alice-tiny), a bundle in the models "
+                        "folder, or a bundle folder path")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.add_argument("--models-dir", default=None,
+                   help="folder of model bundles offered in the app (default: $ALICE_MODELS_DIR or "
+                        "~/.cache/alice/models)")
+    p.add_argument("--output-dir", default=None, help="where generated videos are saved (default: a new temp folder)")
+    return p
+
+
+def run_app(args: argparse.Namespace) -> int:
+    from .app import launch
+
+    launch(host=args.host, port=args.port, share=args.share, model=args.model, precision=args.precision,
+           device=args.device, output_dir=args.output_dir, models_dir=args.models_dir)
+    return 0

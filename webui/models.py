@@ -1,0 +1,186 @@
+"""Which models the app offers, a cache of loaded pipelines, and the size/frame presets each model allows.
+
+The UI only ever sends a model *label* back; the label is looked up in the list built here on the server, so a
+user can never make the app read a path of their choosing. Three sources: bundled models, model bundles found
+in the allow-listed models folder (ALICE_MODELS_DIR, default ~/.cache/alice/models), and the download catalogue
+of `alice_core.hub` when that module exists (downloads happen only on an explicit request).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from alice_core.bundle import bundled_models
+from alice_core.errors import AliceError
+from alice_core.pipeline import VideoPipeline, load_pipeline, parse_precision
+
+MODELS_DIR_ENV = "ALICE_MODELS_DIR"
+LOCAL_PREFIX = "local/"
+HUB_PREFIX = "hub/"
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get(MODELS_DIR_ENV) or "~/.cache/alice/models").expanduser()
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    label: str                  # what the UI shows and sends back
+    kind: str                   # "bundled", "local" or "catalogue"
+    name: str
+    source: str | None          # what load_pipeline gets (bundled name, bundle folder, DiT file); None: not downloaded
+    description: str = ""
+    vae: str | None = None      # catalogue models: the Wan VAE and text encoder beside the DiT file
+    text_encoder: str | None = None
+
+    @property
+    def available(self) -> bool:
+        return self.source is not None
+
+
+def _local_bundles(models_dir: Path) -> dict[str, Path]:
+    """Bundle folders (with model.json) directly inside the models folder, by folder name."""
+    if not models_dir.is_dir():
+        return {}
+    return {p.name: p for p in sorted(models_dir.iterdir()) if (p / "model.json").is_file()}
+
+
+def _catalogue_choice(model) -> ModelChoice:
+    """A catalogue model as a choice; available when all its files are on disk (checked locally, no network)."""
+    from alice_core.hub import resolve_catalogue_model
+
+    try:
+        paths = resolve_catalogue_model(model.name, download=False)
+    except AliceError:
+        return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, None, model.description)
+    return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, str(paths["dit"]), model.description,
+                       str(paths["vae"]), str(paths["text_encoder"]))
+
+
+def list_model_choices(models_dir: Path, extra: dict[str, Path] | None = None) -> list[ModelChoice]:
+    """Bundled models first, then local bundles, then catalogue entries (usable once downloaded).
+
+    `extra` holds bundle folders the operator named on the command line (label -> folder).
+    """
+    choices = [ModelChoice(name, "bundled", name, name) for name in bundled_models()]
+    for label, folder in (extra or {}).items():
+        choices.append(ModelChoice(label, "local", folder.name, str(folder)))
+    local = _local_bundles(models_dir)
+    choices += [ModelChoice(LOCAL_PREFIX + name, "local", name, str(folder)) for name, folder in local.items()]
+    from alice_core.hub import load_catalogue
+
+    # ComfyUI-only entries (fp8 single-file umT5) cannot be loaded by the app's pipeline.
+    choices += [_catalogue_choice(m) for m in load_catalogue().models.values() if not m.comfyui_only]
+    return choices
+
+
+def download_model(choice: ModelChoice, progress=None) -> Path:
+    """Fetch a catalogue model into Alice's download folders (only ever called from the Download button).
+
+    progress(label, bytes_done, bytes_total) is alice_core.hub's callback (the app passes gr.Progress through it)."""
+    from alice_core.hub import resolve_catalogue_model
+
+    if choice.kind != "catalogue":
+        raise AliceError(f"{choice.label} is not a catalogue entry; only hub/... models can be downloaded")
+    return resolve_catalogue_model(choice.name, download=True, progress=progress)["dit"]
+
+
+class PipelineCache:
+    """Loaded pipelines keyed by (model source, precision); keeps the most recently used few in memory."""
+
+    def __init__(self, device: str, max_items: int = 2) -> None:
+        self.device = device
+        self.max_items = max_items
+        self._pipes: OrderedDict[tuple[str, str], VideoPipeline] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, choice: ModelChoice, precision: str) -> VideoPipeline:
+        if not choice.available:
+            raise AliceError(f"model {choice.label} is not downloaded yet; click Download first")
+        parse_precision(precision)
+        key = (choice.source, precision)
+        with self._lock:  # also stops two sessions from loading the same weights twice
+            if key in self._pipes:
+                self._pipes.move_to_end(key)
+                return self._pipes[key]
+            while len(self._pipes) >= self.max_items:
+                self._pipes.popitem(last=False)
+            pipe = load_pipeline(choice.source, precision=precision, vae=choice.vae, text_encoder=choice.text_encoder,
+                                 device=self.device)
+            self._pipes[key] = pipe
+            return pipe
+
+
+# -- presets --------------------------------------------------------------------------------------------------------
+def size_multiples(pipe: VideoPipeline) -> tuple[int, int]:
+    """(width, height) must be multiples of these: autoencoder stride x DiT patch, for every DiT of the model."""
+    stride = pipe.autoencoder.spatial_stride
+    width = max(stride * dit.config.patch_size[2] for dit in pipe.dits.values())
+    height = max(stride * dit.config.patch_size[1] for dit in pipe.dits.values())
+    return width, height
+
+
+def default_size(pipe: VideoPipeline) -> tuple[int, int]:
+    return pipe.defaults.get("width", 832), pipe.defaults.get("height", 480)
+
+
+def size_presets(pipe: VideoPipeline) -> list[str]:
+    """The model's default size, half of it, and the 2:1 landscape / 1:2 portrait variants, as "WxH"."""
+    mult_w, mult_h = size_multiples(pipe)
+    width, height = default_size(pipe)
+    candidates = [(width, height), (width // 2, height // 2), (width * 2, height), (width, height * 2)]
+    presets = []
+    for w, h in candidates:
+        if w >= mult_w and h >= mult_h and not w % mult_w and not h % mult_h and f"{w}x{h}" not in presets:
+            presets.append(f"{w}x{h}")
+    return presets
+
+
+def default_frames(pipe: VideoPipeline) -> int:
+    return pipe.defaults.get("frames", 81)
+
+
+def frame_presets(pipe: VideoPipeline) -> list[int]:
+    """4k+1 frame counts (k per the autoencoder's temporal stride): shortest, half, default, double."""
+    stride = pipe.autoencoder.temporal_stride
+    default = default_frames(pipe)
+    half = max(1, round((default - 1) / 2 / stride)) * stride + 1
+    return sorted({stride + 1, half, default, 2 * (default - 1) + 1})
+
+
+def parse_size(text: str, pipe: VideoPipeline) -> tuple[int, int]:
+    """"WxH" -> (W, H), checked against the model so the message names a valid preset."""
+    parts = str(text).lower().replace(" ", "").split("x")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts):
+        raise AliceError(f"size must look like WIDTHxHEIGHT, e.g. {size_presets(pipe)[0]}; got {text!r}")
+    width, height = int(parts[0]), int(parts[1])
+    mult_w, mult_h = size_multiples(pipe)
+    max_w, max_h = (2 * d for d in default_size(pipe))
+    if width < mult_w or height < mult_h or width % mult_w or height % mult_h:
+        raise AliceError(
+            f"size {width}x{height} does not fit model {pipe.name}: width must be a multiple of {mult_w} and "
+            f"height a multiple of {mult_h}; pick a preset such as {', '.join(size_presets(pipe))}"
+        )
+    if width > max_w or height > max_h:  # a shared app should not let one request take the machine for hours
+        raise AliceError(
+            f"size {width}x{height} is larger than this app allows for {pipe.name} (at most {max_w}x{max_h})"
+        )
+    return width, height
+
+
+def parse_frames(value: int | str, pipe: VideoPipeline) -> int:
+    stride = pipe.autoencoder.temporal_stride
+    try:
+        frames = int(value)
+    except (TypeError, ValueError):
+        frames = -1
+    if frames < 1 or (frames - 1) % stride or frames > max(frame_presets(pipe)):
+        raise AliceError(
+            f"frames must be {stride}k+1 and at most {max(frame_presets(pipe))} for model {pipe.name}, got {value!r}; "
+            f"pick one of {', '.join(map(str, frame_presets(pipe)))}"
+        )
+    return frames
