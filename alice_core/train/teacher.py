@@ -47,6 +47,7 @@ class TeacherTrainConfig:
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     shift: float = 3.0
+    uniform_time_fraction: float = 0.3
     size: int = 32
     frames: int = 9
     spatial_stride: int = 2
@@ -126,7 +127,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
             x0, ctx, _ = data.batch(cfg.batch_size)
             drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
             ctx[drop] = null_context
-            s = sample_training_times(cfg.batch_size, cfg.shift, gen)
+            s = sample_training_times(cfg.batch_size, cfg.shift, gen, cfg.uniform_time_fraction)
             noise = torch.randn(x0.shape, generator=gen)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
