@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +17,14 @@ def clips_to_video(clips: np.ndarray) -> torch.Tensor:
 
 
 class CachedTextEncoder:
-    """Memoises text states per caption: the caption grammar is finite, so most batches are cache hits."""
+    """Memoises text states per caption (least recently used first out): the caption grammar is finite, so most
+    batches are cache hits, and the bound keeps a long run's memory flat."""
 
-    def __init__(self, encoder: TextEncoder, max_len: int) -> None:
+    def __init__(self, encoder: TextEncoder, max_len: int, max_entries: int = 20000) -> None:
         self.encoder = encoder
         self.max_len = max_len
-        self.cache: dict[str, torch.Tensor] = {}
+        self.max_entries = max_entries
+        self.cache: OrderedDict[str, torch.Tensor] = OrderedDict()
 
     def encode(self, captions: list[str]) -> torch.Tensor:
         todo = sorted({c for c in captions if c not in self.cache})
@@ -29,7 +32,11 @@ class CachedTextEncoder:
             states = self.encoder.encode(todo)
             for c, s in zip(todo, states):
                 self.cache[c] = s[: self.max_len].clone()
+        for c in captions:
+            self.cache.move_to_end(c)
         rows = [self.cache[c] for c in captions]
+        while len(self.cache) > self.max_entries:
+            self.cache.popitem(last=False)
         out = torch.zeros(len(rows), self.max_len, rows[0].shape[-1])
         for i, r in enumerate(rows):
             out[i, : r.shape[0]] = r
