@@ -8,6 +8,8 @@ from pathlib import Path
 
 from .errors import AliceError
 from .hub_cli import add_download_parser, run_download
+from .loading.convert import add_convert_parser, run_convert
+from .loading.quant import PRECISION_NAMES
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
 
@@ -31,7 +33,10 @@ def _add_generate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shift", type=float, default=None, help="teacher flow shift")
     p.add_argument("--sigma-max", type=float, default=None, help="rCM starting sigma (default 80)")
     p.add_argument("--ode", action="store_true", help="rCM: deterministic ODE steps instead of re-noising")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
+                   help="fp8_* and nf4 store weights quantised (nf4 needs bitsandbytes)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="apply a LoRA (kohya, PEFT/diffusers or lightx2v diff format); repeatable")
     p.add_argument("--device", default="cpu")
     p.add_argument("--crf", type=int, default=19, help="mp4/webm quality (lower is better)")
     p.add_argument("--download", action="store_true", help="fetch a catalogue model (see alice download --list) if missing")
@@ -46,6 +51,18 @@ def _check_output_path(output: str) -> Path:
     if not path.parent.is_dir():
         raise AliceError(f"output folder {path.parent} does not exist; create it first")
     return path
+
+
+def _apply_lora_arg(pipe, spec: str) -> None:
+    from .loading.lora import apply_lora
+
+    path, _, strength = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    try:
+        value = float(strength) if strength else 1.0
+    except ValueError:
+        raise AliceError(f"--lora {spec!r}: strength must be a number, e.g. --lora my_lora.safetensors:0.8") from None
+    for dit in {id(d): d for d in pipe.dits.values()}.values():  # a single checkpoint serves both samplers
+        print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
@@ -66,6 +83,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift,
     )
     pipe.resolve(settings)  # fail on bad settings before any work
+    for spec in args.lora:
+        _apply_lora_arg(pipe, spec)
 
     from tqdm import tqdm
 
@@ -205,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(sub)
     _add_bench(sub)
     add_download_parser(sub)
+    add_convert_parser(sub)
     try:  # the app ships beside alice_core (webui/); a library-only install has no `alice app`
         from webui.cli import add_app_parser
     except ImportError:
@@ -225,6 +245,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench, "download": run_download,
+    "convert": run_convert,
     "app": lambda args: __import__("webui.cli", fromlist=["run_app"]).run_app(args),
 }
 

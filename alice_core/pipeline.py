@@ -18,7 +18,12 @@ from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
 from .sampling import RCM_MAX_STEPS, ProgressFn, StepControl, sample_flow_matching, sample_rcm
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Precision name -> compute dtype. fp8_e4m3fn / fp8_e5m2 / nf4 store the DiT's and umT5's Linear weights quantised
+# (alice_core/loading/quant.py) and run everything else, the VAE included, in bf16.
+PRECISIONS = {
+    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+    "fp8_e4m3fn": torch.bfloat16, "fp8_e5m2": torch.bfloat16, "nf4": torch.bfloat16,
+}
 DEFAULT_STEPS = {"rcm": 4, "teacher": 50}
 MAX_TEACHER_STEPS = 1000
 
@@ -229,9 +234,9 @@ def load_pipeline(
     dtype = parse_precision(precision)
     bundle = resolve_bundle(model)
     if bundle is not None:
-        te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder))
+        te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder), precision=precision)
         ae = load_autoencoder({"type": "wan_vae", "file": str(Path(vae).resolve())}, Path("."), dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
-        dits = {k: load_dit(p, dtype=dtype).to(device) for k, p in bundle.dits.items()}
+        dits = {k: load_dit(p, precision=precision, device=device) for k, p in bundle.dits.items()}
         return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
 
     # A single checkpoint: the same weights serve whichever sampler the user picks.
@@ -241,8 +246,9 @@ def load_pipeline(
         )
     from .loading.vae_keys import load_wan_vae
 
-    dit = load_dit(model, dtype=dtype).to(device)
-    return VideoPipeline(Path(model).stem, load_text_encoder(text_encoder), load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, {}, device)
+    dit = load_dit(model, precision=precision, device=device)
+    te = load_text_encoder(text_encoder, precision=precision)
+    return VideoPipeline(Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, {}, device)
 
 
 def _bundle_path(bundle: ModelBundle, ref: str) -> str:

@@ -135,3 +135,18 @@ def test_console_script_runs(bundle, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert out.exists()
+
+
+def test_cli_lora_flag_changes_the_video_and_reports(bundle, tmp_path, capsys):
+    from tests.test_nodes import write_lora
+
+    lora = tmp_path / "style.safetensors"
+    write_lora(lora, dim=32, seed=3, rank=2)
+    plain, styled = tmp_path / "plain.gif", tmp_path / "styled.gif"
+    assert main(["generate", "a ball", "-o", str(plain), "--model", str(bundle.folder)]) == 0
+    assert main(["generate", "a ball", "-o", str(styled), "--model", str(bundle.folder), "--lora", f"{lora}:4"]) == 0
+    err = capsys.readouterr().err
+    assert "matched" in err.lower()
+    assert not np.array_equal(read_video(plain)[0], read_video(styled)[0])
+    assert main(["generate", "a ball", "-o", str(tmp_path / "x.gif"), "--model", str(bundle.folder), "--lora", f"{lora}:strong"]) == 2
+    assert "strength must be a number" in capsys.readouterr().err

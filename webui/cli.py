@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from alice_core.loading.quant import PRECISION_NAMES
+
 
 def add_app_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("app", help="start the local web app (http://127.0.0.1:7860 by default)")
@@ -15,7 +17,7 @@ def add_app_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
     p.add_argument("--model", default=None,
                    help="model selected at start: a bundled name (default alice-tiny), a bundle in the models "
                         "folder, or a bundle folder path")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--models-dir", default=None,
                    help="folder of model bundles offered in the app (default: $ALICE_MODELS_DIR or "

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
+import mmap
+import os
 import pickle
+import re
+import struct
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,15 +36,35 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+    return _load_pickle(path)[0]
+
+
+def _torch_load(path: Path) -> tuple[object, bool]:
+    """torch.load restricted to tensors and plain containers; memory-mapped unless the file predates the zip
+    format (then it is read into memory). Returns the object and whether it is memory-mapped."""
     try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True, mmap=True)
+        return torch.load(str(path), map_location="cpu", weights_only=True, mmap=True), True
+    except RuntimeError as exc:
+        if "zipfile" not in str(exc) and "mmap" not in str(exc):
+            raise
+    return torch.load(str(path), map_location="cpu", weights_only=True), False
+
+
+def _load_pickle(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
+    try:
+        obj, mapped = _torch_load(path)
     except pickle.UnpicklingError as exc:
+        # torch's message is long; its "Unsupported global: ..." line names what the pickle wanted to run.
+        lines = [ln.strip() for ln in str(exc).splitlines()]
+        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
+        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200]
         raise AliceError(
             f"{path}: refused to load: the file is a pickle that needs code execution, not a plain state dict "
-            f"({str(exc).splitlines()[0][:160]}). Convert it to safetensors with a trusted tool, or use a safetensors file."
+            f"({reason}). Convert it to safetensors with a trusted tool, or use a safetensors file."
         ) from None
-    except RuntimeError as exc:
-        raise AliceError(f"{path}: not a readable torch checkpoint ({str(exc).splitlines()[0][:160]})") from None
+    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for files that are not checkpoints
+        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+        raise AliceError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first})") from None
     # Training checkpoints often wrap the weights: {"state_dict": ...}, {"model": ...}, {"net": ...}.
     for wrapper in ("state_dict", "model", "module", "net_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -43,7 +72,7 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             break
     if not isinstance(obj, dict):
         raise AliceError(f"{path}: expected a state dict (name -> tensor), found a {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, mapped
 
 
 def _diffusers_weight_files(folder: Path) -> list[Path]:
@@ -79,3 +108,228 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix in PICKLE_SUFFIXES:
         return _read_pickle(path)
     raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+# -- lazy, streaming access --------------------------------------------------------------------------------------
+# Quantised loading reads one tensor at a time and must not keep the file's pages resident: safetensors are read
+# with plain file reads (no mmap), .pt/.pth are memory-mapped and each tensor's pages are dropped once copied out.
+
+SAFETENSORS_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+SAFETENSORS_NAMES = {v: k for k, v in SAFETENSORS_DTYPES.items()}
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+
+class CheckpointReader:
+    """Names, shapes and dtypes of a checkpoint's tensors without loading them; `read(key)` loads one.
+
+    `infos` is in file order, so reading in that order is sequential I/O. Use as a context manager.
+    """
+
+    def __init__(self, source: str, infos: dict[str, TensorInfo], metadata: dict[str, str]) -> None:
+        self.source = source
+        self.infos = infos
+        self.metadata = metadata
+
+    def keys(self) -> list[str]:
+        return list(self.infos)
+
+    def read(self, key: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "CheckpointReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _parse_safetensors_header(path: Path, file) -> tuple[int, dict]:
+    size = path.stat().st_size
+    raw = file.read(8)
+    if len(raw) < 8:
+        raise AliceError(f"{path}: not a valid safetensors file (shorter than its 8-byte header length)")
+    header_len = struct.unpack("<Q", raw)[0]
+    if header_len > size - 8 or header_len > 100_000_000:
+        raise AliceError(f"{path}: not a valid safetensors file (header length {header_len} exceeds the file)")
+    try:
+        header = json.loads(file.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AliceError(f"{path}: not a valid safetensors file (unreadable header: {exc})") from None
+    if not isinstance(header, dict):
+        raise AliceError(f"{path}: not a valid safetensors file (header is not a JSON object)")
+    return 8 + header_len, header
+
+
+class SafetensorsReader(CheckpointReader):
+    """A safetensors file read with plain positioned reads: only the header up front, each tensor on `read`."""
+
+    def __init__(self, path: Path) -> None:
+        self._file = open(path, "rb")  # noqa: SIM115 - closed in close()
+        size = path.stat().st_size
+        try:
+            data_start, header = _parse_safetensors_header(path, self._file)
+            metadata = header.pop("__metadata__", None) or {}
+            self._spans: dict[str, tuple[int, int]] = {}
+            infos = {}
+            for key, entry in sorted(header.items(), key=lambda kv: kv[1]["data_offsets"][0]):
+                if entry["dtype"] not in SAFETENSORS_DTYPES:
+                    raise AliceError(f"{path}: tensor {key!r} has unsupported dtype {entry['dtype']}")
+                begin, end = entry["data_offsets"]
+                info = TensorInfo(tuple(entry["shape"]), SAFETENSORS_DTYPES[entry["dtype"]])
+                if end - begin != info.nbytes or data_start + end > size:
+                    raise AliceError(f"{path}: not a valid safetensors file (tensor {key!r} is truncated)")
+                infos[key] = info
+                self._spans[key] = (data_start + begin, end - begin)
+        except (KeyError, TypeError, ValueError) as exc:
+            self._file.close()
+            raise AliceError(f"{path}: not a valid safetensors file (malformed header entry: {exc})") from None
+        except BaseException:
+            self._file.close()
+            raise
+        super().__init__(str(path), infos, metadata)
+
+    def read(self, key: str) -> torch.Tensor:
+        info = self.infos[key]
+        offset, nbytes = self._spans[key]
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buffer.numpy())
+        self._file.seek(offset)
+        filled = 0
+        while filled < nbytes:
+            n = self._file.readinto(view[filled:])
+            if not n:
+                raise AliceError(f"{self.source}: file ended while reading tensor {key!r}")
+            filled += n
+        return buffer.view(info.dtype).reshape(info.shape)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Drop the resident pages of a memory-mapped tensor's storage (they re-fault from the file if touched again).
+    Safe because torch maps checkpoints copy-on-write and nothing here writes to them; Linux only."""
+    if not sys.platform.startswith("linux") or _LIBC is None:
+        return
+    storage = tensor.untyped_storage()
+    start, end = storage.data_ptr(), storage.data_ptr() + storage.nbytes()
+    page = mmap.PAGESIZE
+    start -= start % page
+    _LIBC.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+
+_MADV_DONTNEED = 4
+try:
+    _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None
+except OSError:
+    _LIBC = None
+
+
+class TorchFileReader(CheckpointReader):
+    def __init__(self, path: Path) -> None:
+        self._state, self._mapped = _load_pickle(path)
+        infos = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in self._state.items()}
+        super().__init__(str(path), infos, {})
+
+    def read(self, key: str) -> torch.Tensor:
+        mapped = self._state[key]
+        tensor = mapped.clone(memory_format=torch.contiguous_format)
+        if self._mapped:  # never on ordinary memory: dropping anonymous pages would zero them
+            _release_pages(mapped)
+        return tensor
+
+
+class FolderReader(CheckpointReader):
+    """A diffusers model folder: one or more safetensors shards read as one checkpoint."""
+
+    def __init__(self, folder: Path, files: list[Path]) -> None:
+        self._readers = [SafetensorsReader(f) for f in files]
+        self._owner = {k: r for r in self._readers for k in r.infos}
+        infos = {k: info for r in self._readers for k, info in r.infos.items()}
+        metadata = {k: v for r in self._readers for k, v in r.metadata.items()}
+        super().__init__(str(folder), infos, metadata)
+
+    def read(self, key: str) -> torch.Tensor:
+        return self._owner[key].read(key)
+
+    def close(self) -> None:
+        for r in self._readers:
+            r.close()
+
+
+def open_checkpoint(path: str | Path) -> CheckpointReader:
+    """A lazy reader for a safetensors / .pt / .pth file or a diffusers folder (see `read_state_dict`)."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AliceError(f"checkpoint not found: {path}; check the path (or pass a model name from `alice models`)")
+    if path.is_dir():
+        files = _diffusers_weight_files(path)
+        if not files:
+            raise AliceError(f"{path}: folder holds no *.safetensors weights (expected a diffusers model folder)")
+        return FolderReader(path, files)
+    if path.suffix in SAFETENSORS_SUFFIXES:
+        return SafetensorsReader(path)
+    if path.suffix in PICKLE_SUFFIXES:
+        return TorchFileReader(path)
+    raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors, .pt or .pth")
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    """One tensor of a file being written: its name, shape and dtype up front, its values made on demand."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+
+def write_safetensors(path: str | Path, tensors: list[OutputTensor], metadata: dict[str, str] | None = None) -> Path:
+    """Write a safetensors file one tensor at a time (never the whole model in memory), atomically: the data goes
+    to a temporary file next to `path` that is renamed when complete. Refuses to overwrite."""
+    path = Path(path)
+    if path.exists():
+        raise AliceError(f"{path} already exists; choose another output path or delete it")
+    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
+    offset = 0
+    for t in tensors:
+        if t.dtype not in SAFETENSORS_NAMES:
+            raise AliceError(f"cannot store {t.name} as {t.dtype} in safetensors")
+        nbytes = math.prod(t.shape) * t.dtype.itemsize
+        header[t.name] = {
+            "dtype": SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes],
+        }
+        offset += nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(struct.pack("<Q", len(encoded)))
+            f.write(encoded)
+            for t in tensors:
+                value = t.make()
+                if tuple(value.shape) != tuple(t.shape) or value.dtype != t.dtype:
+                    raise RuntimeError(f"{t.name}: made {tuple(value.shape)} {value.dtype}, declared {t.shape} {t.dtype}")
+                f.write(memoryview(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

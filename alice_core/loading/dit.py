@@ -10,8 +10,7 @@ import torch
 from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
-from .checkpoint import read_safetensors_metadata, read_state_dict
-from .dit_keys import check_state_matches, infer_dit_config, to_official_layout
+from .checkpoint import read_safetensors_metadata
 
 # Alice's own files store their architecture in the safetensors header under this key.
 CONFIG_METADATA_KEY = "alice_dit_config"
@@ -31,7 +30,7 @@ def stored_dit_config(path: Path) -> WanDiTConfig | None:
                 dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
                 in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
                 patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
-                cross_attn_norm=d.get("cross_attn_norm", True),
+                cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
             )
     return None
 
@@ -43,24 +42,34 @@ def build_dit(
     source: str = "state dict",
     ops=None,
 ) -> WanDiT:
-    """A WanDiT holding exactly `state` (any supported layout), cast to `dtype`."""
-    state = to_official_layout(state)
-    config = config or infer_dit_config(state)
+    """A WanDiT holding exactly `state` (any supported layout, see `formats.py`), cast to `dtype`."""
+    from .formats import convert_state_dict
+    from .quant import fill_module
+
+    official, fmt = convert_state_dict(state, config, source)
     with torch.device("meta"):
-        model = WanDiT(config) if ops is None else WanDiT(config, ops)
-    check_state_matches(state, model.state_dict(), source)
-    # assign=True adopts the loaded tensors instead of copying into freshly allocated ones.
-    model.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, assign=True)
+        model = WanDiT(fmt.config) if ops is None else WanDiT(fmt.config, ops)
+    fill_module(model, ((k, lambda v=v: v) for k, v in official.items()), dtype, device=None, source=source)
     return model.eval().requires_grad_(False)
 
 
-def load_dit(path: str | Path, config: WanDiTConfig | None = None, dtype: torch.dtype = torch.float32) -> WanDiT:
-    """Load a Wan DiT from an official / rCM / diffusers checkpoint or an Alice safetensors file."""
+def load_dit(
+    path: str | Path,
+    config: WanDiTConfig | None = None,
+    dtype: torch.dtype = torch.float32,
+    precision: str | None = None,
+    device: torch.device | str = "cpu",
+) -> WanDiT:
+    """Load a Wan DiT from an official / rCM / TurboDiffusion / diffusers / ComfyUI checkpoint or an Alice file.
+
+    `precision` (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2, nf4) overrides `dtype`. Tensors are read one at a time
+    and converted (quantised) as they arrive, straight onto `device`.
+    """
+    from .quant import precision_of_dtype, stream_dit
+
     path = Path(path).expanduser()
-    state = read_state_dict(path)
-    config = config or stored_dit_config(path)
     try:
-        return build_dit(state, config, dtype, source=str(path))
+        return stream_dit(path, precision or precision_of_dtype(dtype), config, device)
     except AliceError as exc:
         msg = str(exc)
         raise AliceError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None

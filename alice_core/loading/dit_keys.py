@@ -36,6 +36,46 @@ _DIFFUSERS_TO_OFFICIAL: list[tuple[str, str]] = [
 ]
 _COMPILED = [(re.compile(p), r) for p, r in _DIFFUSERS_TO_OFFICIAL]
 
+# official Wan -> diffusers, the inverse of the table above (used to write diffusers folders and to match LoRA keys).
+_OFFICIAL_TO_DIFFUSERS: list[tuple[str, str]] = [
+    (r"^time_embedding\.0\.", "condition_embedder.time_embedder.linear_1."),
+    (r"^time_embedding\.2\.", "condition_embedder.time_embedder.linear_2."),
+    (r"^text_embedding\.0\.", "condition_embedder.text_embedder.linear_1."),
+    (r"^text_embedding\.2\.", "condition_embedder.text_embedder.linear_2."),
+    (r"^time_projection\.1\.", "condition_embedder.time_proj."),
+    (r"^head\.modulation$", "scale_shift_table"),
+    (r"^head\.head\.", "proj_out."),
+    (r"^(blocks\.\d+)\.modulation$", r"\1.scale_shift_table"),
+    (r"^(blocks\.\d+)\.self_attn\.o\.", r"\1.attn1.to_out.0."),
+    (r"^(blocks\.\d+)\.self_attn\.([qkv])\.", r"\1.attn1.to_\2."),
+    (r"^(blocks\.\d+)\.self_attn\.norm_([qk])\.", r"\1.attn1.norm_\2."),
+    (r"^(blocks\.\d+)\.cross_attn\.o\.", r"\1.attn2.to_out.0."),
+    (r"^(blocks\.\d+)\.cross_attn\.([qkv])\.", r"\1.attn2.to_\2."),
+    (r"^(blocks\.\d+)\.cross_attn\.norm_([qk])\.", r"\1.attn2.norm_\2."),
+    (r"^(blocks\.\d+)\.norm3\.", r"\1.norm2."),
+    (r"^(blocks\.\d+)\.ffn\.0\.", r"\1.ffn.net.0.proj."),
+    (r"^(blocks\.\d+)\.ffn\.2\.", r"\1.ffn.net.2."),
+]
+_COMPILED_INVERSE = [(re.compile(p), r) for p, r in _OFFICIAL_TO_DIFFUSERS]
+
+
+def _rename(key: str, rules: list[tuple[re.Pattern, str]]) -> str:
+    for pattern, repl in rules:
+        new, n = pattern.subn(repl, key)
+        if n:
+            return new
+    return key
+
+
+def official_key_from_diffusers(key: str) -> str:
+    """`blocks.0.attn1.to_q.weight` -> `blocks.0.self_attn.q.weight`; keys without a rule are returned unchanged."""
+    return _rename(key, _COMPILED)
+
+
+def diffusers_key_from_official(key: str) -> str:
+    """`blocks.0.self_attn.q.weight` -> `blocks.0.attn1.to_q.weight`; keys without a rule are returned unchanged."""
+    return _rename(key, _COMPILED_INVERSE)
+
 LAYOUTS = ("official", "rcm", "diffusers")
 
 
@@ -58,15 +98,7 @@ def detect_dit_layout(state: dict[str, torch.Tensor]) -> str:
 
 
 def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    out = {}
-    for key, value in state.items():
-        new = key
-        for pattern, repl in _COMPILED:
-            new, n = pattern.subn(repl, new)
-            if n:
-                break
-        out[new] = value
-    return out
+    return {official_key_from_diffusers(k): v for k, v in state.items()}
 
 
 def rcm_to_official(state: dict[str, torch.Tensor], patch_size: tuple[int, int, int] = (1, 2, 2)) -> dict[str, torch.Tensor]:

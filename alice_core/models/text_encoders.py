@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import html
+import json
 import re
 from pathlib import Path
 
@@ -72,6 +73,7 @@ class UMT5TextEncoder:
         tokenizer_path: str | Path | None = None,
         dtype: torch.dtype = torch.float32,
         device: str | torch.device = "cpu",
+        precision: str | None = None,
     ) -> "UMT5TextEncoder":
         """Load from local files only.
 
@@ -82,6 +84,8 @@ class UMT5TextEncoder:
           - Wan's own encoder checkpoint (`models_t5_umt5-xxl-enc-bf16.pth`); the tokenizer is looked for in
             `google/umt5-xxl/` next to it, as in the official Wan model folders.
         tokenizer_path overrides where the tokenizer is read from.
+        precision (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2, nf4) overrides dtype; the quantised modes read the
+        weights one tensor at a time and quantise the attention and FFN input projections as they arrive.
         """
         path = Path(folder_or_file).expanduser()
         if not path.exists():
@@ -103,6 +107,12 @@ class UMT5TextEncoder:
             tokenizer_candidates = [Path(tokenizer_path).expanduser()]
         tokenizer = _load_tokenizer(tokenizer_candidates)
 
+        if precision is not None:
+            from ..loading.quant import compute_dtype, is_quantized
+
+            if is_quantized(precision):
+                return cls(_load_umt5_quantized(path, wan_state, precision, device), tokenizer)
+            dtype = compute_dtype(precision)
         if wan_state is not None:
             model = _umt5_from_wan_state(wan_state).to(dtype=dtype)
         else:
@@ -154,14 +164,14 @@ def _read_wan_t5_checkpoint(file: Path) -> dict[str, torch.Tensor]:
     return wan
 
 
-def _umt5_from_wan_state(wan: dict[str, torch.Tensor]):
-    """Wan's single-file encoder (its own module names) -> transformers UMT5EncoderModel; sizes from the weights."""
-    from transformers import UMT5Config, UMT5EncoderModel
+def _umt5_config_from_wan(wan: dict[str, torch.Tensor]):
+    """transformers' UMT5Config for Wan's single-file encoder, from its weights' shapes."""
+    from transformers import UMT5Config
 
     vocab, dim = wan["token_embedding.weight"].shape
     num_layers = 1 + max(int(k.split(".")[1]) for k in wan if k.startswith("blocks."))
     num_buckets, num_heads = wan["blocks.0.pos_embedding.embedding.weight"].shape
-    config = UMT5Config(
+    return UMT5Config(
         vocab_size=vocab,
         d_model=dim,
         d_kv=wan["blocks.0.attn.q.weight"].shape[0] // num_heads,
@@ -174,11 +184,24 @@ def _umt5_from_wan_state(wan: dict[str, torch.Tensor]):
         layer_norm_epsilon=1e-6,
         dropout_rate=0.0,
     )
-    state = {"shared.weight": wan["token_embedding.weight"], "encoder.final_layer_norm.weight": wan["norm.weight"]}
-    state["encoder.embed_tokens.weight"] = state["shared.weight"]
+
+
+def _hf_names_of_wan_keys(num_layers: int) -> dict[str, str]:
+    """transformers UMT5EncoderModel key -> Wan encoder checkpoint key."""
+    names = {"shared.weight": "token_embedding.weight", "encoder.final_layer_norm.weight": "norm.weight"}
     for i in range(num_layers):
         for wan_key, hf_key in _WAN_T5_BLOCK_KEYS.items():
-            state[f"encoder.block.{i}.{hf_key}"] = wan[f"blocks.{i}.{wan_key}"]
+            names[f"encoder.block.{i}.{hf_key}"] = f"blocks.{i}.{wan_key}"
+    return names
+
+
+def _umt5_from_wan_state(wan: dict[str, torch.Tensor]):
+    """Wan's single-file encoder (its own module names) -> transformers UMT5EncoderModel; sizes from the weights."""
+    from transformers import UMT5EncoderModel
+
+    config = _umt5_config_from_wan(wan)
+    state = {hf: wan[w] for hf, w in _hf_names_of_wan_keys(config.num_layers).items()}
+    state["encoder.embed_tokens.weight"] = state["shared.weight"]
 
     # Build on the meta device and adopt the checkpoint tensors: no 11 GB random init, no second copy.
     with torch.device("meta"):
@@ -186,6 +209,70 @@ def _umt5_from_wan_state(wan: dict[str, torch.Tensor]):
     model.load_state_dict(state, strict=True, assign=True)
     model.tie_weights()
     return model
+
+
+def _load_umt5_quantized(path: Path, wan_state: dict[str, torch.Tensor] | None, precision: str, device):
+    """umT5 with fp8 / NF4 attention and FFN input projections, filled one tensor at a time from the files (never a
+    full-precision copy in memory). `wo` stays in bf16: transformers casts the FFN activations to `wo.weight.dtype`
+    and lists `wo` as precision-sensitive. The embedding and norms are bf16 too."""
+    from transformers import AutoConfig, UMT5EncoderModel
+
+    from ..loading.checkpoint import open_checkpoint
+    from ..loading.quant import compute_dtype, fill_module, quantized_ops, replace_linears
+
+    if wan_state is not None:
+        config, files = _umt5_config_from_wan(wan_state), [path]
+        file_key = _hf_names_of_wan_keys(config.num_layers)
+    else:
+        config, files = AutoConfig.from_pretrained(path, local_files_only=True), _hf_weight_files(path)
+        file_key = {}
+    with torch.device("meta"):
+        model = UMT5EncoderModel(config)
+    model.set_input_embeddings(model.shared)  # one embedding module for both tied names, filled once below
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    replace_linears(model, quantized_ops(precision).Linear, select=lambda name: not name.endswith(".wo"))
+
+    readers = [open_checkpoint(f) for f in files]
+    try:
+        owner = {k: r for r in readers for k in r.infos}
+        found = {k: tuple(r.infos[k].shape) for r in readers for k in r.infos}
+
+        def source_key(key: str) -> str:
+            return file_key.get(key, key)
+
+        # `shared` and `encoder.embed_tokens` are one module: fill it once, from whichever name the file uses.
+        tied = ("shared.weight", "encoder.embed_tokens.weight")
+        embedding = next((k for k in tied if source_key(k) in found), tied[0])
+        wanted = [embedding] + [k for k in expected if k not in tied]
+        missing = [k for k in wanted if source_key(k) not in found]
+        wrong = [f"{k}: expected {expected[k]}, found {found[source_key(k)]}"
+                 for k in wanted if source_key(k) in found and found[source_key(k)] != expected[k]]
+        if missing or wrong:
+            raise AliceError(
+                f"{path}: umT5 weights do not fit the config: missing {len(missing)} (e.g. {missing[:3]}), "
+                f"{len(wrong)} shape mismatches (e.g. {wrong[:2]})"
+            )
+
+        def maker(key: str):
+            return lambda: owner[source_key(key)].read(source_key(key))
+
+        fill_module(model, ((k, maker(k)) for k in wanted), compute_dtype(precision), device, str(path))
+    finally:
+        for r in readers:
+            r.close()
+    return model
+
+
+def _hf_weight_files(folder: Path) -> list[Path]:
+    """The weight files of a transformers model folder: safetensors (sharded or not), else pytorch_model*.bin."""
+    for pattern in ("*.safetensors", "pytorch_model*.bin"):
+        index = next(iter(sorted(folder.glob(pattern + ".index.json"))), None)
+        if index is not None:
+            return [folder / name for name in sorted(set(json.loads(index.read_text())["weight_map"].values()))]
+        files = sorted(folder.glob(pattern))
+        if files:
+            return files
+    raise AliceError(f"{folder} holds no umT5 weights (*.safetensors or pytorch_model.bin)")
 
 
 def _load_tokenizer(candidates: list[Path]):
@@ -236,14 +323,18 @@ class MiniLMTextEncoder:
 
 
 def load_text_encoder(
-    name_or_path: str | Path, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
 ) -> TextEncoder:
-    """'minilm' (bundled, always fp32) or a local umT5 folder / Wan .pth file (loaded in `dtype`)."""
+    """'minilm' (bundled, always fp32) or a local umT5 folder / Wan .pth file (loaded in `dtype`, or in `precision`:
+    fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2, nf4)."""
     if str(name_or_path).lower() == "minilm":
         return MiniLMTextEncoder(device=device)
     path = Path(name_or_path).expanduser()
     if path.exists():
-        return UMT5TextEncoder.from_pretrained(path, dtype=dtype, device=device)
+        return UMT5TextEncoder.from_pretrained(path, dtype=dtype, device=device, precision=precision)
     raise AliceError(
         f"unknown text encoder '{name_or_path}'; use 'minilm' or the path of a umT5 folder "
         "(config.json + weights) or of Wan's models_t5_umt5-xxl-enc-bf16.pth"

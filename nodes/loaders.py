@@ -1,0 +1,146 @@
+"""Loader nodes: the DiT model, the text encoder, the autoencoder (VAE) and LoRAs, from ComfyUI's model folders."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from alice_core.bundle import bundled_models
+from alice_core.hub import load_catalogue, resolve_catalogue_model
+from alice_core.models.text_encoders import load_text_encoder
+from alice_core.pipeline import PRECISIONS
+from alice_core.stages import MODEL_PRECISIONS, AliceModel, load_model, load_vae, resolve_precision, with_lora
+
+from . import host
+from .base import AliceNode
+
+CATALOGUE_PREFIX = "catalogue/"
+BUNDLE_FILE = "model.json"  # a folder holding this is an Alice model bundle
+HF_CONFIG_FILE = "config.json"  # a folder holding this is a transformers model (umT5)
+VAE_PRECISIONS = ["auto", *PRECISIONS]
+
+
+def _grouped_files(folder: str, marker: str) -> list[str]:
+    """Files of a model folder, each folder holding `marker` shown once as '<folder>/<marker>' instead."""
+    entries: list[str] = []
+    for name in host.model_files(folder):
+        full = host.model_path(folder, name)
+        entry = os.path.join(os.path.dirname(name), marker) if (full.parent / marker).is_file() else name
+        if entry not in entries:
+            entries.append(entry)
+    return entries
+
+
+def _catalogue_entries() -> list[str]:
+    """Catalogue models Alice's own loaders can run (not the ones packaged for ComfyUI's native loaders)."""
+    models = load_catalogue().models.values()
+    return [CATALOGUE_PREFIX + m.name for m in models if not m.comfyui_only]
+
+
+def _bundle_entries() -> list[str]:
+    return [e for e in _grouped_files("diffusion_models", BUNDLE_FILE) if os.path.basename(e) == BUNDLE_FILE]
+
+
+class AliceModelLoader(AliceNode):
+    DISPLAY_NAME = "Alice Model Loader"
+    DESCRIPTION = (
+        "Loads an Alice/Wan2.1 text-to-video DiT: the bundled alice-tiny, a model bundle (folder with model.json) "
+        "or a single Wan2.1 T2V checkpoint from models/diffusion_models, or a catalogue model. A catalogue model "
+        "missing on disk is downloaded (with its VAE and text encoder, into the standard folders) only when "
+        "download is on."
+    )
+    RETURN_TYPES = ("ALICE_MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        choices = [*bundled_models(), *_grouped_files("diffusion_models", BUNDLE_FILE), *_catalogue_entries()]
+        return {"required": {
+            "model_name": (choices, {"tooltip": "bundled model, file in models/diffusion_models, or catalogue entry"}),
+            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU"}),
+            "offload": ("BOOLEAN", {"default": False, "tooltip": "keep weights in CPU memory, on the GPU only while sampling"}),
+            "download": ("BOOLEAN", {"default": False, "tooltip": "allow downloading a catalogue model that is not on disk"}),
+        }}
+
+    def execute(self, model_name: str, precision: str, offload: bool, download: bool) -> tuple[AliceModel]:
+        if model_name.startswith(CATALOGUE_PREFIX):
+            files = resolve_catalogue_model(
+                model_name.removeprefix(CATALOGUE_PREFIX), download, host.download_progress(), host.model_folders()
+            )
+            source = files["dit"]
+        elif model_name in bundled_models():
+            source = model_name
+        else:
+            source = host.model_path("diffusion_models", model_name)
+        device = host.compute_device()
+        offload_device = host.offload_device() if offload else None
+        return (load_model(source, precision, device, offload_device),)
+
+
+class AliceTextEncoderLoader(AliceNode):
+    DISPLAY_NAME = "Alice Text Encoder Loader"
+    DESCRIPTION = "Loads the bundled MiniLM (alice-tiny) or a umT5 encoder (Wan) from models/text_encoders."
+    RETURN_TYPES = ("ALICE_TEXT_ENCODER",)
+    RETURN_NAMES = ("text_encoder",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        choices = ["minilm", *_grouped_files("text_encoders", HF_CONFIG_FILE)]
+        return {"required": {
+            "text_encoder": (choices, {"tooltip": "minilm for alice-tiny; umT5 folder or Wan .pth for Wan models"}),
+            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "minilm always runs in fp32"}),
+            "device": (["default", "cpu"], {"default": "default", "tooltip": "cpu keeps GPU memory for the DiT"}),
+        }}
+
+    def execute(self, text_encoder: str, precision: str, device: str):
+        torch_device = host.compute_device() if device == "default" else host.offload_device()
+        precision = resolve_precision(precision, torch_device)
+        if text_encoder == "minilm":
+            return (load_text_encoder("minilm", device=torch_device),)
+        path: Path = host.model_path("text_encoders", text_encoder)
+        source = path.parent if path.name == HF_CONFIG_FILE else path
+        return (load_text_encoder(source, device=torch_device, precision=precision),)
+
+
+class AliceVAELoader(AliceNode):
+    DISPLAY_NAME = "Alice VAE Loader"
+    DESCRIPTION = "Loads a model bundle's autoencoder (alice-tiny's lossless latent) or a Wan2.1 VAE from models/vae."
+    RETURN_TYPES = ("ALICE_VAE",)
+    RETURN_NAMES = ("vae",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        choices = [*bundled_models(), *_bundle_entries(), *host.model_files("vae")]
+        return {"required": {
+            "vae_name": (choices, {"tooltip": "use the entry of the model you sample with"}),
+            "precision": (VAE_PRECISIONS, {"default": "auto"}),
+        }}
+
+    def execute(self, vae_name: str, precision: str):
+        device = host.compute_device()
+        precision = resolve_precision(precision, device)
+        if vae_name in bundled_models():
+            source = vae_name
+        elif os.path.basename(vae_name) == BUNDLE_FILE:
+            source = host.model_path("diffusion_models", vae_name)
+        else:
+            source = host.model_path("vae", vae_name)
+        return (load_vae(source, precision, device),)
+
+
+class AliceLoraLoader(AliceNode):
+    DISPLAY_NAME = "Alice LoRA Loader"
+    DESCRIPTION = "Applies a LoRA from models/loras to the model; chain several loaders to stack LoRAs."
+    RETURN_TYPES = ("ALICE_MODEL",)
+    RETURN_NAMES = ("model",)
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        return {"required": {
+            "model": ("ALICE_MODEL",),
+            "lora_name": (host.model_files("loras"), {"tooltip": "a LoRA file in models/loras"}),
+            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
+        }}
+
+    def execute(self, model: AliceModel, lora_name: str, strength: float):
+        return (with_lora(model, host.model_path("loras", lora_name), strength),)

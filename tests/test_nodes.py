@@ -1,0 +1,432 @@
+"""ComfyUI nodes: the package contract, input errors, equality with the library pipeline, ComfyUI hooks, saving."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from alice_core.errors import AliceError
+from alice_core.loading.quant import is_quantized_linear
+from alice_core.models.config import WanDiTConfig, WanVAEConfig
+from alice_core.models.dit import WanDiT
+from alice_core.models.vae import WanVAE
+from alice_core.pipeline import GenerationSettings, load_pipeline
+from alice_core.video_io import read_video, read_video_metadata
+
+from tests.bundles import random_tiny_bundle, save_dit
+
+ROOT = Path(__file__).resolve().parent.parent
+PACK_NAME = "alice_comfy_pack"
+EXPECTED_NODES = {
+    "AliceModelLoader", "AliceTextEncoderLoader", "AliceTextEncode", "AliceRCMSampler", "AliceTeacherSampler",
+    "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader",
+}
+SOCKET_TYPES = {"ALICE_MODEL", "ALICE_TEXT_ENCODER", "ALICE_CONDITIONING", "ALICE_VAE", "LATENT", "IMAGE"}
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+
+
+def load_pack(name: str = PACK_NAME):
+    """Import the repository root the way ComfyUI imports a custom-node folder: a package from its __init__.py."""
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
+    pack = importlib.util.module_from_spec(spec)
+    sys.modules[name] = pack
+    spec.loader.exec_module(pack)
+    return pack
+
+
+def run_node(node_type: str, **inputs):
+    cls = load_pack().NODE_CLASS_MAPPINGS[node_type]
+    return getattr(cls(), cls.FUNCTION)(**inputs)
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Standalone model folders and output folder in tmp (the nodes' outside-ComfyUI configuration)."""
+    monkeypatch.setenv("ALICE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ALICE_OUTPUT_DIR", str(tmp_path / "out"))
+    return SimpleNamespace(models=tmp_path / "home", output=tmp_path / "out")
+
+
+@pytest.fixture
+def random_bundle(env):
+    """A random-weight bundle in diffusion_models (space-to-depth stride 4, MiniLM; 32x32, 9 frames)."""
+    bundle = random_tiny_bundle(env.models / "diffusion_models" / "random-test")
+    return SimpleNamespace(entry="random-test/model.json", bundle=bundle)
+
+
+def host():
+    return load_pack().nodes.host
+
+
+def generate_with_nodes(entry: str, sampler: str, **settings):
+    model = run_node("AliceModelLoader", model_name=entry, precision="auto", offload=False, download=False)[0]
+    encoder = run_node("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="default")[0]
+    cond = run_node("AliceTextEncode", text_encoder=encoder, positive="a red ball moving up", negative="blurry")[0]
+    if sampler == "rcm":
+        latent = run_node("AliceRCMSampler", model=model, conditioning=cond, **settings)[0]
+    else:
+        latent = run_node("AliceTeacherSampler", model=model, conditioning=cond, **settings)[0]
+    vae = run_node("AliceVAELoader", vae_name=entry, precision="auto")[0]
+    return run_node("AliceVAEDecode", vae=vae, samples=latent, tiled=False, tile_size=256, overlap=64)[0], latent
+
+
+# ---------------------------------------------------------------- the package
+
+
+def test_root_package_exports_the_mappings_lazily_without_comfyui():
+    pack = load_pack("alice_pack_import_check")
+    assert "alice_pack_import_check.nodes" not in sys.modules  # importing the root alone loads nothing
+    mappings, names = pack.NODE_CLASS_MAPPINGS, pack.NODE_DISPLAY_NAME_MAPPINGS
+    assert set(mappings) == EXPECTED_NODES == set(names)
+    assert pack.nodes.__name__ == "alice_pack_import_check.nodes"  # relative: never ComfyUI's top-level `nodes`
+    assert all(name.startswith("Alice") for name in names.values())
+    for module in ("comfy", "folder_paths", "server"):
+        assert module not in sys.modules
+    assert not pack.nodes.host.in_comfyui()
+    with pytest.raises(AttributeError):
+        pack.NOT_A_MAPPING
+
+
+@pytest.mark.parametrize("node_type", sorted(EXPECTED_NODES))
+def test_node_class_contract(node_type):
+    cls = load_pack().NODE_CLASS_MAPPINGS[node_type]
+    assert cls.CATEGORY == "Alice"
+    assert callable(getattr(cls(), cls.FUNCTION))
+    assert isinstance(cls.RETURN_TYPES, tuple) and cls.RETURN_TYPES
+    assert all(t in SOCKET_TYPES or t == "STRING" for t in cls.RETURN_TYPES)
+    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"} and spec["required"]
+    for name, input_spec in {**spec["required"], **spec.get("optional", {})}.items():
+        assert isinstance(input_spec, tuple) and 1 <= len(input_spec) <= 2, name
+        kind, options = input_spec[0], (input_spec[1] if len(input_spec) == 2 else {})
+        assert isinstance(options, dict)
+        if isinstance(kind, list):
+            assert all(isinstance(choice, str) for choice in kind)
+            assert options.get("default", kind[0] if kind else None) in (kind or [None])
+        elif kind in ("INT", "FLOAT"):
+            assert options["min"] <= options["default"] <= options["max"], name
+        else:
+            assert kind in WIDGET_TYPES | SOCKET_TYPES, (name, kind)
+    assert set(spec.get("hidden", {}).values()) <= {"PROMPT", "EXTRA_PNGINFO"}
+
+
+# ---------------------------------------------------------------- errors
+
+
+def test_bad_node_inputs_give_clear_errors(random_bundle):
+    model = run_node("AliceModelLoader", model_name=random_bundle.entry, precision="auto", offload=False,
+                     download=False)[0]
+    encoder = run_node("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="default")[0]
+    cond = run_node("AliceTextEncode", text_encoder=encoder, positive="a ball", negative="")[0]
+    good = dict(model=model, conditioning=cond, seed=0, steps=4, width=32, height=32, frames=9, sigma_max=80.0,
+                mode="sde")
+    cases = [
+        ({"steps": 7}, "input 'steps' must be between 1 and 4, got 7"),
+        ({"mode": "euler"}, "input 'mode' is 'euler', which is not available; choose one of: sde, ode"),
+        ({"sigma_max": float("nan")}, "input 'sigma_max' must be a number"),
+        ({"seed": "42"}, "input 'seed' must be a whole number"),
+        ({"model": "alice-tiny"}, "input 'model' must be an Alice model (from Alice Model Loader), got str"),
+        ({"cfg": 3.0}, "unknown input(s) cfg"),
+        ({"frames": 10}, "frames must be 4k+1"),  # checked by the pipeline: names the nearest valid values
+        ({"width": 36}, "width must be a multiple of 8"),
+    ]
+    for change, message in cases:
+        with pytest.raises(AliceError, match=None) as caught:
+            run_node("AliceRCMSampler", **{**good, **change})
+        assert message in str(caught.value), (change, str(caught.value))
+        assert "\n" not in str(caught.value)
+    with pytest.raises(AliceError, match="Alice rCM Sampler .*: input\\(s\\) conditioning missing"):
+        run_node("AliceRCMSampler", **{k: v for k, v in good.items() if k != "conditioning"})
+    with pytest.raises(AliceError, match="prompt is empty"):
+        run_node("AliceTextEncode", text_encoder=encoder, positive="  ", negative="")
+    with pytest.raises(AliceError, match="input 'model_name' is 'missing.safetensors', which is not available"):
+        run_node("AliceModelLoader", model_name="missing.safetensors", precision="auto", offload=False, download=False)
+
+
+def test_a_model_without_student_weights_says_which_sampler_to_use(env):
+    bundle = random_tiny_bundle(env.models / "diffusion_models" / "teacher-only")
+    bundle.dits.pop("rcm")
+    bundle.write()
+    model = run_node("AliceModelLoader", model_name="teacher-only/model.json", precision="auto", offload=False,
+                     download=False)[0]
+    assert set(model.dits) == {"teacher"}
+    encoder = run_node("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="default")[0]
+    cond = run_node("AliceTextEncode", text_encoder=encoder, positive="a ball", negative="")[0]
+    with pytest.raises(AliceError, match="has no weights for the rcm sampler; use the teacher sampler"):
+        run_node("AliceRCMSampler", model=model, conditioning=cond, seed=0, steps=4, width=32, height=32, frames=9,
+                 sigma_max=80.0, mode="sde")
+
+
+# ---------------------------------------------------------------- the graph equals the library
+
+
+@pytest.mark.parametrize("sampler, settings", [
+    ("rcm", dict(seed=3, steps=2, width=32, height=32, frames=9, sigma_max=80.0, mode="sde")),
+    ("teacher", dict(seed=5, steps=3, cfg=2.5, shift=3.0, width=32, height=48, frames=5)),
+])
+def test_node_graph_makes_the_same_video_as_the_pipeline(random_bundle, sampler, settings):
+    images, latent = generate_with_nodes(random_bundle.entry, sampler, **settings)
+    assert images.dtype == torch.float32 and images.shape == (settings["frames"], settings["height"], settings["width"], 3)
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert latent["samples"].shape[:2] == (1, 192)
+
+    pipe = load_pipeline(str(random_bundle.bundle.folder))
+    reference = pipe.generate(GenerationSettings(
+        prompt="a red ball moving up", negative_prompt="blurry", seed=settings["seed"], sampler=sampler,
+        steps=settings["steps"], width=settings["width"], height=settings["height"], frames=settings["frames"],
+        guidance=settings.get("cfg"), shift=settings.get("shift"), ode=settings.get("mode") == "ode",
+    )).frames
+    ours = (images * 255).round().to(torch.uint8).numpy().astype(int)
+    assert np.abs(ours - reference.astype(int)).max() <= 1
+
+
+def test_latent_dicts_hold_raw_latents_that_the_vae_decode_node_normalises(env):
+    torch.manual_seed(0)
+    cfg = WanVAEConfig(base_dim=8, num_res_blocks=1)
+    vae = WanVAE(cfg).eval()
+    vae_file = env.models / "vae" / "small_wan_vae.safetensors"
+    vae_file.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in vae.state_dict().items()}, str(vae_file))
+    assert "small_wan_vae.safetensors" in load_pack().NODE_CLASS_MAPPINGS["AliceVAELoader"].INPUT_TYPES()["required"]["vae_name"][0]
+    loaded = run_node("AliceVAELoader", vae_name="small_wan_vae.safetensors", precision="fp32")[0]
+    assert isinstance(loaded, WanVAE)
+
+    raw = torch.randn(1, 16, 1, 12, 12)
+    # ComfyUI's Wan21 latent format: the model sees (raw - mean) / std per channel, so LATENT holds raw latents.
+    mean = torch.tensor(cfg.latents_mean).view(1, 16, 1, 1, 1)
+    std = torch.tensor(cfg.latents_std).view(1, 16, 1, 1, 1)
+    with torch.inference_mode():
+        expected = (vae.decode((raw - mean) / std)[0].permute(1, 2, 3, 0) + 1) / 2
+    images = run_node("AliceVAEDecode", vae=loaded, samples={"samples": raw}, tiled=False, tile_size=256, overlap=64)[0]
+    assert images.shape == (1, 96, 96, 3)
+    torch.testing.assert_close(images, expected, atol=1e-5, rtol=0)
+
+    tiled = run_node("AliceVAEDecode", vae=loaded, samples={"samples": raw}, tiled=True, tile_size=64, overlap=32)[0]
+    assert tiled.shape == images.shape and 0 < (tiled - images).abs().max() < 0.5  # tiles differ a little at seams
+    with pytest.raises(AliceError, match="overlap < tile_size"):
+        run_node("AliceVAEDecode", vae=loaded, samples={"samples": raw}, tiled=True, tile_size=64, overlap=64)
+    with pytest.raises(AliceError, match="has 768 channels but the Wan2.1 VAE takes 16"):
+        run_node("AliceVAEDecode", vae=loaded, samples={"samples": torch.zeros(1, 768, 1, 8, 8)}, tiled=False,
+                 tile_size=256, overlap=64)
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def test_model_loader_single_checkpoints_and_catalogue(env):
+    folder = env.models / "diffusion_models"
+    folder.mkdir(parents=True)
+    wan_like = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=384,
+                            text_len=32)
+    save_dit(WanDiT(wan_like), folder / "tiny_wan.safetensors")
+    save_dit(WanDiT(WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=48, out_dim=48,
+                                 text_dim=384, text_len=32)), folder / "wrong_channels.safetensors")
+    choices = load_pack().NODE_CLASS_MAPPINGS["AliceModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+    assert {"alice-tiny", "tiny_wan.safetensors", "catalogue/rcm-wan2.1-t2v-1.3b"} <= set(choices)
+
+    model = run_node("AliceModelLoader", model_name="tiny_wan.safetensors", precision="auto", offload=True,
+                     download=False)[0]
+    assert model.dits["rcm"] is model.dits["teacher"]  # one checkpoint serves both samplers
+    assert model.latent_space.latent_channels == 16 and model.offload_device == torch.device("cpu")
+
+    quantized = run_node("AliceModelLoader", model_name="tiny_wan.safetensors", precision="fp8_e4m3fn",
+                         offload=False, download=False)[0]
+    assert any(is_quantized_linear(m) for m in quantized.dits["rcm"].modules())
+
+    with pytest.raises(AliceError, match="takes 48 latent channels but the Wan2.1 VAE has 16"):
+        run_node("AliceModelLoader", model_name="wrong_channels.safetensors", precision="auto", offload=False,
+                 download=False)
+    with pytest.raises(AliceError, match="download"):  # never fetched without the toggle
+        run_node("AliceModelLoader", model_name="catalogue/rcm-wan2.1-t2v-1.3b", precision="auto", offload=False,
+                 download=False)
+
+
+def test_text_encoder_loader_lists_umt5_folders_once(env):
+    folder = env.models / "text_encoders"
+    (folder / "umt5-xxl").mkdir(parents=True)
+    (folder / "umt5-xxl" / "config.json").write_text("{}")
+    for name in ("umt5-xxl/model-00001-of-00002.safetensors", "umt5-xxl/model-00002-of-00002.safetensors",
+                 "models_t5_umt5-xxl-enc-bf16.pth"):
+        (folder / name).write_bytes(b"")
+    choices = load_pack().NODE_CLASS_MAPPINGS["AliceTextEncoderLoader"].INPUT_TYPES()["required"]["text_encoder"][0]
+    assert choices == ["minilm", "models_t5_umt5-xxl-enc-bf16.pth", "umt5-xxl/config.json"]
+    encoder = run_node("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="cpu")[0]
+    assert encoder.dim == 384
+
+
+def write_lora(path: Path, dim: int, seed: int, rank: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A PEFT-style LoRA on the first block's query projection; returns (up, down)."""
+    g = torch.Generator().manual_seed(seed)
+    down, up = torch.randn(rank, dim, generator=g) * 0.1, torch.randn(dim, rank, generator=g) * 0.1
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_A.weight": down,
+               "diffusion_model.blocks.0.self_attn.q.lora_B.weight": up}, str(path))
+    return up, down
+
+
+def test_lora_loaders_chain_and_leave_their_input_model_unchanged(random_bundle, env):
+    first = write_lora(env.models / "loras" / "first.safetensors", dim=32, seed=1)
+    second = write_lora(env.models / "loras" / "second.safetensors", dim=32, seed=2)
+    model = run_node("AliceModelLoader", model_name=random_bundle.entry, precision="fp32", offload=False,
+                     download=False)[0]
+    before = {s: d.blocks[0].self_attn.q.weight.clone() for s, d in model.dits.items()}
+
+    once = run_node("AliceLoraLoader", model=model, lora_name="first.safetensors", strength=1.0)[0]
+    twice = run_node("AliceLoraLoader", model=once, lora_name="second.safetensors", strength=0.5)[0]
+    for sampler, dit in twice.dits.items():
+        expected = before[sampler] + first[0] @ first[1] + 0.5 * (second[0] @ second[1])
+        torch.testing.assert_close(dit.blocks[0].self_attn.q.weight, expected, atol=1e-6, rtol=0)
+        torch.testing.assert_close(model.dits[sampler].blocks[0].self_attn.q.weight, before[sampler], atol=0, rtol=0)
+    assert twice.loras == (("first.safetensors", 1.0), ("second.safetensors", 0.5))
+
+    save_file({"unrelated.weight": torch.zeros(2)}, str(env.models / "loras" / "unrelated.safetensors"))
+    with pytest.raises(AliceError, match="none of its 1 keys fit 'random-test'"):
+        run_node("AliceLoraLoader", model=model, lora_name="unrelated.safetensors", strength=1.0)
+
+
+# ---------------------------------------------------------------- inside ComfyUI: progress and cancel
+
+
+class FakeInterrupt(Exception):
+    pass
+
+
+def fake_comfy(interrupt_after: int | None = None):
+    """comfy.utils / comfy.model_management stand-ins with ComfyUI's names and behaviour: the Cancel button sets a
+    flag that throw_exception_if_processing_interrupted turns into an exception."""
+    ticks: list[tuple[int, int]] = []
+
+    class ProgressBar:
+        def __init__(self, total):
+            self.total, self.current = total, 0
+
+        def update(self, value):
+            self.current += value
+            ticks.append((self.current, self.total))
+
+    def throw_exception_if_processing_interrupted():
+        if interrupt_after is not None and len(ticks) >= interrupt_after:
+            raise FakeInterrupt()
+
+    utils = SimpleNamespace(ProgressBar=ProgressBar)
+    mm = SimpleNamespace(throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
+                         get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"))
+    return utils, mm, ticks
+
+
+def test_progress_bar_ticks_per_step_and_cancel_stops_between_steps(random_bundle, monkeypatch):
+    assert host().step_progress(4) is None and host().cancel_check() is None  # no-ops outside ComfyUI
+    rcm = dict(seed=0, steps=3, width=32, height=32, frames=9, sigma_max=80.0, mode="ode")
+    teacher = dict(seed=0, steps=4, cfg=2.0, shift=3.0, width=32, height=32, frames=9)
+
+    utils, mm, ticks = fake_comfy()
+    monkeypatch.setattr(host(), "comfy_utils", utils)
+    monkeypatch.setattr(host(), "comfy_mm", mm)
+    generate_with_nodes(random_bundle.entry, "rcm", **rcm)
+    assert ticks == [(1, 3), (2, 3), (3, 3)]
+    ticks.clear()
+    generate_with_nodes(random_bundle.entry, "teacher", **teacher)
+    assert ticks == [(i, 4) for i in range(1, 5)]
+
+    utils, mm, ticks = fake_comfy(interrupt_after=2)
+    monkeypatch.setattr(host(), "comfy_utils", utils)
+    monkeypatch.setattr(host(), "comfy_mm", mm)
+    with pytest.raises(FakeInterrupt):
+        generate_with_nodes(random_bundle.entry, "teacher", **teacher)
+    assert ticks == [(1, 4), (2, 4)]  # stopped before the third step
+
+
+# ---------------------------------------------------------------- saving
+
+
+def test_save_video_writes_each_format_with_the_workflow_embedded(env):
+    # smooth colour ramps that drift over time: codecs keep them well, unlike per-pixel noise
+    t, y, x = torch.meshgrid(torch.arange(9.0), torch.arange(32.0), torch.arange(48.0), indexing="ij")
+    images = torch.stack([(x + 3 * t) / 80, y / 32, 1 - (x + y) / 80], dim=-1).clamp(0, 1)
+    prompt = {"1": {"class_type": "AliceSaveVideo", "inputs": {"fps": 8}}}
+    workflow = {"nodes": [{"id": 1, "type": "AliceSaveVideo"}], "links": []}
+    paths = []
+    for fmt in ("mp4", "webm", "gif", "mp4"):
+        out = run_node("AliceSaveVideo", images=images, fps=8, format=fmt, crf=0, filename_prefix="video/test",
+                       prompt=prompt, extra_pnginfo={"workflow": workflow})
+        path = Path(out["result"][0])
+        paths.append(path)
+        assert path.parent == env.output / "video" and path.suffix == f".{fmt}"
+        assert out["ui"] == {"images": [{"filename": path.name, "subfolder": "video", "type": "output"}],
+                             "animated": (True,)}
+        frames, fps = read_video(path)
+        assert frames.shape == (9, 32, 48, 3)
+        if fmt == "mp4":
+            assert fps == 8 and np.abs(frames / 255.0 - images.numpy()).mean() < 0.05
+        metadata = read_video_metadata(path)
+        assert json.loads(metadata["prompt"]) == prompt and json.loads(metadata["workflow"]) == workflow
+    assert len(set(paths)) == 4  # a second mp4 with the same prefix gets the next number
+
+    bad = [({"filename_prefix": "../outside"}, "must stay inside the output folder"),
+           ({"format": "gif", "fps": 60}, "GIF plays at most 50 fps"),
+           ({"crf": 60}, "crf for .mp4 must be an integer from 0 to 51"),
+           ({"images": torch.rand(9, 32, 48, 4)}, "input 'images' must be an IMAGE batch")]
+    for change, message in bad:
+        with pytest.raises(AliceError, match=message):
+            run_node("AliceSaveVideo", **{"images": images, "fps": 8, "format": "mp4", "crf": 19,
+                                          "filename_prefix": "video/bad", **change})
+    assert sorted(p.name for p in (env.output / "video").iterdir()) == sorted(p.name for p in paths)
+
+
+def test_save_video_uses_comfyui_output_folder_and_respects_disable_metadata(tmp_path, monkeypatch):
+    calls = []
+
+    def get_save_image_path(prefix, output_dir):
+        calls.append((prefix, output_dir))
+        return str(tmp_path / "video"), "alice", 3, "video", prefix
+
+    (tmp_path / "video").mkdir()
+    folder_paths = SimpleNamespace(get_output_directory=lambda: str(tmp_path), get_save_image_path=get_save_image_path)
+    _, mm, _ = fake_comfy()
+    monkeypatch.setattr(host(), "folder_paths", folder_paths)
+    monkeypatch.setattr(host(), "comfy_mm", mm)
+    cli_args = SimpleNamespace(args=SimpleNamespace(disable_metadata=True))
+    monkeypatch.setitem(sys.modules, "comfy", SimpleNamespace(cli_args=cli_args))
+    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
+    out = run_node("AliceSaveVideo", images=torch.rand(5, 16, 16, 3), fps=16, format="mp4", crf=19,
+                   filename_prefix="video/alice", prompt={"1": {}}, extra_pnginfo={"workflow": {}})
+    assert calls == [("video/alice", str(tmp_path))]
+    assert Path(out["result"][0]) == tmp_path / "video" / "alice_00003_.mp4"
+    assert out["ui"]["images"] == [{"filename": "alice_00003_.mp4", "subfolder": "video", "type": "output"}]
+    assert "prompt" not in read_video_metadata(out["result"][0])
+
+
+# ---------------------------------------------------------------- install.py (ComfyUI-Manager)
+
+
+def load_install_script():
+    spec = importlib.util.spec_from_file_location("alice_install_script", ROOT / "install.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_install_script_reads_pyproject_and_installs_only_what_is_missing(monkeypatch, capsys):
+    install = load_install_script()
+    import tomllib
+
+    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    assert install.requirements() == declared
+    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10 has no tomllib: the plain parser must agree
+    assert install.requirements() == declared
+
+    wanted = ["torch>=999", "numpy>=1.0", "no-such-package-for-alice-tests>=1", "pytest>=999"]
+    assert install.missing_requirements(wanted) == ["no-such-package-for-alice-tests>=1", "pytest>=999"]
+    assert install.main(["--dry-run"]) == 0  # this environment has everything: nothing to do, pip not called
+    assert "all requirements are installed" in capsys.readouterr().out

@@ -1,0 +1,268 @@
+"""Shareable workflows: UI-format files are consistent, API twins match them, and every API workflow runs end to end
+through a small graph executor (ComfyUI's execution model) and writes a real video."""
+
+from __future__ import annotations
+
+import json
+from collections import deque
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL, ModelBundle
+from alice_core.errors import AliceError
+from alice_core.loading.dit import stored_dit_config
+from alice_core.video_io import read_video, read_video_metadata
+
+from tests.bundles import random_tiny_bundle
+from tests.test_nodes import load_pack, write_lora
+
+WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
+UI_FILES = sorted(WORKFLOWS.glob("*.json"))
+API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
+REQUIRED = ("alice_t2v_4step", "alice_teacher_vs_student", "alice_lora")
+WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
+SAMPLER_OF_NODE = {"AliceRCMSampler": "rcm", "AliceTeacherSampler": "teacher"}
+FAST_TEACHER_STEPS = 4  # the fast test caps teacher steps; the slow test runs the files as shipped
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """Standalone model and output folders in tmp (where the nodes look outside ComfyUI)."""
+    monkeypatch.setenv("ALICE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("ALICE_OUTPUT_DIR", str(tmp_path / "out"))
+    return SimpleNamespace(models=tmp_path / "home", output=tmp_path / "out")
+
+
+def mappings() -> dict:
+    return load_pack().NODE_CLASS_MAPPINGS
+
+
+def declared(node_type: str) -> dict:
+    spec = mappings()[node_type].INPUT_TYPES()
+    return {**spec["required"], **spec.get("optional", {})}
+
+
+def is_widget(input_spec: tuple) -> bool:
+    return isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
+
+
+def expected_widget_values(node_type: str) -> list[str]:
+    """Widget names in the order ComfyUI's frontend stores their values; a seed's "control after generate"
+    value follows it."""
+    names = []
+    for name, spec in declared(node_type).items():
+        if is_widget(spec):
+            names.append(name)
+            if len(spec) > 1 and spec[1].get("control_after_generate"):
+                names.append(f"{name}:control_after_generate")
+    return names
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_required_workflows_exist_in_both_formats_and_are_documented():
+    readme = (WORKFLOWS.parent / "README.md").read_text()
+    for name in REQUIRED:
+        assert (WORKFLOWS / f"{name}.json").is_file() and (WORKFLOWS / "api" / f"{name}.json").is_file()
+    for path in UI_FILES:
+        assert f"| [`{path.name}`](" in readme, f"README.md's workflow table lacks {path.name}"
+    assert [p.name for p in UI_FILES] == [p.name for p in API_FILES]
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_workflow_is_consistent(path):
+    workflow = json.loads(path.read_text())
+    nodes = {node["id"]: node for node in workflow["nodes"]}
+    links = {link[0]: link for link in workflow["links"]}
+    assert workflow["last_node_id"] >= max(nodes) and workflow["last_link_id"] >= max(links)
+    assert len(nodes) == len(workflow["nodes"]) and len(links) == len(workflow["links"])
+
+    for node in nodes.values():
+        assert node["type"] in mappings(), f"node {node['id']}: unknown type {node['type']}"
+        spec = declared(node["type"])
+        sockets = [(name, s[0]) for name, s in spec.items() if not is_widget(s)]
+        assert [(i["name"], i["type"]) for i in node["inputs"]] == sockets, f"node {node['id']} sockets"
+        widgets = expected_widget_values(node["type"])
+        assert len(node["widgets_values"]) == len(widgets), f"node {node['id']}: values for {widgets}"
+        for name, value in zip(widgets, node["widgets_values"]):
+            if name.endswith(":control_after_generate"):
+                assert value in ("fixed", "increment", "decrement", "randomize")
+            elif isinstance(spec[name][0], list) and spec[name][0] and not name.endswith("_name"):
+                assert value in spec[name][0], f"node {node['id']}: {name}={value!r}"  # fixed choice lists
+        returns = mappings()[node["type"]].RETURN_TYPES
+        assert [o["type"] for o in node["outputs"]] == list(returns)
+        for slot, output in enumerate(node["outputs"]):
+            for link_id in output["links"]:
+                assert links[link_id][1:3] == [node["id"], slot]
+        for slot, socket in enumerate(node["inputs"]):
+            assert socket["link"] is not None, f"node {node['id']}: input {socket['name']} is not connected"
+            assert links[socket["link"]][3:5] == [node["id"], slot]
+
+    for link_id, source, source_slot, target, target_slot, kind in links.values():
+        assert mappings()[nodes[source]["type"]].RETURN_TYPES[source_slot] == kind, f"link {link_id}"
+        assert nodes[target]["inputs"][target_slot]["type"] == kind, f"link {link_id}"
+
+
+def ui_to_api(workflow: dict) -> dict:
+    """What ComfyUI's frontend queues for a UI workflow: widget values by name, wires as [node_id, slot]."""
+    links = {link[0]: link for link in workflow["links"]}
+    prompt = {}
+    for node in workflow["nodes"]:
+        names = expected_widget_values(node["type"])
+        inputs = {n: v for n, v in zip(names, node["widgets_values"]) if not n.endswith(":control_after_generate")}
+        for socket in node["inputs"]:
+            link = links[socket["link"]]
+            inputs[socket["name"]] = [str(link[1]), link[2]]
+        prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
+    return prompt
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_api_twin_is_the_same_graph(path):
+    api = json.loads((WORKFLOWS / "api" / path.name).read_text())
+    stripped = {nid: {k: v for k, v in node.items() if k != "_meta"} for nid, node in api.items()}
+    assert ui_to_api(json.loads(path.read_text())) == stripped
+
+
+# ---------------------------------------------------------------- the executor
+
+
+def topological_order(prompt: dict) -> list[str]:
+    """Kahn's algorithm over the [node_id, output_index] links."""
+    needs = {nid: set() for nid in prompt}
+    for nid, node in prompt.items():
+        for value in node["inputs"].values():
+            if isinstance(value, list):
+                if value[0] not in prompt:
+                    raise ValueError(f"node {nid} links to missing node {value[0]}")
+                needs[nid].add(value[0])
+    ready = deque(sorted((n for n, deps in needs.items() if not deps), key=int))
+    order = []
+    while ready:
+        nid = ready.popleft()
+        order.append(nid)
+        for other, deps in needs.items():
+            if nid in deps:
+                deps.discard(nid)
+                if not deps:
+                    ready.append(other)
+    if len(order) != len(prompt):
+        raise ValueError(f"the graph has a cycle through nodes {sorted(set(prompt) - set(order))}")
+    return order
+
+
+def execute(prompt: dict, extra_pnginfo: dict | None = None) -> tuple[dict, dict]:
+    """Run an API-format graph: per node, resolve links to earlier outputs, add the hidden inputs it declares,
+    call FUNCTION. Returns ({node_id: outputs}, {node_id: ui})."""
+    outputs, ui = {}, {}
+    for nid in topological_order(prompt):
+        cls = mappings()[prompt[nid]["class_type"]]
+        inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in prompt[nid]["inputs"].items()}
+        hidden = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo}
+        inputs.update({name: hidden[kind] for name, kind in cls.INPUT_TYPES().get("hidden", {}).items()})
+        result = getattr(cls(), cls.FUNCTION)(**inputs)
+        if isinstance(result, dict):
+            ui[nid], result = result.get("ui"), result["result"]
+        outputs[nid] = result
+    return outputs, ui
+
+
+def test_executor_orders_by_links_and_rejects_broken_graphs():
+    graph = {"3": {"inputs": {"a": ["1", 0], "b": ["2", 0]}}, "1": {"inputs": {"x": ["2", 0]}}, "2": {"inputs": {}}}
+    assert topological_order(graph) == ["2", "1", "3"]
+    with pytest.raises(ValueError, match="cycle"):
+        topological_order({"1": {"inputs": {"a": ["2", 0]}}, "2": {"inputs": {"a": ["1", 0]}}})
+    with pytest.raises(ValueError, match="missing node 9"):
+        topological_order({"1": {"inputs": {"a": ["9", 0]}}})
+
+
+# ---------------------------------------------------------------- running every API workflow
+
+
+def prepared(name: str, models: Path, fast: bool) -> tuple[dict, dict]:
+    """The API workflow ready to run here: with the bundled model when it has the samplers the graph uses (else a
+    random-weight bundle, which has both), the LoRA the graph names in the loras folder, and (fast) capped
+    teacher steps. Also returns the UI twin, which the save nodes embed."""
+    prompt = json.loads((WORKFLOWS / "api" / f"{name}.json").read_text())
+    workflow = json.loads((WORKFLOWS / f"{name}.json").read_text())
+    needed = {SAMPLER_OF_NODE[n["class_type"]] for n in prompt.values() if n["class_type"] in SAMPLER_OF_NODE}
+    bundle = ModelBundle.read(BUNDLED_DIR / DEFAULT_MODEL)
+    if not needed <= set(bundle.dits):
+        bundle = random_tiny_bundle(models / "diffusion_models" / "random-test")
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if bundle.folder.parent != BUNDLED_DIR and node["class_type"] in ("AliceModelLoader", "AliceVAELoader"):
+            inputs["model_name" if "model_name" in inputs else "vae_name"] = "random-test/model.json"
+        if node["class_type"] == "AliceLoraLoader":
+            dim = stored_dit_config(next(iter(bundle.dits.values()))).dim
+            write_lora(models / "loras" / inputs["lora_name"], dim=dim, seed=0)
+        if fast and node["class_type"] == "AliceTeacherSampler":
+            inputs["steps"] = min(inputs["steps"], FAST_TEACHER_STEPS)
+    return prompt, workflow
+
+
+def check_videos(prompt: dict, workflow: dict, outputs: dict, ui: dict) -> None:
+    saves = [nid for nid, node in prompt.items() if node["class_type"] == "AliceSaveVideo"]
+    assert saves and set(ui) == set(saves)
+    for nid in saves:
+        path = Path(outputs[nid][0])
+        assert ui[nid]["images"][0]["filename"] == path.name and ui[nid]["animated"] == (True,)
+        frames, fps = read_video(path)
+        sampler = next(prompt[src]["inputs"] for src in _upstream(prompt, nid) if src in prompt
+                       and prompt[src]["class_type"] in SAMPLER_OF_NODE)
+        assert frames.shape == (sampler["frames"], sampler["height"], sampler["width"], 3)
+        assert fps == prompt[nid]["inputs"]["fps"]
+        assert frames.std() > 1.0  # a real picture, not a constant fill
+        metadata = read_video_metadata(path)
+        assert json.loads(metadata["prompt"]) == prompt and json.loads(metadata["workflow"]) == workflow
+
+
+def _upstream(prompt: dict, nid: str) -> list[str]:
+    seen, todo = [], [nid]
+    while todo:
+        for value in prompt[todo.pop()]["inputs"].values():
+            if isinstance(value, list) and value[0] not in seen:
+                seen.append(value[0])
+                todo.append(value[0])
+    return seen
+
+
+@pytest.mark.parametrize("name", [p.stem for p in API_FILES])
+def test_api_workflow_runs_end_to_end_and_writes_videos(name, env):
+    prompt, workflow = prepared(name, env.models, fast=True)
+    outputs, ui = execute(prompt, {"workflow": workflow})
+    check_videos(prompt, workflow, outputs, ui)
+
+
+def test_the_bundled_model_runs_through_the_t2v_graph(env):
+    """alice_t2v_4step with the real bundled alice-tiny; while the bundle has no student yet, its teacher stands in
+    for the rCM sampler node (2 steps, no CFG: fast), so the bundled weights still go through every other node."""
+    prompt = json.loads((WORKFLOWS / "api" / "alice_t2v_4step.json").read_text())
+    assert {n["inputs"].get("model_name") for n in prompt.values()} >= {DEFAULT_MODEL}
+    if "rcm" not in ModelBundle.read(BUNDLED_DIR / DEFAULT_MODEL).dits:
+        for node in prompt.values():
+            if node["class_type"] == "AliceRCMSampler":
+                kept = {k: node["inputs"][k] for k in ("model", "conditioning", "seed", "width", "height", "frames")}
+                node.update(class_type="AliceTeacherSampler", inputs={**kept, "steps": 2, "cfg": 1.0, "shift": 3.0})
+    outputs, ui = execute(prompt, {"workflow": {}})
+    check_videos(prompt, {}, outputs, ui)
+
+
+@pytest.mark.slow
+def test_teacher_vs_student_as_shipped_with_the_bundled_model(env):
+    prompt, workflow = prepared("alice_teacher_vs_student", env.models, fast=False)
+    if any(n["inputs"].get("model_name") == "random-test/model.json" for n in prompt.values()):
+        pytest.skip("the bundled alice-tiny has no distilled student (rcm) weights yet")
+    outputs, ui = execute(prompt, {"workflow": workflow})
+    check_videos(prompt, workflow, outputs, ui)
+
+
+def test_a_bad_value_in_a_workflow_stops_with_the_node_and_input_named(env):
+    prompt, _ = prepared("alice_t2v_4step", env.models, fast=True)
+    sampler = next(n for n in prompt.values() if n["class_type"] == "AliceRCMSampler")
+    sampler["inputs"]["steps"] = 8
+    with pytest.raises(AliceError, match=r"Alice rCM Sampler \(1-4 steps\): input 'steps' must be between 1 and 4"):
+        execute(prompt, {})
