@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import ElementClickInterceptedException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
@@ -65,7 +66,13 @@ def open_app(browser, url):
 
 
 def click_generate(browser):
-    browser.find_element(By.CSS_SELECTOR, "#generate").click()
+    """Click Generate once it is clickable; a toast left by an earlier test may still cover it for a moment,
+    so wait for the click to land rather than failing on the first interception."""
+    button = WebDriverWait(browser, 30).until(ec.element_to_be_clickable((By.CSS_SELECTOR, "#generate")))
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", button)
+    WebDriverWait(browser, 30, ignored_exceptions=(ElementClickInterceptedException,)).until(
+        lambda _: button.click() is None
+    )
 
 
 def wait_for_text(browser, text, timeout=30):
