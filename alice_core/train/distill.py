@@ -164,7 +164,7 @@ class Distiller:
     def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint; a resume pack has no optimiser states, so those start fresh."""
         self.student.load_state_dict(state["student"])
-        self.ema.load_state_dict(state["ema"])
+        self.ema.load_state_dict(state.get("ema", state["student"]))  # a resume pack restarts the EMA
         if "opt_student" in state:
             self.opt_student.load_state_dict(state["opt_student"])
         if self.fake is not None:

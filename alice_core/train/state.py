@@ -66,8 +66,9 @@ RESUME_WEIGHTS = "resume.safetensors"
 def write_resume_pack(state: dict, folder: str | Path, networks: tuple[str, ...]) -> Path:
     """A small, committable resume point: the named networks' weights in fp16 plus step, config and RNG states.
 
-    Optimiser moments are left out (they would triple the size); a run resumed from a pack re-warms its
-    optimiser. A run resumed from its own checkpoint.pt is exact.
+    Optimiser moments and the EMA are left out (they would triple the size; the shipped bundle already holds the
+    EMA weights): a run resumed from a pack re-warms its optimiser and restarts its EMA from the current weights.
+    A run resumed from its own checkpoint.pt is exact.
     """
     from safetensors.torch import save_file
 
@@ -75,7 +76,8 @@ def write_resume_pack(state: dict, folder: str | Path, networks: tuple[str, ...]
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{net}.{k}": v.to(torch.float16).contiguous() for net in networks for k, v in state[net].items()}
     tensors["torch_rng"] = state["torch_rng"]
-    extra = {k: v for k, v in state.items() if k not in (*networks, "torch_rng") and not k.startswith("opt")}
+    weights = {"model", "student", "fake", "ema", "torch_rng"}
+    extra = {k: v for k, v in state.items() if k not in weights and not k.startswith("opt")}
     tmp = folder / f".{RESUME_WEIGHTS}.tmp"
     save_file(tensors, str(tmp), metadata={"state": json.dumps(extra), "networks": json.dumps(list(networks))})
     tmp.chmod(0o644)
@@ -101,6 +103,6 @@ def read_resume_pack(folder: str | Path) -> dict:
 
 
 def write_run_resume_pack(run_dir: str | Path, folder: str | Path) -> Path:
-    """Resume pack of a teacher or distillation run folder (whichever networks its checkpoint holds)."""
+    """Resume pack of a teacher run (its model) or a distillation run (student and fake score)."""
     state = load_checkpoint(Path(run_dir) / "checkpoint.pt")
-    return write_resume_pack(state, folder, tuple(n for n in ("model", "student", "fake", "ema") if n in state))
+    return write_resume_pack(state, folder, tuple(n for n in ("model", "student", "fake") if n in state))

@@ -93,7 +93,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     step = 0
     if state is not None:
         model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
+        ema.load_state_dict(state.get("ema", state["model"]))  # a resume pack restarts the EMA
         if "optimizer" in state:
             opt.load_state_dict(state["optimizer"])
         gen.set_state(state["torch_rng"])
