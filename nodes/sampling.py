@@ -48,6 +48,15 @@ class AliceTextEncode(AliceNode):
         return (encode_prompts(text_encoder, positive, negative),)
 
 
+def _model_inputs() -> dict:
+    """The inputs both samplers start with, in this order (workflow widget values depend on it)."""
+    return {
+        "model": ("ALICE_MODEL",),
+        "conditioning": ("ALICE_CONDITIONING",),
+        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+    }
+
+
 class AliceRCMSampler(AliceNode):
     DISPLAY_NAME = "Alice rCM Sampler (1-4 steps)"
     DESCRIPTION = "Few-step sampling with the rCM-distilled student; no CFG, so the negative prompt is not used."
@@ -57,9 +66,7 @@ class AliceRCMSampler(AliceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "model": ("ALICE_MODEL",),
-            "conditioning": ("ALICE_CONDITIONING",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            **_model_inputs(),
             "steps": ("INT", {"default": RCM_MAX_STEPS, "min": 1, "max": RCM_MAX_STEPS}),
             **_size_inputs(),
             "sigma_max": ("FLOAT", {"default": 80.0, "min": 1.0, "max": 1000.0, "step": 0.5,
@@ -83,9 +90,7 @@ class AliceTeacherSampler(AliceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "model": ("ALICE_MODEL",),
-            "conditioning": ("ALICE_CONDITIONING",),
-            "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+            **_model_inputs(),
             "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
             "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "1.0 turns CFG off"}),
             "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1, "tooltip": "flow shift"}),
