@@ -87,15 +87,23 @@ def _diffusers_weight_files(folder: Path) -> list[Path]:
     return []
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a checkpoint file, or of a diffusers model folder (sharded or not)."""
+def _locate_checkpoint(path: str | Path) -> tuple[Path, list[Path] | None]:
+    """The checkpoint path, and for a diffusers folder its weight files; clear errors when neither exists."""
     path = Path(path).expanduser()
     if not path.exists():
         raise AliceError(f"checkpoint not found: {path}; check the path (or pass a model name from `alice models`)")
-    if path.is_dir():
-        files = _diffusers_weight_files(path)
-        if not files:
-            raise AliceError(f"{path}: folder holds no *.safetensors weights (expected a diffusers model folder)")
+    if not path.is_dir():
+        return path, None
+    files = _diffusers_weight_files(path)
+    if not files:
+        raise AliceError(f"{path}: folder holds no *.safetensors weights (expected a diffusers model folder)")
+    return path, files
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a checkpoint file, or of a diffusers model folder (sharded or not)."""
+    path, files = _locate_checkpoint(path)
+    if files is not None:
         state: dict[str, torch.Tensor] = {}
         for f in files:
             state.update(_read_safetensors(f))
@@ -276,13 +284,8 @@ class FolderReader(CheckpointReader):
 
 def open_checkpoint(path: str | Path) -> CheckpointReader:
     """A lazy reader for a safetensors / .pt / .pth file or a diffusers folder (see `read_state_dict`)."""
-    path = Path(path).expanduser()
-    if not path.exists():
-        raise AliceError(f"checkpoint not found: {path}; check the path (or pass a model name from `alice models`)")
-    if path.is_dir():
-        files = _diffusers_weight_files(path)
-        if not files:
-            raise AliceError(f"{path}: folder holds no *.safetensors weights (expected a diffusers model folder)")
+    path, files = _locate_checkpoint(path)
+    if files is not None:
         return FolderReader(path, files)
     if path.suffix in SAFETENSORS_SUFFIXES:
         return SafetensorsReader(path)
