@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .errors import AliceError
+from .finetune_cli import add_finetune_parser, run_finetune
 from .hub_cli import add_download_parser, run_download
 from .loading.convert import add_convert_parser, run_convert
 from .loading.quant import PRECISION_NAMES
@@ -54,14 +55,15 @@ def _check_output_path(output: str) -> Path:
 
 
 def _apply_lora_arg(pipe, spec: str) -> None:
-    from .loading.lora import apply_lora
+    from .loading.lora import apply_lora, lora_samplers
 
     path, _, strength = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
     try:
         value = float(strength) if strength else 1.0
     except ValueError:
         raise AliceError(f"--lora {spec!r}: strength must be a number, e.g. --lora my_lora.safetensors:0.8") from None
-    for dit in {id(d): d for d in pipe.dits.values()}.values():  # a single checkpoint serves both samplers
+    targets = [pipe.dits[name] for name in lora_samplers(path, list(pipe.dits))]
+    for dit in {id(d): d for d in targets}.values():  # a single checkpoint serves both samplers
         print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
 
 
@@ -225,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench(sub)
     add_download_parser(sub)
     add_convert_parser(sub)
+    add_finetune_parser(sub)
     try:  # the app ships beside alice_core (webui/); a library-only install has no `alice app`
         from webui.cli import add_app_parser
     except ImportError:
@@ -245,7 +248,7 @@ def cmd_models(_args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "generate": cmd_generate, "models": cmd_models, "train": cmd_train, "bench": cmd_bench, "download": run_download,
-    "convert": run_convert,
+    "convert": run_convert, "finetune": run_finetune,
     "app": lambda args: __import__("webui.cli", fromlist=["run_app"]).run_app(args),
 }
 

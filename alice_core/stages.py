@@ -196,13 +196,15 @@ def load_model(
 
 
 def with_lora(model: AliceModel, lora: str | Path, strength: float) -> AliceModel:
-    """A new model with the LoRA applied to every DiT; `model` itself is left unchanged, because a node graph
-    keeps using it (other branches, reruns with another strength). Costs one copy of the DiT weights."""
-    from .loading.lora import apply_lora
+    """A new model with the LoRA applied to every DiT it is for (an `alice finetune` LoRA names one); `model`
+    itself is left unchanged, because a node graph keeps using it (other branches, reruns with another strength).
+    Costs one copy of the patched DiT weights."""
+    from .loading.lora import apply_lora, lora_samplers
 
+    wanted = lora_samplers(lora, list(model.dits))
     patched: dict[int, WanDiT] = {}  # a DiT shared by both samplers is patched once and stays shared
-    for dit in model.dits.values():
-        if id(dit) in patched:
+    for sampler, dit in model.dits.items():
+        if id(dit) in patched or sampler not in wanted:
             continue
         copy = deepcopy(dit)
         report = apply_lora(copy, lora, strength)
@@ -214,7 +216,7 @@ def with_lora(model: AliceModel, lora: str | Path, strength: float) -> AliceMode
         if report.unmatched:
             logger.warning(report.summary())
         patched[id(dit)] = copy
-    dits = {sampler: patched[id(dit)] for sampler, dit in model.dits.items()}
+    dits = {sampler: patched.get(id(dit), dit) for sampler, dit in model.dits.items()}
     return dataclasses.replace(model, dits=dits, loras=(*model.loras, (Path(lora).name, float(strength))))
 
 

@@ -38,6 +38,8 @@ LOW_RANK_SUFFIXES = {
     ".alpha": "alpha",
 }
 DIFF_SUFFIXES = {".diff": "diff", ".diff_b": "diff_b"}
+# safetensors metadata key of LoRAs made by `alice finetune`: JSON with the base model hash, rank, steps, prompts.
+LORA_METADATA_KEY = "alice_lora"
 
 
 @dataclass
@@ -93,7 +95,8 @@ def _adapter_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> torch
     return _add_adapters(module, output, args[0])
 
 
-def _attach(module: nn.Module, adapter: LoraAdapter) -> None:
+def attach_adapter(module: nn.Module, adapter: nn.Module) -> None:
+    """Add `adapter(x)` to a Linear's output through a forward hook; any layer kind (fp8, NF4) takes one."""
     if not hasattr(module, "lora_adapters"):
         module.lora_adapters = nn.ModuleList()
         module._lora_hook = module.register_forward_hook(_adapter_hook)
@@ -117,6 +120,39 @@ def effective_weight(module: nn.Module) -> torch.Tensor:
     for adapter in getattr(module, "lora_adapters", ()):
         base = base + adapter.delta().to(base.device)
     return base
+
+
+def read_lora_metadata(path: str | Path) -> dict:
+    """The `alice_lora` metadata of a LoRA file made by `alice finetune` ({} for other LoRAs)."""
+    import json
+
+    from safetensors import safe_open
+
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            text = (f.metadata() or {}).get(LORA_METADATA_KEY)
+    except (OSError, ValueError) as exc:  # safetensors raises its own error type, a ValueError subclass or OSError
+        raise AliceError(f"{path}: cannot read LoRA file ({exc})") from None
+    if text is None:
+        return {}
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        raise AliceError(f"{path}: metadata {LORA_METADATA_KEY!r} is not valid JSON; re-export the LoRA") from None
+
+
+def lora_samplers(path: str | Path, samplers: list[str]) -> list[str]:
+    """Which of a model's samplers a LoRA file is for: an `alice finetune` LoRA names one ("rcm" for the student,
+    "teacher"); any other LoRA applies to all."""
+    wanted = read_lora_metadata(path).get("applies_to")
+    if wanted is None:
+        return list(samplers)
+    if wanted not in samplers:
+        raise AliceError(f"{path} is a LoRA for a model's {wanted!r} network and this model has only "
+                         f"{', '.join(samplers)}; use the LoRA made for that network")
+    return [wanted]
 
 
 # -- matching keys to the model -----------------------------------------------------------------------------------
@@ -232,7 +268,7 @@ def _apply_low_rank(model, owner, parts, strength, merge, report: LoraReport) ->
     alpha = float(parts["alpha"][1]) if "alpha" in parts else float(rank)
     scale = strength * alpha / rank
     if _use_adapter(module, merge, owner):
-        _attach(module, LoraAdapter(up.to(_adapter_dtype(module)), down.to(_adapter_dtype(module)), scale))
+        attach_adapter(module, LoraAdapter(up.to(_adapter_dtype(module)), down.to(_adapter_dtype(module)), scale))
         report.adapters.append(owner)
     else:
         weight = module.weight
@@ -257,7 +293,7 @@ def _apply_diff(model, params, owner, role, item, strength, merge, report: LoraR
         report.unmatched[key] = f"shape {tuple(diff.shape)} does not fit {target} {shape}"
         return
     if linear_weight and _use_adapter(module, merge, owner):
-        _attach(module, LoraAdapter(diff.to(_adapter_dtype(module)), None, strength))
+        attach_adapter(module, LoraAdapter(diff.to(_adapter_dtype(module)), None, strength))
         report.adapters.append(owner)
     else:
         param.copy_((param.float() + strength * diff.float().to(param.device)).to(param.dtype))

@@ -64,6 +64,10 @@ def _rank_world() -> tuple[int, int]:
     return 0, 1
 
 
+def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def _average_gradients(model: torch.nn.Module, world: int) -> None:
     if world == 1:
         return
@@ -77,19 +81,23 @@ class Distiller:
     """Holds the three networks and their optimisers; `step()` runs one student or critic iteration."""
 
     def __init__(self, teacher: WanDiT, cfg: DistillConfig, data: SyntheticVideoData, null_context: torch.Tensor,
-                 device: torch.device) -> None:
+                 device: torch.device, student: WanDiT | None = None, fake: WanDiT | None = None) -> None:
+        """`student` / `fake` default to full copies of the teacher (rCM's set_up_model). A LoRA finetune passes
+        its own networks with only the adapters trainable; then only those are optimised and checkpointed."""
         self.cfg = cfg
         self.data = data
         self.device = device
         self.scm_scale, self.dmd_scale = MODES[cfg.mode]
         self.teacher = teacher.to(device).eval().requires_grad_(False)
-        # Student and fake score both start from the teacher (rCM's set_up_model).
-        self.student = copy.deepcopy(self.teacher).train().requires_grad_(True)
-        self.fake = copy.deepcopy(self.teacher).train().requires_grad_(True) if self.dmd_scale > 0 else None
-        self.opt_student = torch.optim.AdamW(self.student.parameters(), lr=cfg.student_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-        self.opt_fake = (torch.optim.AdamW(self.fake.parameters(), lr=cfg.fake_score_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.student = (student if student is not None else copy.deepcopy(self.teacher).requires_grad_(True)).to(device).train()
+        self.fake = None
+        if self.dmd_scale > 0:
+            self.fake = (fake if fake is not None else copy.deepcopy(self.teacher).requires_grad_(True)).to(device).train()
+        self.opt_student = torch.optim.AdamW(_trainable(self.student), lr=cfg.student_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.opt_fake = (torch.optim.AdamW(_trainable(self.fake), lr=cfg.fake_score_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
                          if self.fake is not None else None)
-        self.ema = EMA(self.student, cfg.ema_decay)
+        self.partial = student is not None  # only some weights train: save and average just those
+        self.ema = EMA(self.student, cfg.ema_decay, trainable_only=self.partial)
         self.null_context = null_context.to(device)
         rank, self.world = _rank_world()
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
@@ -132,7 +140,7 @@ class Distiller:
                 loss.backward()
                 logs["dmd"] = loss.item()
             _average_gradients(self.student, self.world)
-            torch.nn.utils.clip_grad_norm_(self.student.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(_trainable(self.student), cfg.grad_clip)
             self.opt_student.step()
             self.ema.update(self.student, it)
         else:
@@ -144,31 +152,42 @@ class Distiller:
             loss = critic_loss(self._tf(self.fake), g, ctx, t_d, noise)
             loss.backward()
             _average_gradients(self.fake, self.world)
-            torch.nn.utils.clip_grad_norm_(self.fake.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(_trainable(self.fake), cfg.grad_clip)
             self.opt_fake.step()
             logs["critic"] = loss.item()
         self.iteration += 1
         return logs
 
+    def _weights(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if self.partial:
+            return {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+        return net.state_dict()
+
+    def _load_weights(self, net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = net.load_state_dict(weights, strict=not self.partial)
+        if self.partial and (unexpected or set(self._weights(net)) - set(weights)):
+            raise AliceError("the checkpoint's trainable weights do not match this run's networks; "
+                             "delete the run folder or resume with the same settings")
+
     def state_dict(self) -> dict:
         state = {
             "config": {**asdict(self.cfg), "dit": self.teacher.config.to_dict()},
-            "step": self.iteration, "student": self.student.state_dict(), "ema": self.ema.state_dict(),
+            "step": self.iteration, "student": self._weights(self.student), "ema": self.ema.state_dict(),
             "opt_student": self.opt_student.state_dict(), "torch_rng": self.gen.get_state(),
             "numpy_rng": json.dumps(self.data.rng.bit_generator.state),
         }
         if self.fake is not None:
-            state.update(fake=self.fake.state_dict(), opt_fake=self.opt_fake.state_dict())
+            state.update(fake=self._weights(self.fake), opt_fake=self.opt_fake.state_dict())
         return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a checkpoint; a resume pack has no optimiser states, so those start fresh."""
-        self.student.load_state_dict(state["student"])
-        self.ema.load_state_dict(state.get("ema", state["student"]))  # a resume pack restarts the EMA
+        self._load_weights(self.student, state["student"])
+        self.ema.load_state_dict(state.get("ema", self._weights(self.student)))  # a resume pack restarts the EMA
         if "opt_student" in state:
             self.opt_student.load_state_dict(state["opt_student"])
         if self.fake is not None:
-            self.fake.load_state_dict(state["fake"])
+            self._load_weights(self.fake, state["fake"])
             if "opt_fake" in state:
                 self.opt_fake.load_state_dict(state["opt_fake"])
         self.gen.set_state(state["torch_rng"])

@@ -43,14 +43,20 @@ def training_device(requested: str | None = None) -> torch.device:
 class EMA:
     """Exponential moving average of parameters with the usual warm-up (decay grows from 0.1 towards `decay`)."""
 
-    def __init__(self, model: torch.nn.Module, decay: float = 0.999) -> None:
+    def __init__(self, model: torch.nn.Module, decay: float = 0.999, trainable_only: bool = False) -> None:
         self.decay = decay
-        self.shadow = {k: v.detach().clone().float() for k, v in model.state_dict().items()}
+        self.trainable_only = trainable_only  # a LoRA run averages its adapters, not a second copy of the base
+        self.shadow = {k: v.detach().clone().float() for k, v in self._tensors(model).items()}
+
+    def _tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        if self.trainable_only:
+            return {k: p for k, p in model.named_parameters() if p.requires_grad}
+        return model.state_dict()
 
     @torch.no_grad()
     def update(self, model: torch.nn.Module, step: int) -> None:
         d = min(self.decay, (1 + step) / (10 + step))
-        for k, v in model.state_dict().items():
+        for k, v in self._tensors(model).items():
             self.shadow[k].mul_(d).add_(v.detach().float(), alpha=1 - d)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -2,17 +2,21 @@
 
 from .captions import (
     PromptAttributes,
+    attribute_probe_prompts,
     caption,
     is_heldout,
     make_training_batch,
     parse_prompt,
+    render_attribute_clips,
     synthbench_prompts,
 )
 from .detector import ClipAnalysis, analyse_clip, clip_features, frechet_distance
 from .render import (
+    ALL_COLOURS,
     COLOURS,
     MOTIONS,
     SHAPES,
+    UNSEEN_COLOURS,
     BackgroundSpec,
     ClipSpec,
     HardExampleWeights,
@@ -24,8 +28,9 @@ from .render import (
 from .synthbench import ClipScore, SynthBenchResult, format_table, run_synthbench, score_clip
 
 __all__ = [
-    "COLOURS", "MOTIONS", "SHAPES", "BackgroundSpec", "ClipAnalysis", "ClipScore", "ClipSpec", "HardExampleWeights",
-    "ObjectSpec", "PromptAttributes", "SynthBenchResult", "analyse_clip", "caption", "clip_features", "format_table",
-    "frechet_distance", "is_heldout", "make_training_batch", "object_positions", "parse_prompt", "render_clip",
+    "ALL_COLOURS", "COLOURS", "MOTIONS", "SHAPES", "UNSEEN_COLOURS", "BackgroundSpec", "ClipAnalysis", "ClipScore",
+    "ClipSpec", "HardExampleWeights", "ObjectSpec", "PromptAttributes", "SynthBenchResult", "analyse_clip",
+    "attribute_probe_prompts", "caption", "clip_features", "format_table", "frechet_distance", "is_heldout",
+    "make_training_batch", "object_positions", "parse_prompt", "render_attribute_clips", "render_clip",
     "run_synthbench", "sample_clip_spec", "score_clip", "synthbench_prompts",
 ]

@@ -4,17 +4,21 @@ Captions are built from a few templates with several synonyms per colour, shape 
 sees varied wordings of each attribute. The held-out prompts are exact strings from the same vocabulary that
 training must never show the model: every colour / shape / motion combination they name is still trained on,
 under other wordings, so SynthBench measures generalisation to new phrasings, not to unseen attributes.
+Unseen attributes are for finetuning: render_attribute_clips and attribute_probe_prompts cover a colour from
+UNSEEN_COLOURS, which neither make_training_batch nor SynthBench's prompt sets ever use.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..errors import AliceError
 from .render import (
+    ALL_COLOURS,
     COLOURS,
     MOTIONS,
     REFERENCE_FRAMES,
@@ -35,6 +39,10 @@ COLOUR_WORDS: dict[str, tuple[str, ...]] = {
     "blue": ("blue", "cobalt", "sapphire"),
     "magenta": ("magenta", "purple", "violet", "fuchsia"),
 }
+# Synonyms of the UNSEEN_COLOURS: parsed like the ones above, but only clips rendered in an unseen colour are
+# captioned with them, and make_training_batch never renders one.
+UNSEEN_COLOUR_WORDS: dict[str, tuple[str, ...]] = {"orange": ("orange", "amber", "tangerine")}
+_ALL_COLOUR_WORDS = {**COLOUR_WORDS, **UNSEEN_COLOUR_WORDS}
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disc", "dot"),
     "square": ("square", "box", "block", "cube"),
@@ -87,7 +95,7 @@ BACKGROUND_WORDS: dict[str, str] = {"black": "black", "charcoal": "charcoal", "d
 BACKGROUND_TEMPLATES: tuple[str, ...] = (" on a {bg} background", " against a {bg} backdrop")
 BACKGROUND_MENTION_PROBABILITY = 0.3
 
-_COLOUR_OF_WORD = {word: colour for colour, words in COLOUR_WORDS.items() for word in words}
+_COLOUR_OF_WORD = {word: colour for colour, words in _ALL_COLOUR_WORDS.items() for word in words}
 _SHAPE_OF_WORD = {word: shape for shape, words in SHAPE_WORDS.items() for word in words}
 _BOUNCE_WORDS = {"bounce", "bounces", "bouncing", "bouncy", "hop", "hops", "hopping", "jump", "jumps", "jumping"}
 _DIRECTION_OF_WORD = {
@@ -110,7 +118,7 @@ class PromptAttributes:
 
 
 def _object_phrase(obj: ObjectSpec, rng: np.random.Generator) -> tuple[str, tuple[str, str]]:
-    colour_words, shape_words = COLOUR_WORDS[obj.colour], SHAPE_WORDS[obj.shape]
+    colour_words, shape_words = _ALL_COLOUR_WORDS[obj.colour], SHAPE_WORDS[obj.shape]
     thing = f"{colour_words[rng.integers(len(colour_words))]} {shape_words[rng.integers(len(shape_words))]}"
     phrases = MOTION_PHRASES[obj.motion]
     return thing, phrases[rng.integers(len(phrases))]
@@ -167,7 +175,7 @@ def _normalise(text: str) -> str:
 
 def _fixed_prompt(colour: str, shape: str, motion: str, variant: int) -> str:
     """One wording chosen by arithmetic on variant (no RNG), so the prompt set never drifts with numpy versions."""
-    colour_words, shape_words, phrases = COLOUR_WORDS[colour], SHAPE_WORDS[shape], MOTION_PHRASES[motion]
+    colour_words, shape_words, phrases = _ALL_COLOUR_WORDS[colour], SHAPE_WORDS[shape], MOTION_PHRASES[motion]
     ing, verb = phrases[(variant // 2) % len(phrases)]
     thing = f"{colour_words[variant % len(colour_words)]} {shape_words[(variant // 3) % len(shape_words)]}"
     return _with_articles(SINGLE_TEMPLATES[variant % len(SINGLE_TEMPLATES)].format(thing=thing, ing=ing, verb=verb))
@@ -232,3 +240,53 @@ def make_training_batch(
         captions.append(text)
     return clips, captions
 
+
+# ----------------------------------------------------------------------------------------------- one colour
+
+
+def _check_known_colour(colour: str) -> None:
+    if colour not in ALL_COLOURS:
+        raise AliceError(f"unknown colour {colour!r}; use one of {', '.join(ALL_COLOURS)}")
+
+
+def attribute_probe_prompts(colour: str = "orange") -> list[str]:
+    """Fixed single-object prompts (no RNG) for scoring one colour with run_synthbench: one per shape and motion
+    pair (15), naming the colour with each of its synonyms in turn. render_attribute_clips never captions a clip
+    with one of them, so they stay held out from a finetune on those clips."""
+    _check_known_colour(colour)
+    return [
+        _fixed_prompt(colour, shape, motion, 5 * s + 4 * m)
+        for s, shape in enumerate(SHAPES)
+        for m, motion in enumerate(MOTIONS)
+    ]
+
+
+def render_attribute_clips(
+    rng: np.random.Generator,
+    n: int,
+    size: int = REFERENCE_SIZE,
+    frames: int = REFERENCE_FRAMES,
+    colour: str = "orange",
+    shapes: Sequence[str] | None = None,
+    motions: Sequence[str] | None = None,
+) -> tuple[np.ndarray, list[str]]:
+    """n single-object clips in one colour on plain backgrounds (uint8 [n, frames, size, size, 3]) and varied
+    captions, for finetuning on that colour; deterministic given rng. shapes / motions restrict the shapes and
+    motions drawn (default: all of them), uniformly."""
+    _check_known_colour(colour)
+    shape_pool = SHAPES if shapes is None else tuple(shapes)
+    motion_pool = MOTIONS if motions is None else tuple(motions)
+    if not shape_pool or not motion_pool:
+        raise AliceError("render_attribute_clips needs at least one shape and one motion; pass None for all of them")
+    probes = frozenset(_normalise(p) for p in attribute_probe_prompts(colour))
+    clips = np.empty((n, frames, size, size, 3), dtype=np.uint8)
+    captions: list[str] = []
+    for index in range(n):
+        shape, motion = str(rng.choice(shape_pool)), str(rng.choice(motion_pool))
+        spec = sample_clip_spec(rng, size, frames, colour=colour, shape=shape, motion=motion)
+        clips[index] = render_clip(spec)
+        text = caption(spec, rng)
+        while _normalise(text) in probes:  # keep the probe prompts held out
+            text = caption(spec, rng)
+        captions.append(text)
+    return clips, captions

@@ -24,10 +24,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "blue": (0, 0, 255),
     "magenta": (255, 0, 255),
 }
+# Colours that render, caption, parse and detect like the others but that the default training data never shows
+# (sample_clip_spec draws from COLOURS only), so a LoRA finetune can be tested on an attribute the shipped model
+# has provably never seen. Orange's hue (30 degrees) lies halfway between red and yellow.
+UNSEEN_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (255, 128, 0)}
+ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **UNSEEN_COLOURS}  # base colours first
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOTIONS: tuple[str, ...] = (*DIRECTIONS, "bounce")
-# Grey levels: every object colour is >= 200 RGB units away from each of them.
+# Grey levels: every base colour is >= 200 RGB units away from each of them (orange >= 182).
 BACKGROUND_SHADES: dict[str, int] = {"black": 16, "charcoal": 48, "dark grey": 80, "grey": 112}
 TEXTURES: tuple[str, ...] = ("plain", "stripes", "checker")
 
@@ -81,8 +86,8 @@ class ObjectSpec:
     def __post_init__(self) -> None:
         if self.shape not in SHAPES:
             raise AliceError(f"unknown shape {self.shape!r}; use one of {', '.join(SHAPES)}")
-        if self.colour not in COLOURS:
-            raise AliceError(f"unknown colour {self.colour!r}; use one of {', '.join(COLOURS)}")
+        if self.colour not in ALL_COLOURS:
+            raise AliceError(f"unknown colour {self.colour!r}; use one of {', '.join(ALL_COLOURS)}")
         if self.motion not in MOTIONS:
             raise AliceError(f"unknown motion {self.motion!r}; use one of {', '.join(MOTIONS)}")
 
@@ -304,7 +309,9 @@ def sample_clip_spec(
     shape: str | None = None,
     motion: str | None = None,
 ) -> ClipSpec:
-    """A random clip. Giving colour / shape / motion fixes that attribute and forces a single object."""
+    """A random clip. Giving colour / shape / motion fixes that attribute and forces a single object.
+
+    Only a given colour can be one of UNSEEN_COLOURS: random draws come from COLOURS, the training palette."""
     check_clip_geometry(size, frames)
     weights = hard_weights or HardExampleWeights()
     background = _sample_background(rng, size, rng.random() < weights.textured)
@@ -362,7 +369,7 @@ def render_clip(spec: ClipSpec, positions: list[np.ndarray] | None = None) -> np
     order = sorted(range(len(spec.objects)), key=lambda i: -spec.objects[i].depth)  # far first
     for index in order:
         obj = spec.objects[index]
-        colour = np.asarray(COLOURS[obj.colour], dtype=np.float32)
+        colour = np.asarray(ALL_COLOURS[obj.colour], dtype=np.float32)
         reach = max(shape_extents(obj.shape, obj.radius)) + 1.0
         for frame, (cx, cy) in enumerate(positions[index]):
             x0, x1 = max(0, int(cx - reach)), min(size, int(math.ceil(cx + reach)))

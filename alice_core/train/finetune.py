@@ -1,0 +1,440 @@
+"""LoRA finetuning of a model bundle on the user's own clips: the 4-step student learns a new style or subject.
+
+Two stages, as rCM itself is built:
+  1. teacher LoRA: the flow-matching teacher learns the clips (flow-matching loss, caption dropout for CFG);
+  2. student LoRA: starts as a copy of the teacher's adapter (the student was distilled from the same base teacher,
+     so the adapter transfers), then the rCM trainer distils the finetuned teacher (its LoRA merged, frozen) into
+     the 4-step student with only adapters training: on the student, and on the fake-score critic (initialised
+     from the finetuned teacher). `student_steps=0` keeps the plain transfer.
+Training the student's LoRA directly with the flow-matching loss is not offered: a 4-step consistency model is not
+a flow-matching velocity model, so that loss would pull it away from few-step sampling.
+
+The work folder holds one checkpoint (written atomically every `checkpoint_every` steps and on cancel); calling
+`finetune` again with the same settings resumes exactly, so a killed run ends with the same weights as an
+uninterrupted one. Outputs are LoRA safetensors files in the PEFT layout with `alice_lora` metadata.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..bundle import ModelBundle, resolve_bundle
+from ..errors import AliceError
+from ..loading.lora import LORA_METADATA_KEY, apply_lora, remove_loras
+from ..models.config import WanDiTConfig
+from ..models.dit import WanDiT
+from .data import CachedTextEncoder, clips_to_video
+from .distill import DistillConfig, Distiller
+from .flow_matching import flow_matching_loss, sample_training_times
+from .lora_layers import (
+    DEFAULT_TARGET_MODULES,
+    add_trainable_loras,
+    load_lora_parameters,
+    lora_parameters,
+    lora_state_dict,
+    matches_target,
+)
+from .state import load_checkpoint, save_atomic, training_device
+
+CHECKPOINT_NAME = "finetune-checkpoint.pt"
+# progress(stage "teacher" | "student", steps done, steps in that stage, loss of the last step: in stage 2 the
+# student's losses summed, or the critic's loss on critic iterations)
+FinetuneProgress = Callable[[str, int, int, float], None]
+
+
+class FinetuneCancelled(AliceError):
+    """The caller asked to stop; the run was checkpointed and calling `finetune` again resumes it."""
+
+
+@dataclass
+class FinetuneConfig:
+    rank: int = 16
+    alpha: float = 16.0
+    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
+    teacher_steps: int = 300
+    student_steps: int = 200
+    teacher_lr: float = 5e-4
+    student_lr: float = 1e-4
+    batch_size: int = 4
+    caption_dropout: float = 0.1
+    uniform_time_fraction: float = 0.3  # as the tiny teacher's training: low noise levels get trained too
+    distill_mode: str = "rcm"           # "rcm", or the ablations "scm" / "dmd"
+    student_update_freq: int = 2        # student updates every 2nd iteration (the critic in between)
+    tangent_warmup: int = 20            # the student already is a consistency model: a short warm-up suffices
+    seed: int = 0
+    checkpoint_every: int = 50
+    sample_prompts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.target_modules = tuple(self.target_modules)
+        self.sample_prompts = tuple(self.sample_prompts)
+        for name in ("rank", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise AliceError(f"finetune setting {name} must be at least 1, got {getattr(self, name)}")
+        for name in ("teacher_steps", "student_steps"):
+            if getattr(self, name) < 0:
+                raise AliceError(f"finetune setting {name} must be 0 or more, got {getattr(self, name)}")
+        if self.distill_mode not in ("rcm", "scm", "dmd"):
+            raise AliceError(f"distill_mode must be rcm, scm or dmd, got {self.distill_mode!r}")
+
+
+@dataclass
+class TrainingClip:
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    caption: str
+
+
+@dataclass
+class FinetuneResult:
+    student_lora: Path
+    teacher_lora: Path
+    losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, the losses of this call's steps
+
+
+# ------------------------------------------------------------------------------------------------- clips
+def _fit_frames(frames: np.ndarray, size: tuple[int, int], count: int, source: str) -> np.ndarray:
+    """Centre-crop to the model's aspect ratio, resize, and keep the first `count` frames."""
+    from PIL import Image
+
+    if frames.ndim != 4 or frames.shape[-1] != 3:
+        raise AliceError(f"{source}: expected frames [F, H, W, 3], got shape {tuple(frames.shape)}")
+    if frames.shape[0] < count:
+        raise AliceError(f"{source} has {frames.shape[0]} frames; the model trains on {count}: use longer clips")
+    width, height = size
+    h, w = frames.shape[1:3]
+    scale = min(w / width, h / height)
+    cw, ch = round(width * scale), round(height * scale)
+    left, top = (w - cw) // 2, (h - ch) // 2
+    out = [np.asarray(Image.fromarray(f[top:top + ch, left:left + cw]).resize((width, height), Image.BILINEAR))
+           for f in frames[:count]]
+    return np.stack(out)
+
+
+def clips_from_images(images: np.ndarray | torch.Tensor, caption: str, frames_per_clip: int) -> list[TrainingClip]:
+    """A batch of images [N, H, W, 3] (ComfyUI's IMAGE: float in [0, 1]; or uint8) cut into consecutive clips."""
+    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
+    if array.dtype != np.uint8:
+        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
+    count = array.shape[0] // frames_per_clip
+    if count == 0:
+        raise AliceError(f"the image batch has {array.shape[0]} frames; a clip needs {frames_per_clip}")
+    return [TrainingClip(array[i * frames_per_clip:(i + 1) * frames_per_clip], caption) for i in range(count)]
+
+
+def clips_from_files(paths: Sequence[str | Path], caption: str | None = None) -> list[TrainingClip]:
+    """Video files with their captions: `caption` for all, or else a .txt file next to each video."""
+    from ..video_io import read_video
+
+    clips = []
+    for path in map(Path, paths):
+        text = caption
+        if text is None:
+            sidecar = path.with_suffix(".txt")
+            if not sidecar.exists():
+                raise AliceError(f"{path}: no caption; write it to {sidecar} or pass one caption for all clips")
+            text = sidecar.read_text().strip()
+        frames, _ = read_video(path)
+        clips.append(TrainingClip(frames, text))
+    return clips
+
+
+def clips_from_folder(folder: str | Path, caption: str | None = None) -> list[TrainingClip]:
+    """Every video (.mp4, .webm, .gif, .mov, .mkv) in a folder, sorted by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise AliceError(f"clip folder {folder} does not exist")
+    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".mp4", ".webm", ".gif", ".mov", ".mkv"})
+    if not videos:
+        raise AliceError(f"{folder} holds no videos (.mp4, .webm, .gif, .mov, .mkv)")
+    return clips_from_files(videos, caption)
+
+
+class ClipLatents:
+    """The training clips as latents and text states, drawn in seeded random batches (the trainers' data source)."""
+
+    def __init__(self, latents: torch.Tensor, contexts: torch.Tensor, captions: list[str], rng: np.random.Generator) -> None:
+        self.latents, self.contexts, self.captions, self.rng = latents, contexts, captions, rng
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        idx = self.rng.integers(len(self.captions), size=n)
+        return self.latents[idx], self.contexts[idx], [self.captions[i] for i in idx]
+
+
+# ------------------------------------------------------------------------------------------------- memory
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    with open("/proc/meminfo") as f:
+        info = dict(line.split(":", 1) for line in f)
+    return int(info["MemAvailable"].split()[0]) * 1024
+
+
+def estimate_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
+                    weight_bytes: int = 4) -> dict[str, int]:
+    """Bytes the finetune needs at its peak (stage 2): three base networks of `base_params` weights, the adapters
+    with AdamW states, and the activations of the student's JVP pass (math attention keeps its [L, L] scores; the
+    JVP doubles everything)."""
+    adapters = sum(cfg.rank * (i + o) for o, i in _linear_shapes(config, cfg.target_modules))
+    tokens = cfg.batch_size * tokens_per_clip
+    per_block = tokens * (14 * config.dim + 2 * config.ffn_dim) * 4 + cfg.batch_size * config.num_heads * tokens_per_clip**2 * 4
+    return {
+        "weights": 3 * base_params * weight_bytes,
+        "adapters": 3 * adapters * 4 * 4,  # student + critic + the teacher's stage-1 adapter: value, grad, 2 moments
+        "activations": 2 * config.num_layers * per_block,
+    }
+
+
+def _linear_shapes(config: WanDiTConfig, targets: Sequence[str]) -> list[tuple[int, int]]:
+    """[out, in] of the block Linears that match `targets`."""
+    d, f = config.dim, config.ffn_dim
+    per_block = {**{f"{a}.{p}": (d, d) for a in ("self_attn", "cross_attn") for p in "qkvo"},
+                 "ffn.0": (f, d), "ffn.2": (d, f)}
+    return [shape for name, shape in per_block.items() if matches_target(name, targets)] * config.num_layers
+
+
+def check_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
+                 device: torch.device, weight_bytes: int = 4) -> dict[str, int]:
+    """The estimate, or an AliceError naming what to lower when it exceeds what the device has free."""
+    parts = estimate_memory(config, cfg, tokens_per_clip, base_params, weight_bytes)
+    need, have = sum(parts.values()), _available_bytes(device)
+    if need > 0.9 * have:
+        gib = 1024**3
+        detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
+        raise AliceError(
+            f"finetuning needs about {need / gib:.1f} GiB ({detail}) but the {device.type} has {have / gib:.1f} GiB "
+            f"free; lower batch_size (now {cfg.batch_size}), use shorter or smaller clips, or a larger device"
+        )
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------- the run
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _run_fingerprint(cfg: FinetuneConfig, clips: list[TrainingClip], base_hashes: dict[str, str]) -> str:
+    digest = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "base": base_hashes}, sort_keys=True).encode())
+    for clip in clips:
+        digest.update(clip.caption.encode())
+        digest.update(np.ascontiguousarray(clip.frames).tobytes())
+    return digest.hexdigest()
+
+
+def _save_lora(adapters, path: Path, metadata: dict) -> Path:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(lora_state_dict(adapters), str(tmp), metadata={LORA_METADATA_KEY: json.dumps(metadata)})
+    tmp.chmod(0o644)
+    os.replace(tmp, path)
+    return path
+
+
+def teacher_lora_path(out_file: str | Path) -> Path:
+    out_file = Path(out_file)
+    return out_file.with_name(f"{out_file.stem}.teacher{out_file.suffix}")
+
+
+def finetune(
+    model: str | Path | None,
+    clips: list[TrainingClip],
+    cfg: FinetuneConfig,
+    out_file: str | Path,
+    work_dir: str | Path,
+    device: str | None = None,
+    threads: int | None = None,
+    progress: FinetuneProgress | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+) -> FinetuneResult:
+    """Finetune bundle `model` (name or folder; None = the default model) on `clips`; writes the student LoRA to
+    `out_file` and the teacher LoRA next to it (`<name>.teacher.safetensors`). Resumes from `work_dir`."""
+    from ..loading.dit import load_dit
+    from ..models.text_encoders import load_text_encoder
+    from ..pipeline import load_autoencoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    out_file = Path(out_file)
+    if out_file.suffix != ".safetensors":
+        raise AliceError(f"LoRA output {out_file} must end in .safetensors")
+    if not clips:
+        raise AliceError("no training clips; give at least one video (or image batch) with a caption")
+    bundle = _finetunable_bundle(model)
+    dev = training_device(device)
+    d = bundle.defaults
+    size, frames = (d.get("width", 64), d.get("height", 64)), d.get("frames", 17)
+    fitted = [TrainingClip(_fit_frames(c.frames, size, frames, f"clip {i} ({c.caption!r})"), c.caption) for i, c in enumerate(clips)]
+
+    base_hashes = {k: _sha256(bundle.dits[k]) for k in ("teacher", "rcm")}
+    fingerprint = _run_fingerprint(cfg, fitted, base_hashes)
+    work_dir = Path(work_dir)
+    ckpt_path = work_dir / CHECKPOINT_NAME
+    state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
+    if state is not None and state["fingerprint"] != fingerprint:
+        raise AliceError(f"{ckpt_path} belongs to a run with other clips, settings or base model; "
+                         "delete it to start over or pass another work folder")
+
+    teacher = load_dit(bundle.dits["teacher"]).float().to(dev)
+    autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder)
+    te = load_text_encoder(bundle.text_encoder if bundle.text_encoder == "minilm" else str(bundle.folder / bundle.text_encoder))
+    text = CachedTextEncoder(te, teacher.config.text_len)
+    with torch.no_grad():
+        latents = torch.cat([autoencoder.encode(clips_to_video(c.frames[None])) for c in fitted]).to(dev)
+    tokens_per_clip = math.prod(s // p for s, p in zip(latents.shape[2:], teacher.config.patch_size))
+    check_memory(teacher.config, cfg, tokens_per_clip, sum(p.numel() for p in teacher.parameters()), dev)
+    data = ClipLatents(latents, text.encode([c.caption for c in fitted]).to(dev), [c.caption for c in fitted],
+                       np.random.default_rng(cfg.seed))
+    null_context = text.encode([""]).to(dev)
+    metadata = {
+        "format": "alice-lora/1", "base_model": bundle.name, "rank": cfg.rank, "alpha": cfg.alpha,
+        "target_modules": list(cfg.target_modules), "steps": {"teacher": cfg.teacher_steps, "student": cfg.student_steps},
+        "learning_rates": {"teacher": cfg.teacher_lr, "student": cfg.student_lr}, "distill_mode": cfg.distill_mode,
+        "sample_prompts": list(cfg.sample_prompts) or sorted({c.caption for c in fitted})[:4],
+        "clips": len(fitted), "size": list(size), "frames": frames,
+    }
+    run = _Run(cfg, ckpt_path, fingerprint, data, null_context, dev, progress, should_cancel)
+
+    adapters_t = add_trainable_loras(teacher, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
+    run.train_teacher(teacher, adapters_t, bundle.defaults.get("shift", 5.0), state)
+    teacher_file = _save_lora(adapters_t, teacher_lora_path(out_file),
+                              {**metadata, "applies_to": "teacher", "base_sha256": base_hashes["teacher"]})
+
+    # The finetuned teacher (adapter merged) is what the student and the critic distil from.
+    teacher_sd = lora_state_dict(adapters_t)
+    remove_loras(teacher)
+    apply_lora(teacher, teacher_sd, merge=True)
+    student = load_dit(bundle.dits["rcm"]).float().to(dev)
+    adapters_s = add_trainable_loras(student, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 1)
+    # The student starts from the teacher's adapter: the student was distilled from that same base teacher, so the
+    # adapter transfers (measured on alice-tiny: it alone teaches the 4-step student a new colour); rCM refines it.
+    load_lora_parameters(adapters_s, lora_parameters(adapters_t))
+    fake = copy.deepcopy(teacher)
+    add_trainable_loras(fake, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 2)
+    distiller = run.train_student(teacher, student, fake, state)
+    _use_ema(distiller, adapters_s)
+    student_file = _save_lora(adapters_s, out_file, {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]})
+    return FinetuneResult(student_file, teacher_file, run.losses)
+
+
+def _finetunable_bundle(model: str | Path | None) -> ModelBundle:
+    bundle = resolve_bundle(str(model) if model is not None else None)
+    if bundle is None:
+        raise AliceError(f"{model} is not a model bundle; finetuning needs a bundle folder (model.json) with a "
+                         "'teacher' and an 'rcm' DiT, such as alice-tiny")
+    missing = [k for k in ("teacher", "rcm") if k not in bundle.dits]
+    if missing:
+        raise AliceError(f"{bundle.folder / 'model.json'}: dits lacks {', '.join(missing)}; finetuning needs both "
+                         "the teacher and the rCM student")
+    return bundle
+
+
+def _use_ema(distiller: Distiller, adapters) -> None:
+    """The student LoRA ships its EMA weights (as the distilled student does)."""
+    shadow = distiller.ema.state_dict()
+    params = {n: p for n, p in distiller.student.named_parameters() if p.requires_grad}
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(shadow[name])
+
+
+class _Run:
+    """One finetune's loops, sharing progress, cancellation and the single atomic checkpoint."""
+
+    def __init__(self, cfg, ckpt_path, fingerprint, data, null_context, device, progress, should_cancel) -> None:
+        self.cfg, self.ckpt_path, self.fingerprint = cfg, ckpt_path, fingerprint
+        self.data, self.null_context, self.device = data, null_context, device
+        self.progress, self.should_cancel = progress, should_cancel
+        self.losses: dict[str, list[float]] = {"teacher": [], "student": []}
+        self.teacher_state: dict = {}
+
+    def _report(self, stage: str, step: int, total: int, loss: float) -> None:
+        self.losses[stage].append(loss)
+        if self.progress:
+            self.progress(stage, step, total, loss)
+
+    def _save(self, extra: dict) -> None:
+        save_atomic({"fingerprint": self.fingerprint, "config": asdict(self.cfg), **self.teacher_state, **extra}, self.ckpt_path)
+
+    def _stop_requested(self, save: Callable[[], None]) -> None:
+        if self.should_cancel and self.should_cancel():
+            save()
+            raise FinetuneCancelled(f"finetune cancelled; run it again with the same settings to resume from {self.ckpt_path}")
+
+    def train_teacher(self, teacher: WanDiT, adapters, shift: float, state: dict | None) -> None:
+        cfg, data = self.cfg, self.data
+        params = list(lora_parameters(adapters).values())
+        opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.99), weight_decay=0.0)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        step = 0
+        if state is not None:
+            load_lora_parameters(adapters, state["teacher_lora"])
+            step = int(state["teacher_step"])
+            if step < cfg.teacher_steps:  # stage 1 still running: its optimiser and random streams continue
+                opt.load_state_dict(state["teacher_opt"])
+                gen.set_state(state["teacher_rng"])
+                data.rng.bit_generator.state = json.loads(state["numpy_rng"])
+
+        def save() -> None:
+            self.teacher_state = {"teacher_lora": {k: v.detach().clone() for k, v in lora_parameters(adapters).items()},
+                                  "teacher_step": step}
+            self._save({"stage": "teacher", "teacher_opt": opt.state_dict(), "teacher_rng": gen.get_state(),
+                        "numpy_rng": json.dumps(data.rng.bit_generator.state)})
+
+        teacher.train()
+        while step < cfg.teacher_steps:
+            self._stop_requested(save)
+            x0, ctx, _ = data.batch(cfg.batch_size)
+            drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout).to(ctx.device)
+            ctx = torch.where(drop[:, None, None], self.null_context, ctx)
+            s = sample_training_times(cfg.batch_size, shift, gen, cfg.uniform_time_fraction).to(self.device)
+            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            loss = flow_matching_loss(teacher, x0, ctx, s, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            step += 1
+            self._report("teacher", step, cfg.teacher_steps, loss.item())
+            if step % cfg.checkpoint_every == 0 or step == cfg.teacher_steps:
+                save()
+        # Every later checkpoint carries stage 1's result, so a resume in stage 2 can rebuild the finetuned teacher.
+        self.teacher_state = {"teacher_lora": {k: v.detach().clone() for k, v in lora_parameters(adapters).items()},
+                              "teacher_step": step}
+        teacher.eval()
+
+    def train_student(self, teacher: WanDiT, student: WanDiT, fake: WanDiT, state: dict | None) -> Distiller:
+        cfg = self.cfg
+        dcfg = DistillConfig(mode=cfg.distill_mode, steps=cfg.student_steps, batch_size=cfg.batch_size,
+                             student_lr=cfg.student_lr, fake_score_lr=cfg.student_lr, weight_decay=0.0,
+                             tangent_warmup=cfg.tangent_warmup, student_update_freq=cfg.student_update_freq,
+                             ema_decay=0.99, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
+        distiller = Distiller(teacher, dcfg, self.data, self.null_context, self.device, student=student, fake=fake)
+        if state is not None and state.get("stage") == "student":
+            distiller.load_state_dict(state["distiller"])
+
+        def save() -> None:
+            self._save({"stage": "student", "distiller": distiller.state_dict()})
+
+        while distiller.iteration < dcfg.steps:
+            self._stop_requested(save)
+            logs = distiller.step()
+            self._report("student", distiller.iteration, dcfg.steps, sum(logs.values()))
+            if distiller.iteration % dcfg.checkpoint_every == 0 or distiller.iteration == dcfg.steps:
+                save()
+        return distiller
