@@ -1,5 +1,6 @@
 """Alice's ComfyUI nodes (V1 API). Imported by the package root's __init__.py; ComfyUI reads the two mappings."""
 
+from .finetune import AliceFinetune
 from .loaders import AliceLoraLoader, AliceModelLoader, AliceTextEncoderLoader, AliceVAELoader
 from .sampling import AliceRCMSampler, AliceTeacherSampler, AliceTextEncode
 from .video import AliceSaveVideo, AliceVAEDecode
@@ -14,6 +15,7 @@ NODE_CLASS_MAPPINGS = {
     "AliceVAEDecode": AliceVAEDecode,
     "AliceSaveVideo": AliceSaveVideo,
     "AliceLoraLoader": AliceLoraLoader,
+    "AliceFinetune": AliceFinetune,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {name: cls.DISPLAY_NAME for name, cls in NODE_CLASS_MAPPINGS.items()}
 

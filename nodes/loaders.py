@@ -37,7 +37,7 @@ def _catalogue_entries() -> list[str]:
     return [CATALOGUE_PREFIX + m.name for m in models if not m.comfyui_only]
 
 
-def _bundle_entries() -> list[str]:
+def bundle_entries() -> list[str]:
     return [e for e in _grouped_files("diffusion_models", BUNDLE_FILE) if os.path.basename(e) == BUNDLE_FILE]
 
 
@@ -110,7 +110,7 @@ class AliceVAELoader(AliceNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        choices = [*bundled_models(), *_bundle_entries(), *host.model_files("vae")]
+        choices = [*bundled_models(), *bundle_entries(), *host.model_files("vae")]
         return {"required": {
             "vae_name": (choices, {"tooltip": "use the entry of the model you sample with"}),
             "precision": (VAE_PRECISIONS, {"default": "auto"}),

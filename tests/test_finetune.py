@@ -208,3 +208,29 @@ def test_image_batches_become_clips_of_the_model_length():
     assert fitted.shape == (9, 32, 32, 3)
     with pytest.raises(AliceError, match="needs 9"):
         ft.clips_from_images(images[:5], "x", frames_per_clip=9)
+
+
+@pytest.mark.slow
+def test_the_shipped_student_learns_a_colour_it_never_saw(tmp_path):
+    """Orange never appears in alice-tiny's training data; a short finetune on orange clips must make the 4-step
+    student draw orange for orange prompts, where without the LoRA it does not."""
+    from alice_core.pipeline import GenerationSettings, load_pipeline
+    from alice_core.world import attribute_probe_prompts, render_attribute_clips, run_synthbench
+
+    frames, captions = render_attribute_clips(np.random.default_rng(0), 24, size=32, frames=9, colour="orange")
+    cfg = FinetuneConfig(rank=8, alpha=8.0, teacher_steps=120, student_steps=20, teacher_lr=1e-3)
+    result = finetune(None, [TrainingClip(f, c) for f, c in zip(frames, captions)], cfg, tmp_path / "orange.safetensors",
+                      tmp_path / "work")
+    prompts = attribute_probe_prompts("orange")
+
+    def colour_accuracy(lora: Path | None) -> float:
+        model = load_model("alice-tiny")
+        pipe = load_pipeline(None)
+        if lora is not None:
+            pipe.dits["rcm"] = with_lora(model, lora, 1.0).dits["rcm"]
+        bench = run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames, prompts, [0])
+        return bench.accuracy("colour")[0]
+
+    without, with_lora_applied = colour_accuracy(None), colour_accuracy(result.student_lora)
+    assert without <= 0.2, f"the base student already draws orange ({without:.0%}); the test needs an unseen colour"
+    assert with_lora_applied >= 0.8, f"with the LoRA only {with_lora_applied:.0%} of orange prompts came out orange"

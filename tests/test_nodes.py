@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PACK_NAME = "alice_comfy_pack"
 EXPECTED_NODES = {
     "AliceModelLoader", "AliceTextEncoderLoader", "AliceTextEncode", "AliceRCMSampler", "AliceTeacherSampler",
-    "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader",
+    "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader", "AliceFinetune",
 }
 SOCKET_TYPES = {"ALICE_MODEL", "ALICE_TEXT_ENCODER", "ALICE_CONDITIONING", "ALICE_VAE", "LATENT", "IMAGE"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}

@@ -2,9 +2,7 @@
 
 import re
 import socket
-import sys
 import time
-import types
 import urllib.error
 import urllib.request
 

@@ -1,8 +1,9 @@
-"""The Alice web app: prompt -> video in the browser, one generation at a time per device.
+"""The Alice web app: prompt -> video in the browser (optionally with a LoRA), and LoRA finetuning on uploaded
+clips; one job at a time per device.
 
 `launch()` is what `alice app` runs; `build_app()` gives the Blocks for embedding or tests. The UI sends only
-values (text, numbers, a model label from a server-side list); it has no file inputs and no path fields, and
-Gradio serves only the files this app wrote.
+values (text, numbers, model and LoRA names from server-side lists) and, in the Finetune tab, uploaded videos,
+which Gradio keeps in its upload cache; there are no path fields, and Gradio serves only the files this app wrote.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from alice_core.errors import AliceError
 from alice_core.pipeline import DEFAULT_STEPS, PRECISIONS, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
+from .finetune_tab import build_finetune_tab, lora_choices
 from .models import default_frames, default_size, frame_presets, size_presets
 from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
 
@@ -93,11 +95,12 @@ class _Handlers:
         self.flags = CancelFlags()
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
-             fps) -> Job:
+             fps, lora, lora_strength) -> Job:
         if seed is None or randomize_seed:
             seed = random.randint(0, MAX_SEED)
         return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
-                   frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision)
+                   frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision,
+                   lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0))
 
     def _run(self, session: str, progress: gr.Progress, work):
         """work(progress_fn, should_cancel) under this session's cancel flag; None when cancelled."""
@@ -123,10 +126,11 @@ class _Handlers:
         return history
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                 randomize_seed, size, frames, fps, history, request: gr.Request, progress=gr.Progress()):
+                 randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
+                 progress=gr.Progress()):
         steps = student_steps if sampler == "rcm" else teacher_steps
         job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
-                        frames, fps)
+                        frames, fps, lora, lora_strength)
         result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
         if result is None:
             gr.Warning("Generation cancelled")
@@ -135,8 +139,10 @@ class _Handlers:
         return str(result.path), result.summary(), job.seed, history, history
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                randomize_seed, size, frames, fps, history, request: gr.Request, progress=gr.Progress()):
-        job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames, fps)
+                randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
+                progress=gr.Progress()):
+        job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames, fps,
+                        lora, lora_strength)
         pair = self._run(request.session_hash, progress,
                          lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
         if pair is None:
@@ -186,6 +192,9 @@ class _Handlers:
         known = [value for _, value in choices]
         return gr.update(choices=choices, value=model if model in known else self.studio.default_label)
 
+    def refresh_loras(self, lora):
+        return gr.update(choices=lora_choices(self.studio), value=lora if lora in self.studio.lora_names() else "")
+
     def download(self, model, progress=gr.Progress()):
         progress(0, desc=f"downloading {model}")
         def report(label: str, done: int, total: int | None) -> None:
@@ -213,60 +222,71 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
     defaults = pipe.defaults
     ui = SimpleNamespace()
     with gr.Blocks(title="Alice - text to video") as demo:
-        gr.Markdown("# Alice: text to video\nDescribe a clip, press **Generate**. One video is made at a time; "
-                    "while others are ahead of you, the video panel shows your place in the queue.")
-        with gr.Row():
-            with gr.Column(scale=5):
-                ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bouncing", elem_id="prompt")
-                ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.get("negative_prompt", ""))
-                with gr.Row():
-                    ui.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                    ui.randomize_seed = gr.Checkbox(label="Random seed", value=True)
-                with gr.Row():
-                    ui.size = gr.Dropdown(size_presets(pipe), value=size_presets(pipe)[0], label="Size (WxH)",
-                                          allow_custom_value=True, elem_id="size")
-                    ui.frames = gr.Dropdown(frame_presets(pipe), value=default_frames(pipe), label="Frames",
-                                            allow_custom_value=True)
-                    ui.fps = gr.Slider(1, 60, value=defaults.get("fps", 16), step=1, label="FPS")
-                with gr.Row():
-                    ui.model = gr.Dropdown(_model_choices(studio), value=studio.default_label, label="Model", scale=4,
-                                           elem_id="model")
-                    ui.refresh = gr.Button("↻", scale=0, min_width=40)
-                    ui.download = gr.Button("Download", scale=1, visible=False)
-                    ui.precision = gr.Dropdown(list(PRECISIONS), value=precision, label="Precision", scale=2,
-                                               info="bf16/fp16: for GPUs")
-                ui.model_info = gr.Markdown(_model_info(pipe))
-                ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
-                                      label="Sampler")
-                with gr.Row():
-                    ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.get("rcm_steps", RCM_MAX_STEPS),
-                                                 step=1, label="Student steps", visible="rcm" in pipe.dits)
-                    ui.teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS_UI, value=_teacher_steps(pipe), step=1,
-                                                 label="Teacher steps", visible="teacher" in pipe.dits,
-                                                 elem_id="teacher-steps")
-                with gr.Row():
-                    ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                    ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
-            with gr.Column(scale=4):
-                ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
-                                    elem_id="output-video", elem_classes="alice-video")
-                ui.settings = gr.JSON(label="Settings of this video")
-        with gr.Accordion("Teacher vs student", open=False, elem_id="compare-panel"):
-            ui.compare_note = gr.Markdown(_compare_note(pipe))
-            ui.compare = gr.Button("Render teacher vs student", interactive={"rcm", "teacher"} <= set(pipe.dits),
-                                   elem_id="compare")
+        gr.Markdown("# Alice: text to video\nDescribe a clip, press **Generate**; or teach the model your own clips "
+                    "in **Finetune**. One job runs at a time; while others are ahead of you, the panel shows your "
+                    "place in the queue.")
+        with gr.Tab("Generate", id="generate"):
             with gr.Row():
-                ui.student_video = gr.Video(label="Student", interactive=False, autoplay=True, loop=True,
-                                            elem_classes="alice-video")
-                ui.teacher_video = gr.Video(label="Teacher", interactive=False, autoplay=True, loop=True,
-                                            elem_classes="alice-video")
-        ui.gallery = gr.Gallery(label="This session's videos", columns=6, fit_columns=False, height=240,
-                                object_fit="contain", preview=False, interactive=False)
+                with gr.Column(scale=5):
+                    ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bouncing", elem_id="prompt")
+                    ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.get("negative_prompt", ""))
+                    with gr.Row():
+                        ui.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
+                        ui.randomize_seed = gr.Checkbox(label="Random seed", value=True)
+                    with gr.Row():
+                        ui.size = gr.Dropdown(size_presets(pipe), value=size_presets(pipe)[0], label="Size (WxH)",
+                                              allow_custom_value=True, elem_id="size")
+                        ui.frames = gr.Dropdown(frame_presets(pipe), value=default_frames(pipe), label="Frames",
+                                                allow_custom_value=True)
+                        ui.fps = gr.Slider(1, 60, value=defaults.get("fps", 16), step=1, label="FPS")
+                    with gr.Row():
+                        ui.model = gr.Dropdown(_model_choices(studio), value=studio.default_label, label="Model",
+                                               scale=4, elem_id="model")
+                        ui.refresh = gr.Button("↻", scale=0, min_width=40)
+                        ui.download = gr.Button("Download", scale=1, visible=False)
+                        ui.precision = gr.Dropdown(list(PRECISIONS), value=precision, label="Precision", scale=2,
+                                                   info="bf16/fp16: for GPUs")
+                    ui.model_info = gr.Markdown(_model_info(pipe))
+                    ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
+                                          label="Sampler")
+                    with gr.Row():
+                        ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.get("rcm_steps", RCM_MAX_STEPS),
+                                                     step=1, label="Student steps", visible="rcm" in pipe.dits)
+                        ui.teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS_UI, value=_teacher_steps(pipe), step=1,
+                                                     label="Teacher steps", visible="teacher" in pipe.dits,
+                                                     elem_id="teacher-steps")
+                    with gr.Row():
+                        # allow_custom_value: the list grows while the app runs; Studio checks every name.
+                        ui.lora = gr.Dropdown(lora_choices(studio), value="", label="LoRA", allow_custom_value=True,
+                                              elem_id="lora", info="made in the Finetune tab, or put in the app's "
+                                                                   "LoRA folder")
+                        ui.lora_strength = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
+                    with gr.Row():
+                        ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                        ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                with gr.Column(scale=4):
+                    ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
+                                        elem_id="output-video", elem_classes="alice-video")
+                    ui.settings = gr.JSON(label="Settings of this video")
+            with gr.Accordion("Teacher vs student", open=False, elem_id="compare-panel"):
+                ui.compare_note = gr.Markdown(_compare_note(pipe))
+                ui.compare = gr.Button("Render teacher vs student", interactive={"rcm", "teacher"} <= set(pipe.dits),
+                                       elem_id="compare")
+                with gr.Row():
+                    ui.student_video = gr.Video(label="Student", interactive=False, autoplay=True, loop=True,
+                                                elem_classes="alice-video")
+                    ui.teacher_video = gr.Video(label="Teacher", interactive=False, autoplay=True, loop=True,
+                                                elem_classes="alice-video")
+            ui.gallery = gr.Gallery(label="This session's videos", columns=6, fit_columns=False, height=240,
+                                    object_fit="contain", preview=False, interactive=False)
+        with gr.Tab("Finetune", id="finetune"):
+            build_finetune_tab(studio, ui.lora, CancelFlags())  # its own flags: its Cancel stops no generation
         history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
 
         h = _Handlers(studio, ui)
         inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
-                  ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, history]
+                  ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, ui.lora, ui.lora_strength,
+                  history]
         # Generation and comparison share one queue slot: one job at a time on the device.
         gen_event = ui.generate.click(h.generate, inputs, [ui.video, ui.settings, ui.seed, ui.gallery, history],
                                       api_name="generate", concurrency_id="device", concurrency_limit=1)
@@ -281,8 +301,9 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         for control in (ui.model, ui.precision):
             control.change(h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private",
                            concurrency_id="loading")
-        ui.refresh.click(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)
-        demo.load(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)  # pick up new bundles
+        for trigger in (ui.refresh.click, demo.load):  # pick up new bundles and LoRAs
+            trigger(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)
+            trigger(h.refresh_loras, [ui.lora], [ui.lora], api_visibility="private", queue=False)
         ui.download.click(h.download, [ui.model], [ui.model], api_visibility="private", concurrency_id="loading").then(
             h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private", concurrency_id="loading"
         )

@@ -1,13 +1,16 @@
-"""What the app does, without any Gradio: pick a model by label, generate one video at a time, save it.
+"""What the app does, without any Gradio: pick a model by label, generate one video at a time (optionally with a
+LoRA), save it; finetune a LoRA on uploaded clips.
 
-Kept separate from the UI so the rules (allow-listed models, checked sizes, one generation per device, files
-written only into the app's output folder) are plain Python and testable on their own.
+Kept separate from the UI so the rules (allow-listed models and LoRAs, checked sizes, one job per device, files
+written only into the app's output and LoRA folders) are plain Python and testable on their own.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,9 +19,14 @@ from pathlib import Path
 
 from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
+from alice_core.loading.lora import apply_lora, lora_samplers
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS
-from alice_core.video_io import unique_path
+from alice_core.train.finetune import (
+    CHECKPOINT_NAME, FinetuneConfig, FinetuneProgress, FinetuneResult, clips_from_files, finetune, lora_file_stem,
+    teacher_lora_path,
+)
+from alice_core.video_io import unique_path, write_video
 
 from .models import (
     LOCAL_PREFIX, ModelChoice, PipelineCache, default_models_dir, download_model, list_model_choices, parse_frames,
@@ -28,6 +36,13 @@ from .models import (
 MAX_TEACHER_STEPS_UI = 100  # the library allows more; the app keeps one request from holding the device for long
 # progress(done, total, description)
 StepProgress = Callable[[int, int, str], None]
+# Finetune limits for a shared app (the library allows more): one request must not hold the device for days.
+MAX_FINETUNE_STEPS = 5000    # per stage
+MAX_FINETUNE_CLIPS = 100
+MAX_FINETUNE_RANK = 128
+MAX_FINETUNE_BATCH = 32
+LORA_SUFFIX = ".safetensors"
+NETWORK_NAMES = {"rcm": "4-step student", "teacher": "teacher"}
 
 
 @dataclass
@@ -44,6 +59,20 @@ class Job:
     sampler: str | None = None  # "rcm" or "teacher"; None means the model's default
     steps: int | None = None
     precision: str = "fp32"
+    lora: str = ""              # a name from Studio.lora_names(); "" means none
+    lora_strength: float = 1.0
+
+
+@dataclass
+class FinetuneJob:
+    """A finetune request from the UI: uploaded videos, their captions and the settings, all checked first."""
+
+    model: str                  # a bundle label from Studio.finetune_choices()
+    videos: list[str]           # the uploaded files (in Gradio's upload cache)
+    captions: str               # one line for every clip, or one line per video in upload order
+    lora_name: str              # the LoRA's file name in the app's LoRA folder
+    config: FinetuneConfig
+    restart: bool = False       # discard this name's checkpoint (and replace its LoRA) instead of resuming
 
 
 @dataclass
@@ -51,10 +80,14 @@ class Result:
     path: Path
     video: GeneratedVideo
     wall_s: float               # the whole request: text encoding, sampling, decoding and writing the file
+    lora: str = ""
+    lora_strength: float = 1.0
 
     def summary(self) -> dict:
         """The settings shown next to the video (no server paths)."""
         info = dict(self.video.metadata())
+        if self.lora:
+            info.update(lora=self.lora, lora_strength=self.lora_strength)
         info.update(file=self.path.name, wall_time_s=round(self.wall_s, 2),
                     **{f"{k}_s": round(v, 3) for k, v in self.video.timings.items()})
         return info
@@ -72,7 +105,9 @@ class Studio:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else default_models_dir()
         self.pipelines = PipelineCache(device)
-        self._device_lock = threading.Lock()  # one generation at a time on this device, whatever the queue does
+        self._device_lock = threading.Lock()  # one job at a time on this device, whatever the queue does
+        self.loras_dir = self.models_dir / "loras"  # inside the models folder: never served to the browser
+        self._lora_pipe: tuple[tuple, VideoPipeline] | None = None  # the last LoRA-patched pipeline, reused
         self._extra: dict[str, Path] = {}
         self.default_label = self._default_label(default_model or DEFAULT_MODEL)
 
@@ -116,7 +151,7 @@ class Studio:
 
     @contextlib.contextmanager
     def device_slot(self) -> Iterator[None]:
-        """Hold the device: generations run one at a time, whatever the web queue lets through."""
+        """Hold the device: generations and finetunes run one at a time, whatever the web queue lets through."""
         with self._device_lock:
             yield
 
@@ -144,8 +179,14 @@ class Studio:
     ) -> Result:
         pipe = self.pipeline(job.model, job.precision)
         settings = self.settings(job, pipe)
+        targets = self._lora_targets(job, pipe)
+        if targets and settings.sampler not in targets:
+            raise AliceError(
+                f"LoRA {job.lora} is for the {NETWORK_NAMES[targets[0]]} ({targets[0]}); generate with that sampler "
+                f"or pick the LoRA made for the {NETWORK_NAMES[settings.sampler]}"
+            )
         with self.device_slot():
-            return self._run(pipe, settings, progress, should_cancel, label=settings.sampler)
+            return self._run(self._with_lora(pipe, job), settings, progress, should_cancel, settings.sampler, job)
 
     def compare(
         self,
@@ -172,9 +213,11 @@ class Studio:
                 return None
             return lambda done, _total, _desc: progress(done_before + done, total, label)
 
+        self._lora_targets(job, pipe)  # a LoRA changes the network it is for; the other one stays the base model
         with self.device_slot():
-            first = self._run(pipe, student, offset(0, "student"), should_cancel, label="student")
-            second = self._run(pipe, teacher, offset(student.steps, "teacher"), should_cancel, label="teacher")
+            pipe = self._with_lora(pipe, job)
+            first = self._run(pipe, student, offset(0, "student"), should_cancel, "student", job)
+            second = self._run(pipe, teacher, offset(student.steps, "teacher"), should_cancel, "teacher", job)
         return first, second
 
     def _run(
@@ -184,9 +227,118 @@ class Studio:
         progress: StepProgress | None,
         should_cancel: Callable[[], bool] | None,
         label: str,
+        job: Job,
     ) -> Result:
         start = time.perf_counter()
         report = (lambda done, total, _x0: progress(done, total, label)) if progress else None
         video = pipe.generate(settings, progress=report, should_cancel=should_cancel)
-        path = pipe.save(video, unique_path(self.output_dir, "alice", ".mp4"))
-        return Result(path=path, video=video, wall_s=time.perf_counter() - start)
+        lora = {"lora": job.lora, "lora_strength": job.lora_strength} if job.lora else {}
+        path = write_video(video.frames, unique_path(self.output_dir, "alice", ".mp4"), fps=video.settings.fps,
+                           metadata={**video.metadata(), **lora})
+        return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
+
+    # -- LoRAs -------------------------------------------------------------------------------------------------
+    def lora_names(self) -> list[str]:
+        """The LoRA files the app offers: the .safetensors files directly in its LoRA folder."""
+        if not self.loras_dir.is_dir():
+            return []
+        return sorted(p.name for p in self.loras_dir.glob(f"*{LORA_SUFFIX}") if p.is_file() and p.name[0] != ".")
+
+    def lora_path(self, name: str) -> Path:
+        if name not in self.lora_names():
+            raise AliceError(f"unknown LoRA {name!r}; pick one from the LoRA list (finetuned LoRAs appear there)")
+        return self.loras_dir / name
+
+    def _lora_targets(self, job: Job, pipe: VideoPipeline) -> list[str]:
+        """The networks the job's LoRA changes ([] without a LoRA): the one a finetuned LoRA names, else all."""
+        if not job.lora:
+            return []
+        return lora_samplers(self.lora_path(job.lora), list(pipe.dits))
+
+    def _with_lora(self, pipe: VideoPipeline, job: Job) -> VideoPipeline:
+        """The pipeline with the job's LoRA merged into copies of the networks it is for (the cached pipeline stays
+        unpatched); the last patched pipeline is kept, so repeated generations with one LoRA copy nothing."""
+        if not job.lora:
+            return pipe
+        path = self.lora_path(job.lora)
+        key = (job.model, job.precision, job.lora, path.stat().st_mtime_ns, float(job.lora_strength))
+        if self._lora_pipe is not None and self._lora_pipe[0] == key:
+            return self._lora_pipe[1]
+        self._lora_pipe = None  # free the previous copy before making the next
+        patched: dict = {}  # id(DiT) -> patched copy: one DiT serving both samplers is patched once
+        for sampler in self._lora_targets(job, pipe):
+            dit = pipe.dits[sampler]
+            if id(dit) not in patched:
+                patched[id(dit)] = copy.deepcopy(dit)
+                if apply_lora(patched[id(dit)], path, float(job.lora_strength)).matched == 0:
+                    raise AliceError(f"LoRA {job.lora}: none of its keys fit {pipe.name}; use a LoRA made for this "
+                                     "model (same architecture and size)")
+        dits = {sampler: patched.get(id(dit), dit) for sampler, dit in pipe.dits.items()}
+        result = VideoPipeline(pipe.name, pipe.text_encoder, pipe.autoencoder, dits, pipe.defaults, pipe.device)
+        self._lora_pipe = (key, result)
+        return result
+
+    # -- finetuning --------------------------------------------------------------------------------------------
+    def finetune_choices(self) -> list[str]:
+        """Labels of the models a LoRA can be trained for: model bundles (catalogue entries are single files)."""
+        return [c.label for c in self.choices() if c.kind in ("bundled", "local")]
+
+    def finetune(
+        self,
+        job: FinetuneJob,
+        progress: FinetuneProgress | None = None,
+        should_cancel: Callable[[], bool] | None = None,
+    ) -> FinetuneResult:
+        """Train the job's LoRA into the LoRA folder. Raises FinetuneCancelled after checkpointing; the same job
+        again resumes (the checkpoint folder is named after the LoRA)."""
+        if job.model not in self.finetune_choices():
+            raise AliceError(f"model {job.model!r} cannot be finetuned here; pick a model bundle from the list "
+                             f"({', '.join(self.finetune_choices())})")
+        stem = lora_file_stem(job.lora_name)
+        cfg = job.config
+        limits = (("teacher steps", cfg.teacher_steps, MAX_FINETUNE_STEPS),
+                  ("student steps", cfg.student_steps, MAX_FINETUNE_STEPS), ("rank", cfg.rank, MAX_FINETUNE_RANK),
+                  ("batch size", cfg.batch_size, MAX_FINETUNE_BATCH), ("videos", len(job.videos), MAX_FINETUNE_CLIPS))
+        for name, value, most in limits:
+            if value > most:
+                raise AliceError(f"{name} is {value}; this app allows at most {most}")
+        if not job.videos:
+            raise AliceError("no videos uploaded; add the clips to learn from")
+        captions = _captions(job.captions, len(job.videos))
+        clips = [clip for video, caption in zip(job.videos, captions) for clip in clips_from_files([video], caption)]
+
+        out_file = self.loras_dir / f"{stem}{LORA_SUFFIX}"
+        work = self.models_dir / "finetune-work" / stem
+        checkpoint = work / CHECKPOINT_NAME
+        with self.device_slot():
+            if job.restart:
+                shutil.rmtree(work, ignore_errors=True)
+            if not checkpoint.exists() and not job.restart and any(
+                    p.exists() for p in (out_file, teacher_lora_path(out_file))):
+                raise AliceError(f"a LoRA named {out_file.name} exists; choose another name, or tick 'Start over' "
+                                 "to train again and replace it")
+            out_file.parent.mkdir(parents=True, exist_ok=True)
+            choice = self.choice(job.model)
+            try:
+                result = finetune(choice.source, clips, cfg, out_file, work, device=str(self.pipelines.device),
+                                  progress=progress, should_cancel=should_cancel)
+            except AliceError as exc:
+                if str(exc).startswith(str(checkpoint)):  # the checkpoint belongs to a run with other clips/settings
+                    raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
+                                     "or model; tick 'Start over' to discard it, or choose another name") from None
+                raise
+        shutil.rmtree(work, ignore_errors=True)  # complete: the LoRA files are the result
+        return result
+
+
+def _captions(text: str, count: int) -> list[str]:
+    """One caption per video: a single line for all, or one line per video (blank lines ignored)."""
+    lines = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not lines:
+        raise AliceError("the caption is empty; describe what the clips show (one line for all, or one per video)")
+    if len(lines) == 1:
+        return lines * count
+    if len(lines) != count:
+        raise AliceError(f"{len(lines)} caption lines for {count} videos; write one line for all clips, or exactly "
+                         "one line per video in upload order")
+    return lines

@@ -21,6 +21,7 @@ import hashlib
 import json
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -182,16 +183,17 @@ def _available_bytes(device: torch.device) -> int:
 
 def estimate_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
                     weight_bytes: int = 4) -> dict[str, int]:
-    """Bytes the finetune needs at its peak (stage 2): three base networks of `base_params` weights, the adapters
-    with AdamW states, and the activations of the student's JVP pass (math attention keeps its [L, L] scores; the
-    JVP doubles everything)."""
+    """Bytes the finetune needs at its peak (stage 2): three base networks of `base_params` weights (teacher,
+    student, critic), the adapters with gradients and AdamW moments, the activations one backward pass keeps
+    (about 14 dim + 2 ffn_dim floats per token and block), and the JVP's attention scores with their tangents
+    (math attention, [L, L] per head, one block at a time: the JVP runs without grad)."""
     adapters = sum(cfg.rank * (i + o) for o, i in _linear_shapes(config, cfg.target_modules))
     tokens = cfg.batch_size * tokens_per_clip
-    per_block = tokens * (14 * config.dim + 2 * config.ffn_dim) * 4 + cfg.batch_size * config.num_heads * tokens_per_clip**2 * 4
     return {
         "weights": 3 * base_params * weight_bytes,
         "adapters": 3 * adapters * 4 * 4,  # student + critic + the teacher's stage-1 adapter: value, grad, 2 moments
-        "activations": 2 * config.num_layers * per_block,
+        "activations": config.num_layers * tokens * (14 * config.dim + 2 * config.ffn_dim) * 4
+        + 2 * cfg.batch_size * config.num_heads * tokens_per_clip**2 * 4,
     }
 
 
@@ -244,6 +246,19 @@ def _save_lora(adapters, path: Path, metadata: dict) -> Path:
     tmp.chmod(0o644)
     os.replace(tmp, path)
     return path
+
+
+_PLAIN_NAME = re.compile(r"\w[\w .+-]*")  # one file name: no folders, no leading dot
+
+
+def lora_file_stem(name: str, where: str = "LoRA name") -> str:
+    """A LoRA output name without '.safetensors', refused unless it is a plain file name (UIs write it into their
+    LoRA folder, so it must not reach outside)."""
+    stem = name.strip().removesuffix(".safetensors")
+    if not _PLAIN_NAME.fullmatch(stem) or stem.endswith("."):
+        raise AliceError(f"{where} {name!r} must be a plain file name such as 'my_style' (letters, digits, space, "
+                         ". _ + -; no folders)")
+    return stem
 
 
 def teacher_lora_path(out_file: str | Path) -> Path:
