@@ -50,13 +50,7 @@ def node_inputs(**change) -> dict:
     return {name: value for name, value in inputs.items() if value is not None}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Training steps of a tiny model gain nothing from threads, and on a busy machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def env(tmp_path, monkeypatch):

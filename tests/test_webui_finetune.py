@@ -15,11 +15,10 @@ from alice_core.loading.lora import LORA_METADATA_KEY, apply_lora
 from alice_core.pipeline import GenerationSettings, load_pipeline
 from alice_core.train.finetune import CHECKPOINT_NAME, FinetuneCancelled, FinetuneConfig
 from alice_core.video_io import read_video, read_video_metadata, write_video
-from webui.app import serve
 from webui.studio import MAX_FINETUNE_STEPS, FinetuneJob, Job, Studio
 
 from tests.bundles import random_tiny_bundle
-from tests.test_webui import free_port, wait_for
+from tests.test_webui import url, wait_for  # noqa: F401  (url: the running app for this module's studio)
 
 MODEL = "local/random-test"
 CAPTIONS = "a ball rolling left\na ball rolling right"
@@ -27,13 +26,7 @@ QUICK = dict(rank=2, alpha=4.0, teacher_steps=2, student_steps=2, teacher_lr=1e-
              seed=0, checkpoint_every=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Training steps of a tiny model gain nothing from threads, and on a busy machine they lose a lot."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
@@ -147,12 +140,6 @@ def test_finetune_input_errors_name_the_fix(studio, videos, tmp_path):
 
 
 # -- the running app ------------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def url(studio):
-    port = free_port()
-    demo = serve(studio, port=port, block=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
 
 
 def finetune_args(videos, name: str, **settings) -> dict:
