@@ -301,6 +301,9 @@ def networks_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+CLEARLY_BELOW = "below it (the 95% CIs do not overlap)"
+
+
 def compare(candidate: tuple[float, float], baseline: tuple[float, float]) -> str:
     """How a mean ± CI half-width compares with the baseline's (a missing CI, from one seed, counts as 0)."""
     (m_c, h_c), (m_b, h_b) = candidate, baseline
@@ -311,7 +314,7 @@ def compare(candidate: tuple[float, float], baseline: tuple[float, float]) -> st
         return "reaches it"
     if m_c + h_c >= m_b - h_b:
         return "below its mean, within the 95% CIs (the intervals overlap)"
-    return "below it (the 95% CIs do not overlap)"
+    return CLEARLY_BELOW
 
 
 def verdict(rows: dict[str, dict], results: dict[str, SynthBenchResult]) -> str:
@@ -325,7 +328,7 @@ def verdict(rows: dict[str, dict], results: dict[str, SynthBenchResult]) -> str:
     for attribute in VERDICT_ATTRIBUTES:
         c, b = cand.accuracy(attribute), base.accuracy(attribute)
         outcome = compare(c, b)
-        if outcome.startswith("below it"):
+        if outcome == CLEARLY_BELOW:
             failed.append(attribute)
         if not math.isnan(c[0]) and not math.isnan(b[0]):
             lines.append(f"- {attribute}: {100 * c[0]:.1f} ± {100 * c[1]:.1f} vs {100 * b[0]:.1f} ± {100 * b[1]:.1f}"

@@ -181,3 +181,9 @@ def test_student_run_of_another_mode_and_missing_students_are_refused(setup: dic
     assert ablation.main([*args, "--rows", "dmd4,rcm4"]) == 2
     assert "rows dmd4, rcm4 need --student dmd=RUN_DIR_OR_DIT_FILE --student rcm=RUN_DIR_OR_DIT_FILE" in capsys.readouterr().err
     assert not (tmp_path / "r.md").exists()
+
+
+def test_only_a_clearly_lower_score_fails_the_target():
+    assert ablation.compare((0.40, 0.05), (0.30, 0.05)) == "reaches it"
+    assert ablation.compare((0.25, 0.10), (0.30, 0.05)).startswith("below its mean, within")
+    assert ablation.compare((0.10, 0.02), (0.30, 0.05)) == ablation.CLEARLY_BELOW
