@@ -228,9 +228,12 @@ def test_the_shipped_student_learns_a_colour_it_never_saw(tmp_path):
         pipe = load_pipeline(None)
         if lora is not None:
             pipe.dits["rcm"] = with_lora(model, lora, 1.0).dits["rcm"]
-        bench = run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames, prompts, [0])
+        bench = run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames,
+                               prompts, [0, 1, 2])
         return bench.accuracy("colour")[0]
 
+    # The base student draws orange-ish blobs for a few seeds by chance (measured: 9% of 45 clips), never for most.
     without, with_lora_applied = colour_accuracy(None), colour_accuracy(result.student_lora)
-    assert without <= 0.2, f"the base student already draws orange ({without:.0%}); the test needs an unseen colour"
+    assert without <= 0.35, f"the base student already draws orange ({without:.0%}); the test needs an unseen colour"
     assert with_lora_applied >= 0.8, f"with the LoRA only {with_lora_applied:.0%} of orange prompts came out orange"
+    assert with_lora_applied - without >= 0.5
