@@ -121,6 +121,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--size", type=int, default=32)
     t.add_argument("--frames", type=int, default=9)
+    t.add_argument("--temporal-stride", type=int, default=4, help="frames packed per latent frame (a new run only)")
     t.add_argument("--checkpoint-every", type=int, default=100)
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
@@ -156,7 +157,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train.teacher import TeacherTrainConfig, export_dit, train_teacher, write_tiny_bundle
+    from .train.teacher import TeacherTrainConfig, export_dit, tiny_dit_config, train_teacher, write_tiny_bundle
 
     if args.stage == "export":
         print(export_dit(args.checkpoint, args.output))
@@ -180,7 +181,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
         return 0
     cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
-                             frames=args.frames, checkpoint_every=args.checkpoint_every)
+                             frames=args.frames, checkpoint_every=args.checkpoint_every,
+                             temporal_stride=args.temporal_stride)
+    cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                         resume_pack=args.resume_pack))
     return 0

@@ -1,11 +1,14 @@
 """The teacher stage: resumable from its checkpoint (bit-exact) and from a committed resume pack; exports load."""
 
+import pytest
 import torch
 
+from alice_core.errors import AliceError
 from alice_core.loading.dit import load_dit
 from alice_core.models.config import WanDiTConfig
 from alice_core.train.state import load_checkpoint, read_resume_pack, write_run_resume_pack
-from alice_core.train.teacher import TeacherTrainConfig, export_dit, train_teacher
+from alice_core.pipeline import GenerationSettings, load_pipeline
+from alice_core.train.teacher import TeacherTrainConfig, export_dit, train_teacher, write_tiny_bundle
 
 SMALL = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=48, out_dim=48, text_dim=384, text_len=32)
 
@@ -43,3 +46,18 @@ def test_resume_pack_and_export(tmp_path):
     assert model.config == SMALL
     ema = load_checkpoint(run / "checkpoint.pt")["ema"]
     assert torch.allclose(model.state_dict()["head.head.weight"], ema["head.head.weight"], atol=1e-3)
+
+
+def test_temporal_stride_option_trains_and_bundles(tmp_path):
+    two = WanDiTConfig(**{**SMALL.to_dict(), "in_dim": 24, "out_dim": 24})  # 3 colours x 2 frames x 2x2 pixels
+    cfg = TeacherTrainConfig(steps=1, batch_size=2, size=32, frames=9, temporal_stride=2, dit=two.to_dict())
+    run = tmp_path / "run"
+    train_teacher(cfg, run, threads=1)
+    bundle = write_tiny_bundle(tmp_path / "bundle", run)
+    pipe = load_pipeline(str(bundle.parent))
+    assert pipe.autoencoder.temporal_stride == 2
+    video = pipe.generate(GenerationSettings("a red ball", sampler="teacher", steps=2))
+    assert video.frames.shape == (9, 32, 32, 3)
+    # A DiT that does not fit the strides is refused with the numbers.
+    with pytest.raises(AliceError, match="DiT takes 48 latent channels but strides 2x2x2 give 24"):
+        train_teacher(TeacherTrainConfig(steps=1, temporal_stride=2, dit=SMALL.to_dict()), tmp_path / "bad", threads=1)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
 from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
@@ -51,12 +52,18 @@ class TeacherTrainConfig:
     size: int = 32
     frames: int = 9
     spatial_stride: int = 2
+    # Frames packed into one latent frame. 4 (Wan's VAE ratio) is what alice-tiny was trained with; its teacher
+    # then placed the object once per latent frame (static within each 4-frame group), hence the option to pack less.
+    temporal_stride: int = 4
     seed: int = 0
     checkpoint_every: int = 100
     dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
 
     def autoencoder_config(self, mean: float, std: float) -> SpaceToDepthConfig:
-        return SpaceToDepthConfig(spatial_stride=self.spatial_stride, temporal_stride=4, mean=mean, std=std)
+        return SpaceToDepthConfig(spatial_stride=self.spatial_stride, temporal_stride=self.temporal_stride, mean=mean, std=std)
+
+    def latent_channels(self) -> int:
+        return 3 * self.temporal_stride * self.spatial_stride**2
 
 
 def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
@@ -84,6 +91,12 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     if state is not None:
         cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
     dit_cfg = WanDiTConfig.from_dict(cfg.dit)
+    if dit_cfg.in_dim != cfg.latent_channels() or dit_cfg.out_dim != cfg.latent_channels():
+        raise AliceError(
+            f"the DiT takes {dit_cfg.in_dim} latent channels but strides {cfg.spatial_stride}x{cfg.spatial_stride}x"
+            f"{cfg.temporal_stride} give {cfg.latent_channels()}; use the run's own strides (a run cannot change them) "
+            f"or a DiT config with in_dim = out_dim = {cfg.latent_channels()}"
+        )
     torch.manual_seed(cfg.seed)
     model = WanDiT(dit_cfg).init_weights().to(dev).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
