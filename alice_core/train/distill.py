@@ -164,7 +164,8 @@ class Distiller:
         return net.state_dict()
 
     def _load_weights(self, net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
-        missing, unexpected = net.load_state_dict(weights, strict=not self.partial)
+        # A partial (LoRA) checkpoint holds only the trainable weights: every one of them, and nothing else.
+        unexpected = net.load_state_dict(weights, strict=not self.partial).unexpected_keys
         if self.partial and (unexpected or set(self._weights(net)) - set(weights)):
             raise AliceError("the checkpoint's trainable weights do not match this run's networks; "
                              "delete the run folder or resume with the same settings")
