@@ -154,6 +154,27 @@ def test_cancel_checkpoints_then_a_rerun_completes_identically(bundle, tmp_path)
     assert all(torch.equal(ref[k], got[k]) for k in ref)
 
 
+class _Crash(Exception):
+    pass
+
+
+def test_a_crash_between_the_stages_resumes_identically(bundle, tmp_path):
+    """The last checkpoint is stage 1's final one (the crash comes before stage 2's first checkpoint)."""
+    clips, cfg = _clips(), FinetuneConfig(**{**SMALL, "checkpoint_every": 4})
+    reference = finetune(bundle.folder, clips, cfg, tmp_path / "ref.safetensors", tmp_path / "ref-work")
+
+    def crash_in_stage_two(stage: str, step: int, total: int, loss: float) -> None:
+        if stage == "student":
+            raise _Crash
+
+    with pytest.raises(_Crash):
+        finetune(bundle.folder, clips, cfg, tmp_path / "c.safetensors", tmp_path / "c-work", progress=crash_in_stage_two)
+    assert _checkpoint_stage(tmp_path / "c-work") == ("teacher", 4)
+    result = finetune(bundle.folder, clips, cfg, tmp_path / "c.safetensors", tmp_path / "c-work")
+    ref, got = load_file(str(reference.student_lora)), load_file(str(result.student_lora))
+    assert all(torch.equal(ref[k], got[k]) for k in ref)
+
+
 def test_a_work_folder_of_another_run_is_refused(bundle, tmp_path):
     finetune(bundle.folder, _clips(), FinetuneConfig(**{**SMALL, "teacher_steps": 2, "student_steps": 0}),
              tmp_path / "a.safetensors", tmp_path / "work")

@@ -400,7 +400,9 @@ class _Run:
         if state is not None:
             load_lora_parameters(adapters, state["teacher_lora"])
             step = int(state["teacher_step"])
-            if step < cfg.teacher_steps:  # stage 1 still running: its optimiser and random streams continue
+            if state["stage"] == "teacher":
+                # Restored even when stage 1 had finished: stage 2 draws its batches from where stage 1 left the data
+                # stream (a crash between the last stage-1 and the first stage-2 checkpoint lands here).
                 opt.load_state_dict(state["teacher_opt"])
                 gen.set_state(state["teacher_rng"])
                 data.rng.bit_generator.state = json.loads(state["numpy_rng"])
