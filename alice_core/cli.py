@@ -127,6 +127,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
     t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     t.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
+    t.add_argument("--init-from", default=None,
+                   help="a new run starts from this resume pack of a teacher at a larger --temporal-stride")
     r = stages.add_parser("pack", help="write a small committable resume pack of a teacher or distillation run")
     r.add_argument("run")
     r.add_argument("folder")
@@ -185,7 +187,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              temporal_stride=args.temporal_stride)
     cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
-                        resume_pack=args.resume_pack))
+                        resume_pack=args.resume_pack, init_from=args.init_from))
     return 0
 
 

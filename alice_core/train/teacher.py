@@ -22,6 +22,7 @@ from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from .data import CachedTextEncoder, SyntheticVideoData, video_statistics
 from .flow_matching import flow_matching_loss, sample_training_times
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
+from .warm_start import regroup_temporal_stride
 
 TINY_TEXT_LEN = 32
 
@@ -57,6 +58,8 @@ class TeacherTrainConfig:
     temporal_stride: int = 4
     seed: int = 0
     checkpoint_every: int = 100
+    # Resume pack of a teacher at a larger temporal stride that this run started from (see warm_start.py).
+    init_from: str = ""
     dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
 
     def autoencoder_config(self, mean: float, std: float) -> SpaceToDepthConfig:
@@ -71,10 +74,12 @@ def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
 
 
 def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | None = None, threads: int | None = None,
-                  max_minutes: float | None = None, resume_pack: str | Path | None = None) -> Path:
+                  max_minutes: float | None = None, resume_pack: str | Path | None = None,
+                  init_from: str | Path | None = None) -> Path:
     """Train (or resume) until cfg.steps or max_minutes; returns the checkpoint path.
 
-    Resumes from out_dir/checkpoint.pt when present (exact), else from `resume_pack` (a committed fp16 pack)."""
+    Resumes from out_dir/checkpoint.pt when present (exact), else from `resume_pack` (a committed fp16 pack).
+    A new run may start from `init_from`, the resume pack of a teacher trained at a larger temporal stride."""
     from ..models.text_encoders import MiniLMTextEncoder
 
     if threads:
@@ -99,6 +104,10 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         )
     torch.manual_seed(cfg.seed)
     model = WanDiT(dit_cfg).init_weights().to(dev).train()
+    norm = None
+    if state is None and init_from is not None:
+        norm = _warm_start(model, cfg, init_from)
+        cfg.init_from = str(init_from)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -113,7 +122,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         step = int(state["step"])
         norm = tuple(state["latent_norm"])
-    else:
+    elif norm is None:
         norm = video_statistics(np.random.default_rng(cfg.seed + 3), 256, cfg.size, cfg.frames)
 
     ae = SpaceToDepthAutoencoder(cfg.autoencoder_config(*norm))
@@ -162,6 +171,22 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         log.close()
     save()
     return ckpt_path
+
+
+def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tuple[float, float]:
+    """Load the regrouped weights of the teacher in resume pack `pack` into `model`; returns its latent norm (kept,
+    so the regrouped embedding sees inputs scaled as in training)."""
+    source = read_resume_pack(pack)
+    src = TeacherTrainConfig(**source["config"])
+    if (src.spatial_stride, src.size, src.frames) != (cfg.spatial_stride, cfg.size, cfg.frames):
+        raise AliceError(f"{pack} was trained at {src.size}x{src.size}, {src.frames} frames, spatial stride "
+                         f"{src.spatial_stride}; start this run with --size {src.size} --frames {src.frames}")
+    weights, regrouped = regroup_temporal_stride(source["model"], WanDiTConfig.from_dict(src.dit), src.spatial_stride,
+                                                 src.temporal_stride, cfg.temporal_stride)
+    if regrouped != model.config:
+        raise AliceError(f"{pack} holds a DiT that regroups to {regrouped}, not this run's {model.config}")
+    model.load_state_dict(weights)
+    return tuple(source["latent_norm"])
 
 
 def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float16) -> Path:
