@@ -120,11 +120,21 @@ def sample_flow_matching(
     shift: float = 5.0,
     device: torch.device | str = "cpu",
     control: StepControl | None = None,
+    start: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
-    """Euler flow-matching sampler with classifier-free guidance v = v_u + w (v_c - v_u) (the teacher's sampler)."""
+    """Euler flow-matching sampler with classifier-free guidance v = v_u + w (v_c - v_u) (the teacher's sampler).
+
+    `start` = (latent, noise level s0 in (0, 1]) begins from that latent noised to s0 and runs only the steps at or
+    below s0 (SDEdit): how much of a given video the model keeps, e.g. to find the noise level where it loses it."""
     control = control or StepControl()
     times = flow_matching_timesteps(steps, shift)
     x = seeded_noise(shape, generator, device)
+    if start is not None:
+        latent, level = start
+        if not 0.0 < level <= 1.0:
+            raise AliceError(f"start noise level must be in (0, 1], got {level}")
+        times = [level] + [t for t in times if t < level]
+        x = (1 - level) * latent.to(x) + level * x
     use_cfg = velocity_uncond is not None and guidance != 1.0
     for i, (s_cur, s_next) in enumerate(zip(times[:-1], times[1:])):
         control.check_cancel()
@@ -135,5 +145,5 @@ def sample_flow_matching(
             v = v_u + guidance * (v - v_u)
         x0 = x - s_cur * v
         x = x + (s_next - s_cur) * v
-        control.report(i + 1, steps, x0)
+        control.report(i + 1, len(times) - 1, x0)
     return x

@@ -109,3 +109,23 @@ def test_seeded_and_deterministic():
     b = sample_rcm(vel, (1, 64), torch.Generator().manual_seed(7))
     c = sample_rcm(vel, (1, 64), torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_teacher_sampler_from_a_noised_latent():
+    given = torch.randn(2, 3, generator=torch.Generator().manual_seed(4))
+    seen_times, calls = [], []
+    vel = lambda x, t: (seen_times.append(t[0].item() / 1000.0), torch.zeros_like(x))[1]
+    progress = StepControl(progress=lambda d, n, x0: calls.append((d, n)))
+    out = sample_flow_matching(vel, None, (2, 3), torch.Generator().manual_seed(5), steps=10, shift=1.0,
+                               control=progress, start=(given, 0.35))
+    # Only the steps below 0.35 run (0.3, 0.2, 0.1 after the start); a zero velocity leaves the noised latent.
+    assert seen_times == pytest.approx([0.35, 0.3, 0.2, 0.1]) and calls[-1] == (4, 4)
+    noise = torch.randn((2, 3), generator=torch.Generator().manual_seed(5))
+    assert torch.allclose(out, 0.65 * given + 0.35 * noise)
+    # With the exact velocity of data concentrated at `given`, the sampler returns it from any start level.
+    exact = lambda x, t: (x - given) / (t / 1000.0).view(-1, 1)
+    for level in (0.2, 1.0):
+        back = sample_flow_matching(exact, None, (2, 3), torch.Generator().manual_seed(6), steps=8, start=(given, level))
+        assert torch.allclose(back, given, atol=1e-5)
+    with pytest.raises(AliceError, match=r"start noise level must be in \(0, 1\]"):
+        sample_flow_matching(vel, None, (2, 3), torch.Generator(), start=(given, 0.0))
