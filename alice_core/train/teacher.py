@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +107,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     norm = None
     if state is None and init_from is not None:
         norm = _warm_start(model, cfg, init_from)
-        cfg.init_from = str(init_from)
+        cfg = replace(cfg, init_from=str(init_from))  # recorded in the run's checkpoints, not in the caller's config
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
