@@ -9,8 +9,10 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from alice_core.cli.convert import add_parser as add_convert_parser
+from alice_core.cli.convert import run as run_convert
 from alice_core.errors import AliceError
-from alice_core.loading.convert import add_convert_parser, convert_checkpoint, run_convert
+from alice_core.loading.convert import convert_checkpoint
 from alice_core.loading.dit import load_dit
 from alice_core.loading.formats import inspect_checkpoint
 from tests.test_formats import CFG, random_state, write_variant

@@ -376,9 +376,7 @@ def test_cli_download_in_a_fresh_process_honours_the_environment(fake_hub, tmp_p
     fake_hub.add(file.repo_id, file.filename, content, lfs=True)
     env = {**os.environ, "HF_ENDPOINT": fake_hub.url, "HF_HUB_OFFLINE": "0", "ALICE_HOME": str(tmp_path),
            "PYTHONPATH": str(REPO_ROOT)}
-    script = ("import argparse, sys; from alice_core import hub_cli; p = argparse.ArgumentParser(); "
-              "hub_cli.add_download_parser(p.add_subparsers(dest='command')); "
-              "sys.exit(hub_cli.run_download(p.parse_args(sys.argv[1:])))")
+    script = "import sys; from alice_core.cli import main; sys.exit(main(sys.argv[1:]))"
     run = subprocess.run([sys.executable, "-c", script, "download", file.name], env=env, capture_output=True,
                          text=True, timeout=60)
     assert run.returncode == 0, run.stderr
@@ -393,7 +391,7 @@ def test_cli_download_in_a_fresh_process_honours_the_environment(fake_hub, tmp_p
 
 
 def test_generate_hook_maps_a_present_catalogue_model_to_pipeline_paths(tmp_path, monkeypatch):
-    from alice_core.hub_cli import catalogue_pipeline_args
+    from alice_core.cli.download import catalogue_pipeline_args
 
     monkeypatch.setenv("ALICE_HOME", str(tmp_path))
     catalogue = hub.load_catalogue()

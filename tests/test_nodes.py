@@ -405,28 +405,3 @@ def test_save_video_uses_comfyui_output_folder_and_respects_disable_metadata(tmp
     assert Path(out["result"][0]) == tmp_path / "video" / "alice_00003_.mp4"
     assert out["ui"]["images"] == [{"filename": "alice_00003_.mp4", "subfolder": "video", "type": "output"}]
     assert "prompt" not in read_video_metadata(out["result"][0])
-
-
-# ---------------------------------------------------------------- install.py (ComfyUI-Manager)
-
-
-def load_install_script():
-    spec = importlib.util.spec_from_file_location("alice_install_script", ROOT / "install.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_install_script_reads_pyproject_and_installs_only_what_is_missing(monkeypatch, capsys):
-    install = load_install_script()
-    import tomllib
-
-    declared = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert install.requirements() == declared
-    monkeypatch.setitem(sys.modules, "tomllib", None)  # Python 3.10 has no tomllib: the plain parser must agree
-    assert install.requirements() == declared
-
-    wanted = ["torch>=999", "numpy>=1.0", "no-such-package-for-alice-tests>=1", "pytest>=999"]
-    assert install.missing_requirements(wanted) == ["no-such-package-for-alice-tests>=1", "pytest>=999"]
-    assert install.main(["--dry-run"]) == 0  # this environment has everything: nothing to do, pip not called
-    assert "all requirements are installed" in capsys.readouterr().out

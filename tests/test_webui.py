@@ -17,7 +17,7 @@ from alice_core.pipeline import GenerationSettings
 from alice_core.sampling import GenerationCancelled
 from alice_core.video_io import read_video, read_video_metadata
 from webui.app import serve
-from webui.cli import add_app_parser
+from alice_core.cli.app import add_parser as add_app_parser
 from webui.models import frame_presets, parse_size, size_multiples, size_presets
 from webui.studio import Job, Studio
 

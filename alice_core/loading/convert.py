@@ -9,7 +9,6 @@ layout, one tensor at a time (a 14B model converts in a few GB of memory).
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -169,29 +168,3 @@ def _write_diffusers_folder(dst: Path, config: WanDiTConfig, outputs: list[Outpu
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
-
-
-# -- CLI ----------------------------------------------------------------------------------------------------------
-def add_convert_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "convert",
-        help="convert a Wan DiT checkpoint (official, rCM, TurboDiffusion, diffusers, ComfyUI fp8) to another layout",
-        description=__doc__.split("\n\n")[0],
-    )
-    p.add_argument("input", help="checkpoint file (.safetensors, .pt, .pth) or diffusers folder")
-    p.add_argument("output", help="output .safetensors file (official, comfy-fp8) or folder (diffusers); never overwritten")
-    p.add_argument("--to", required=True, choices=TARGETS, help="output layout")
-    p.add_argument("--dtype", default="keep", choices=tuple(OUTPUT_DTYPES),
-                   help="cast floating tensors (default: keep the stored dtype; dequantised int8/fp8 become bf16)")
-    p.add_argument("--config", default=None, help="DiT config JSON, for files whose num_heads is not dim/128")
-    return p
-
-
-def run_convert(args: argparse.Namespace) -> int:
-    if args.config and not Path(args.config).is_file():
-        raise AliceError(f"--config {args.config}: file not found; pass a DiT config JSON file")
-    config = WanDiTConfig.from_json(args.config) if args.config else None
-    result = convert_checkpoint(args.input, args.output, args.to, args.dtype, config)
-    print(result.source.describe())
-    print(f"wrote {result.path} ({args.to}, {result.tensors} tensors, {result.bytes / 1e9:.2f} GB)")
-    return 0

@@ -6,11 +6,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from .errors import AliceError
+from ..errors import AliceError
 
 
-def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
-    from .train.finetune import FinetuneConfig
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..train.finetune import FinetuneConfig
 
     d = FinetuneConfig()
     p = sub.add_parser(
@@ -36,12 +36,13 @@ def add_finetune_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sample-prompt", action="append", default=[], help="stored in the LoRA's metadata (repeatable)")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    p.set_defaults(run=run)
 
 
-def run_finetune(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from .train.finetune import FinetuneConfig, clips_from_folder, finetune
+    from ..train.finetune import FinetuneConfig, clips_from_folder, finetune
 
     output = Path(args.output)
     if not output.parent.is_dir():

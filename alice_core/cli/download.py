@@ -9,13 +9,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import AliceError
-from .hub import (
+from ..errors import AliceError
+from ..hub import (
     Catalogue, ProgressCallback, ensure_files, find_local, load_catalogue, resolve_catalogue_model, standalone_folders,
 )
 
 
-def add_download_parser(subparsers: argparse._SubParsersAction) -> None:
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("download", help="download a catalogue model or file from the Hugging Face Hub")
     p.add_argument("name", nargs="?", help="catalogue model or file name (see --list)")
     p.add_argument(
@@ -24,9 +24,10 @@ def add_download_parser(subparsers: argparse._SubParsersAction) -> None:
              "default: $ALICE_HOME or ~/.cache/alice",
     )
     p.add_argument("--list", action="store_true", help="list the catalogue, where each file goes and what is present")
+    p.set_defaults(run=run)
 
 
-def run_download(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     catalogue = load_catalogue()
     folders = standalone_folders(args.folder)
     if args.list or not args.name:

@@ -1,13 +1,16 @@
-"""`alice app`: the command-line entry of the web app (Gradio is imported only when the app starts)."""
+"""`alice app`: start the web app (webui/). The app and Gradio are imported only when it runs: the library's command
+line works without them (`pip install -e .[app]` adds them)."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 
-from alice_core.loading.quant import PRECISION_NAMES
+from ..errors import AliceError
+from ..loading.quant import PRECISION_NAMES
 
 
-def add_app_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = subparsers.add_parser("app", help="start the local web app (http://127.0.0.1:7860 by default)")
     p.add_argument("--port", type=int, default=7860)
     p.add_argument("--host", default="127.0.0.1",
@@ -23,12 +26,17 @@ def add_app_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentP
                    help="folder of model bundles offered in the app (default: $ALICE_MODELS_DIR or "
                         "~/.cache/alice/models)")
     p.add_argument("--output-dir", default=None, help="where generated videos are saved (default: a new temp folder)")
+    p.set_defaults(run=run)
     return p
 
 
-def run_app(args: argparse.Namespace) -> int:
-    from .app import launch
-
+def run(args: argparse.Namespace) -> int:
+    try:
+        launch = importlib.import_module("webui.app").launch
+    except ModuleNotFoundError as exc:
+        if exc.name not in ("webui", "gradio") and not str(exc.name).startswith(("webui.", "gradio.")):
+            raise
+        raise AliceError("`alice app` needs the app and its extra: from the repository, `pip install -e .[app]`") from None
     launch(host=args.host, port=args.port, share=args.share, model=args.model, precision=args.precision,
            device=args.device, output_dir=args.output_dir, models_dir=args.models_dir)
     return 0

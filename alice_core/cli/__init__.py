@@ -1,0 +1,35 @@
+"""The `alice` command line: one module per subcommand, each with `add_parser(subparsers)` and `run(args)`.
+
+Parsing imports nothing heavy (no torch model code, no Gradio): every `run` imports what it needs, so `alice --help`
+is instant and works in a library-only install. `alice app` imports the app (webui/) only when it runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import AliceError
+from . import app, convert, download, finetune, generate, train
+
+SUBCOMMANDS = (generate, train, finetune, download, convert, app)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="alice", description="Alice: fast 4-step text-to-video")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for module in SUBCOMMANDS:
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except AliceError as exc:
+        print(f"alice: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("alice: interrupted", file=sys.stderr)
+        return 130

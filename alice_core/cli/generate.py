@@ -1,0 +1,116 @@
+"""`alice generate PROMPT -o FILE` and `alice models`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import AliceError
+from ..loading.quant import PRECISION_NAMES
+
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("generate", help="generate a video from a prompt")
+    p.add_argument("prompt")
+    p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm or .gif (never overwritten)")
+    p.add_argument("--model", default=None, help="bundled model name (default alice-tiny), bundle folder or checkpoint file")
+    p.add_argument("--vae", default=None, help="Wan2.1 VAE file (for a single checkpoint file)")
+    p.add_argument("--text-encoder", default=None, help="text encoder: 'minilm' or a umT5 folder")
+    p.add_argument("--sampler", choices=("rcm", "teacher"), default=None, help="default: the model's (rcm for alice-tiny)")
+    p.add_argument("--steps", type=int, default=None, help="rcm: 1-4 (default 4); teacher: default 50")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=None, help="4k+1 frames (model default if omitted)")
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--fps", type=int, default=None)
+    p.add_argument("--negative-prompt", default=None)
+    p.add_argument("--guidance", type=float, default=None, help="teacher CFG scale")
+    p.add_argument("--shift", type=float, default=None, help="teacher flow shift")
+    p.add_argument("--sigma-max", type=float, default=None, help="rCM starting sigma (default 80)")
+    p.add_argument("--ode", action="store_true", help="rCM: deterministic ODE steps instead of re-noising")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
+                   help="fp8_* and nf4 store weights quantised (nf4 needs bitsandbytes)")
+    p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
+                   help="apply a LoRA (kohya, PEFT/diffusers or lightx2v diff format); repeatable")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--crf", type=int, default=19, help="mp4/webm quality (lower is better)")
+    p.add_argument("--download", action="store_true", help="fetch a catalogue model (see alice download --list) if missing")
+    p.set_defaults(run=run)
+    sub.add_parser("models", help="list bundled models").set_defaults(run=run_models)
+
+
+def _check_output_path(output: str) -> Path:
+    path = Path(output).expanduser()
+    if path.suffix.lower() not in VIDEO_SUFFIXES:
+        raise AliceError(f"output {path} must end in {', '.join(VIDEO_SUFFIXES)}")
+    if path.exists():
+        raise AliceError(f"{path} already exists; choose another -o path or delete it")
+    if not path.parent.is_dir():
+        raise AliceError(f"output folder {path.parent} does not exist; create it first")
+    return path
+
+
+def _apply_lora_arg(pipe, spec: str) -> None:
+    from ..loading.lora import apply_lora, lora_samplers
+
+    path, _, strength = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    try:
+        value = float(strength) if strength else 1.0
+    except ValueError:
+        raise AliceError(f"--lora {spec!r}: strength must be a number, e.g. --lora my_lora.safetensors:0.8") from None
+    targets = [pipe.dits[name] for name in lora_samplers(path, list(pipe.dits))]
+    for dit in {id(d): d for d in targets}.values():  # a single checkpoint serves both samplers
+        print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..pipeline import GenerationSettings, load_pipeline
+    from .download import catalogue_pipeline_args
+
+    output = _check_output_path(args.output)
+    found = catalogue_pipeline_args(args.model, args.download)  # None for bundles and checkpoint paths
+    if found:
+        args.model = found["model"]
+        args.vae = args.vae or found["vae"]
+        args.text_encoder = args.text_encoder or found["text_encoder"]
+    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device)
+    settings = GenerationSettings(
+        prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
+        steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
+        sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift,
+    )
+    pipe.resolve(settings)  # fail on bad settings before any work
+    for spec in args.lora:
+        _apply_lora_arg(pipe, spec)
+
+    from tqdm import tqdm
+
+    bar = tqdm(total=None, desc="sampling", unit="step", file=sys.stderr, leave=False)
+
+    def progress(done: int, total: int, _x0) -> None:
+        bar.total = total
+        bar.update(1)
+
+    try:
+        video = pipe.generate(settings, progress=progress)
+    finally:
+        bar.close()
+    path = pipe.save(video, output, crf=args.crf)
+    t = video.timings
+    print(path)
+    print(
+        f"text encoding {t['text_encoding']:.2f}s, sampling {t['sampling']:.2f}s "
+        f"({video.settings.sampler}, {video.settings.steps} steps), decoding {t['decoding']:.2f}s"
+    )
+    return 0
+
+
+def run_models(_args: argparse.Namespace) -> int:
+    from ..bundle import bundled_models
+
+    for name in bundled_models():
+        print(name)
+    return 0

@@ -1,0 +1,125 @@
+"""`alice train teacher|distill|bundle|pack|export` (the alice-tiny stages) and `alice bench` (SynthBench)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..errors import AliceError
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train alice-tiny stages (resumable: rerun the same command to continue)")
+    stages = p.add_subparsers(dest="stage", required=True)
+    t = stages.add_parser("teacher", help="flow-matching teacher on procedurally rendered clips")
+    t.add_argument("--out", required=True, help="run folder (checkpoint.pt, loss.csv); resumes if it has a checkpoint")
+    t.add_argument("--steps", type=int, default=20000)
+    t.add_argument("--batch-size", type=int, default=16)
+    t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--size", type=int, default=32)
+    t.add_argument("--frames", type=int, default=9)
+    t.add_argument("--temporal-stride", type=int, default=4, help="frames packed per latent frame (a new run only)")
+    t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
+    t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
+    t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
+    t.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
+    t.add_argument("--init-from", default=None,
+                   help="a new run starts from this resume pack of a teacher at a larger --temporal-stride")
+    r = stages.add_parser("pack", help="write a small committable resume pack of a teacher or distillation run")
+    r.add_argument("run")
+    r.add_argument("folder")
+    e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
+    e.add_argument("checkpoint")
+    e.add_argument("output")
+    d = stages.add_parser("distill", help="rCM distillation of a bundle's teacher into a 4-step student")
+    d.add_argument("--teacher-bundle", required=True, help="model bundle folder holding the teacher")
+    d.add_argument("--out", required=True, help="run folder; resumes if it has a checkpoint")
+    d.add_argument("--mode", choices=("rcm", "scm", "dmd"), default="rcm")
+    d.add_argument("--steps", type=int, default=4000)
+    d.add_argument("--batch-size", type=int, default=8)
+    d.add_argument("--guidance", type=float, default=3.0, help="teacher CFG folded into the student")
+    d.add_argument("--lr", type=float, default=5e-5)
+    d.add_argument("--tangent-warmup", type=int, default=200)
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--checkpoint-every", type=int, default=50)
+    d.add_argument("--max-minutes", type=float, default=None)
+    d.add_argument("--threads", type=int, default=None)
+    d.add_argument("--device", default=None)
+    d.add_argument("--student-update-freq", type=int, default=5, help="after warm-up, 1 student update per N iterations")
+    d.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
+    b = stages.add_parser("bundle", help="assemble a model bundle (model.json + weights) from training runs")
+    b.add_argument("--teacher-run", required=True)
+    b.add_argument("--student-run", default=None)
+    b.add_argument("--out", required=True, help="bundle folder, e.g. alice_core/bundled/alice-tiny")
+    b.add_argument("--name", default="alice-tiny")
+    p.set_defaults(run=run)
+    _add_bench(sub)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..train.teacher import TeacherTrainConfig, export_dit, tiny_dit_config, train_teacher, write_tiny_bundle
+
+    if args.stage == "export":
+        print(export_dit(args.checkpoint, args.output))
+        return 0
+    if args.stage == "pack":
+        from ..train.state import write_run_resume_pack
+
+        print(write_run_resume_pack(args.run, args.folder))
+        return 0
+    if args.stage == "bundle":
+        print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
+        return 0
+    if args.stage == "distill":
+        from ..train.distill import DistillConfig, distill, init_distributed_from_env
+
+        init_distributed_from_env()
+        cfg = DistillConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
+                            student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
+                            seed=args.seed, checkpoint_every=args.checkpoint_every,
+                            student_update_freq=args.student_update_freq)
+        print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
+        return 0
+    cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
+                             frames=args.frames, checkpoint_every=args.checkpoint_every,
+                             temporal_stride=args.temporal_stride)
+    cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
+    print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
+                        resume_pack=args.resume_pack, init_from=args.init_from))
+    return 0
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("bench", help="score a model on SynthBench's held-out prompts (table with 95%% CIs over seeds)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--runs", default="rcm:4,teacher:50", help="comma-separated sampler:steps[:guidance]")
+    p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--split", default="heldout", choices=("heldout", "train_check"))
+    p.add_argument("--limit", type=int, default=None, help="use only the first N prompts")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.set_defaults(run=run_bench)
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..bench import BenchRun, bench_pipeline, format_bench_table
+    from ..pipeline import load_pipeline
+    from ..world import synthbench_prompts
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    runs = [BenchRun.parse(r) for r in args.runs.split(",") if r]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s]
+    except ValueError:
+        raise AliceError(f"--seeds must be comma-separated integers, got {args.seeds!r}") from None
+    prompts = synthbench_prompts(args.split)[: args.limit]
+    table = format_bench_table(bench_pipeline(load_pipeline(args.model), runs, prompts, seeds))
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+    return 0
