@@ -13,12 +13,13 @@ from alice_core.models.dit import WanDiT
 TEXT_LEN = 24
 
 
-def tiny_diffusers_model(seed: int = 0) -> WanTransformer3DModel:
+def tiny_diffusers_model(seed: int = 0, **extra) -> WanTransformer3DModel:
     torch.manual_seed(seed)
-    model = WanTransformer3DModel(
+    kwargs = dict(
         num_layers=2, num_attention_heads=2, attention_head_dim=24, ffn_dim=64, text_dim=32,
         in_channels=16, out_channels=16, freq_dim=256, patch_size=(1, 2, 2), rope_max_seq_len=64,
     )
+    model = WanTransformer3DModel(**{**kwargs, **extra})
     # Non-trivial values everywhere (diffusers zero-inits some tables), so parity is a real check.
     with torch.no_grad():
         for p in model.parameters():
@@ -36,6 +37,15 @@ def official_key(diffusers_key: str) -> str:
     }
     if k in top:
         return top[k]
+    image = {
+        "condition_embedder.image_embedder.norm1.": "img_emb.proj.0.",
+        "condition_embedder.image_embedder.ff.net.0.proj.": "img_emb.proj.1.",
+        "condition_embedder.image_embedder.ff.net.2.": "img_emb.proj.3.",
+        "condition_embedder.image_embedder.norm2.": "img_emb.proj.4.",
+    }
+    for a, b in image.items():
+        if k.startswith(a):
+            return b + k[len(a):]
     for a, b in [
         ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
         ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
@@ -54,6 +64,8 @@ def official_key(diffusers_key: str) -> str:
         "attn1.to_out.0.": "self_attn.o.", "attn1.norm_q.": "self_attn.norm_q.", "attn1.norm_k.": "self_attn.norm_k.",
         "attn2.to_q.": "cross_attn.q.", "attn2.to_k.": "cross_attn.k.", "attn2.to_v.": "cross_attn.v.",
         "attn2.to_out.0.": "cross_attn.o.", "attn2.norm_q.": "cross_attn.norm_q.", "attn2.norm_k.": "cross_attn.norm_k.",
+        "attn2.add_k_proj.": "cross_attn.k_img.", "attn2.add_v_proj.": "cross_attn.v_img.",
+        "attn2.norm_added_k.": "cross_attn.norm_k_img.",
         "norm2.": "norm3.", "ffn.net.0.proj.": "ffn.0.", "ffn.net.2.": "ffn.2.",
     }
     for a, b in table.items():

@@ -3,6 +3,7 @@ that follows each project's conventions independently of alice_core, then detect
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -197,10 +198,16 @@ def test_int8_scale_of_wrong_shape_is_named(tmp_path):
         inspect_checkpoint(bad)
 
 
-def test_image_to_video_checkpoint_is_named(tmp_path):
+def test_image_to_video_checkpoints_are_detected(tmp_path):
+    """Wan2.1 I2V (in_dim 36, img_emb + k_img/v_img) and Wan2.2 I2V (in_dim 36 only) from the shapes alone."""
+    for image_dim in (1280, None):
+        cfg = dataclasses.replace(CFG, in_dim=36, image_dim=image_dim)
+        fmt = detect_format(random_state(cfg), "i2v.safetensors")
+        assert (fmt.config.in_dim, fmt.config.out_dim, fmt.config.image_dim) == (36, 16, image_dim)
+    # an image key without the rest of the image branch does not fit any architecture
     state = random_state()
     state["blocks.0.cross_attn.k_img.weight"] = torch.zeros(256, 256)
-    with pytest.raises(AliceError, match="image-to-video"):
+    with pytest.raises(AliceError, match=r"unexpected 1 keys.*k_img"):
         detect_format(state, "i2v.safetensors")
 
 

@@ -98,7 +98,7 @@ def _comfy_fp8_outputs(fmt: CheckpointFormat, order: list[str], read, dtype) -> 
 
 
 def diffusers_config(config: WanDiTConfig) -> dict:
-    """config.json for diffusers' WanTransformer3DModel (text-to-video: no image embedder)."""
+    """config.json for diffusers' WanTransformer3DModel (with the image embedder for Wan2.1 I2V)."""
     d = {
         "_class_name": "WanTransformer3DModel",
         "patch_size": list(config.patch_size),
@@ -113,8 +113,8 @@ def diffusers_config(config: WanDiTConfig) -> dict:
         "cross_attn_norm": config.cross_attn_norm,
         "qk_norm": "rms_norm_across_heads" if config.qk_norm else None,
         "eps": config.eps,
-        "image_dim": None,
-        "added_kv_proj_dim": None,
+        "image_dim": config.image_dim,
+        "added_kv_proj_dim": config.dim if config.image_dim is not None else None,
         "rope_max_seq_len": 1024,
     }
     if config.text_len != 512:  # not a diffusers field (diffusers ignores it); Alice reads it back

@@ -31,6 +31,7 @@ def stored_dit_config(path: Path) -> WanDiTConfig | None:
                 in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
                 patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
                 cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
+                image_dim=d.get("image_dim"),
             )
     return None
 

@@ -29,6 +29,13 @@ _DIFFUSERS_TO_OFFICIAL: list[tuple[str, str]] = [
     (r"^(blocks\.\d+)\.attn2\.to_out\.0\.", r"\1.cross_attn.o."),
     (r"^(blocks\.\d+)\.attn2\.to_([qkv])\.", r"\1.cross_attn.\2."),
     (r"^(blocks\.\d+)\.attn2\.norm_([qk])\.", r"\1.cross_attn.norm_\2."),
+    # Wan2.1 I2V: the CLIP-token keys/values and the image projection.
+    (r"^(blocks\.\d+)\.attn2\.add_([kv])_proj\.", r"\1.cross_attn.\2_img."),
+    (r"^(blocks\.\d+)\.attn2\.norm_added_k\.", r"\1.cross_attn.norm_k_img."),
+    (r"^condition_embedder\.image_embedder\.norm1\.", "img_emb.proj.0."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.0\.proj\.", "img_emb.proj.1."),
+    (r"^condition_embedder\.image_embedder\.ff\.net\.2\.", "img_emb.proj.3."),
+    (r"^condition_embedder\.image_embedder\.norm2\.", "img_emb.proj.4."),
     # diffusers swaps norm2/norm3: its affine cross-attention norm is `norm2`.
     (r"^(blocks\.\d+)\.norm2\.", r"\1.norm3."),
     (r"^(blocks\.\d+)\.ffn\.net\.0\.proj\.", r"\1.ffn.0."),
@@ -52,6 +59,12 @@ _OFFICIAL_TO_DIFFUSERS: list[tuple[str, str]] = [
     (r"^(blocks\.\d+)\.cross_attn\.o\.", r"\1.attn2.to_out.0."),
     (r"^(blocks\.\d+)\.cross_attn\.([qkv])\.", r"\1.attn2.to_\2."),
     (r"^(blocks\.\d+)\.cross_attn\.norm_([qk])\.", r"\1.attn2.norm_\2."),
+    (r"^(blocks\.\d+)\.cross_attn\.([kv])_img\.", r"\1.attn2.add_\2_proj."),
+    (r"^(blocks\.\d+)\.cross_attn\.norm_k_img\.", r"\1.attn2.norm_added_k."),
+    (r"^img_emb\.proj\.0\.", "condition_embedder.image_embedder.norm1."),
+    (r"^img_emb\.proj\.1\.", "condition_embedder.image_embedder.ff.net.0.proj."),
+    (r"^img_emb\.proj\.3\.", "condition_embedder.image_embedder.ff.net.2."),
+    (r"^img_emb\.proj\.4\.", "condition_embedder.image_embedder.norm2."),
     (r"^(blocks\.\d+)\.norm3\.", r"\1.norm2."),
     (r"^(blocks\.\d+)\.ffn\.0\.", r"\1.ffn.net.0.proj."),
     (r"^(blocks\.\d+)\.ffn\.2\.", r"\1.ffn.net.2."),
@@ -136,6 +149,7 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         text_dim = state["text_embedding.0.weight"].shape[1]
         freq_dim = state["time_embedding.0.weight"].shape[1]
         out_dim = state["head.head.weight"].shape[0] // math.prod(patch_size)
+        image_dim = state["img_emb.proj.1.weight"].shape[1] if "img_emb.proj.1.weight" in state else None
     except KeyError as exc:
         raise AliceError(f"Wan DiT checkpoint is missing the key {exc.args[0]!r}") from None
     num_layers = 1 + max(int(k.split(".")[1]) for k in state if k.startswith("blocks."))
@@ -147,6 +161,7 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
         dim=dim, ffn_dim=ffn_dim, num_heads=num_heads, num_layers=num_layers, in_dim=in_dim, out_dim=out_dim,
         text_dim=text_dim, text_len=text_len, freq_dim=freq_dim, patch_size=patch_size,
         qk_norm="blocks.0.self_attn.norm_q.weight" in state, cross_attn_norm="blocks.0.norm3.weight" in state,
+        image_dim=image_dim,
     )
 
 

@@ -133,14 +133,6 @@ def detect_format(
             f"`net.`; found keys like {sample}"
         )
     prefix, family = found
-    # Wan I2V layers in official (k_img, img_emb) and diffusers (add_k_proj, image_embedder) naming.
-    i2v = sorted(k for k in keys if any(s in k for s in (".k_img.", "img_emb.", ".add_k_proj.", "image_embedder.")))
-    if i2v:
-        raise AliceError(
-            f"{source}: this is an image-to-video Wan model (found {i2v[0]!r}); Alice runs text-to-video "
-            "checkpoints (Wan2.1 T2V, rCM, TurboDiffusion T2V)"
-        )
-
     unprefixed = sorted(k for k in keys if not k.startswith(prefix))
     local = {k[len(prefix):]: k for k in sorted(keys) if k.startswith(prefix)}
     if family == "diffusers":

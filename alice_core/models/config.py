@@ -12,7 +12,11 @@ from ..errors import AliceError
 
 @dataclass(frozen=True)
 class WanDiTConfig:
-    """Architecture of a Wan2.x text-to-video DiT (official Wan naming of the hyper-parameters)."""
+    """Architecture of a Wan2.x DiT (official Wan naming of the hyper-parameters).
+
+    Image-to-video models have in_dim > out_dim (the conditioning y is concatenated to the noisy latent: 36 = 16
+    noise + 4 mask + 16 image latent); `image_dim` is the CLIP embedding width of Wan2.1 I2V (1280), None when the
+    model has no `img_emb` (T2V, Wan2.2 I2V, TI2V)."""
 
     dim: int = 1536
     ffn_dim: int = 8960
@@ -27,6 +31,7 @@ class WanDiTConfig:
     eps: float = 1e-6
     qk_norm: bool = True
     cross_attn_norm: bool = True
+    image_dim: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
@@ -34,6 +39,8 @@ class WanDiTConfig:
             raise AliceError(f"DiT config: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if (self.dim // self.num_heads) % 2:
             raise AliceError(f"DiT config: head dim {self.dim // self.num_heads} must be even for RoPE")
+        if self.in_dim < self.out_dim:
+            raise AliceError(f"DiT config: in_dim {self.in_dim} is smaller than out_dim {self.out_dim}")
 
     @property
     def head_dim(self) -> int:
@@ -60,6 +67,8 @@ class WanDiTConfig:
 DIT_PRESETS: dict[str, WanDiTConfig] = {
     "wan2.1-t2v-1.3b": WanDiTConfig(dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
     "wan2.1-t2v-14b": WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40),
+    "wan2.1-i2v-14b": WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36, image_dim=1280),
+    "wan2.2-i2v-a14b": WanDiTConfig(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40, in_dim=36),
     "wan2.2-ti2v-5b": WanDiTConfig(dim=3072, ffn_dim=14336, num_heads=24, num_layers=30, in_dim=48, out_dim=48),
 }
 

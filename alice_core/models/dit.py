@@ -1,8 +1,13 @@
-"""The Wan2.1 text-to-video DiT in plain PyTorch.
+"""The Wan2.x DiT in plain PyTorch: text-to-video, image-to-video and TI2V.
 
 Module names follow the official Wan checkpoints (`blocks.N.self_attn.q`, `ffn.0`, `modulation`, `head.head`, ...),
 so official and rCM state dicts load without renaming; other layouts are converted in `alice_core.loading`.
 Layers come from an injected `ops` namespace (see `ops.py`) so fp8 / NF4 layers swap in.
+
+Image-to-video variants differ only in their inputs: the conditioning latent `y` (frame mask + image latent,
+in_dim - out_dim channels) is concatenated to the noisy latent before the patch embedding, and Wan2.1 I2V adds
+a CLIP image embedding that `img_emb` projects into extra tokens read by the `k_img`/`v_img` cross-attention.
+TI2V-5B passes one timestep per token (t of shape [B, L]) so the first latent frame can stay clean.
 """
 
 from __future__ import annotations
@@ -115,13 +120,41 @@ class SelfAttention(Attention):
 
 
 class CrossAttention(Attention):
-    """Attention to the text tokens; no RoPE."""
+    """Attention to the text tokens; no RoPE. With `image_dim` set (Wan2.1 I2V) the same queries also attend to
+    the projected CLIP tokens through their own keys/values, and the two results are summed."""
 
-    def forward(self, x: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__(cfg, ops)
+        if cfg.image_dim is not None:
+            self.k_img = ops.Linear(cfg.dim, cfg.dim)
+            self.v_img = ops.Linear(cfg.dim, cfg.dim)
+            self.norm_k_img = ops.RMSNorm(cfg.dim, eps=cfg.eps) if cfg.qk_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor, image_context: torch.Tensor | None = None) -> torch.Tensor:
         v = self.v(context)
         q = self.heads(self.norm_q(self.q(x)).to(v.dtype))
         k = self.heads(self.norm_k(self.k(context)).to(v.dtype))
-        return self.o(attention(q, k, self.heads(v)))
+        out = attention(q, k, self.heads(v))
+        if image_context is not None:
+            v_img = self.v_img(image_context)
+            k_img = self.heads(self.norm_k_img(self.k_img(image_context)).to(v_img.dtype))
+            out = out + attention(q, k_img, self.heads(v_img))
+        return self.o(out)
+
+
+class ImageProjection(nn.Module):
+    """Wan2.1 I2V `img_emb`: LayerNorm -> Linear -> GELU -> Linear -> LayerNorm from CLIP width to the model dim
+    (indices match the official `img_emb.proj.{0,1,3,4}` keys)."""
+
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+        super().__init__()
+        width = cfg.image_dim
+        self.proj = nn.Sequential(
+            ops.LayerNorm(width), ops.Linear(width, width), nn.GELU(), ops.Linear(width, cfg.dim), ops.LayerNorm(cfg.dim)
+        )
+
+    def forward(self, clip_embedding: torch.Tensor) -> torch.Tensor:
+        return self.proj(clip_embedding)
 
 
 class FeedForward(nn.Sequential):
@@ -143,14 +176,21 @@ class WanBlock(nn.Module):
         self.ffn = FeedForward(cfg, ops)
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
 
-    def forward(self, x: torch.Tensor, e0: torch.Tensor, context: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        # Modulation math in float32: shift/scale/gate for attention, then for the FFN.
-        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (upcast(self.modulation) + e0).unbind(1)
-        y = self.self_attn(self.norm1(x) * (1 + scale_a[:, None]) + shift_a[:, None], rope)
-        x = x + upcast(y) * gate_a[:, None]
-        x = x + upcast(self.cross_attn(self.norm3(x), context))
-        y = self.ffn(self.norm2(x) * (1 + scale_f[:, None]) + shift_f[:, None])
-        return x + upcast(y) * gate_f[:, None]
+    def forward(
+        self,
+        x: torch.Tensor,
+        e0: torch.Tensor,
+        context: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        image_context: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        # Modulation math in float32: shift/scale/gate for attention, then for the FFN; e0 is [B, 1 or L, 6, dim].
+        shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (upcast(self.modulation) + e0).unbind(2)
+        y = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, rope)
+        x = x + upcast(y) * gate_a
+        x = x + upcast(self.cross_attn(self.norm3(x), context, image_context))
+        y = self.ffn(self.norm2(x) * (1 + scale_f) + shift_f)
+        return x + upcast(y) * gate_f
 
 
 class Head(nn.Module):
@@ -161,15 +201,18 @@ class Head(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        shift, scale = (upcast(self.modulation) + e[:, None]).unbind(1)
-        return self.head(self.norm(x) * (1 + scale[:, None]) + shift[:, None])
+        # e is [B, 1 or L, dim]
+        shift, scale = (upcast(self.modulation) + e[:, :, None]).unbind(2)
+        return self.head(self.norm(x) * (1 + scale) + shift)
 
 
 class WanDiT(nn.Module):
-    """Wan2.1 T2V DiT. `model(x, t, context) -> velocity` (flow matching, v = noise - x0).
+    """Wan2.x DiT. `model(x, t, context) -> velocity` (flow matching, v = noise - x0).
 
-    x: [B, in_dim, F, H, W] latents; t: [B] timesteps in Wan's 0..1000 units; context: [B, L, text_dim] text states,
-    L <= text_len (zero-padded here to text_len as Wan does).
+    x: [B, out_dim, F, H, W] noisy latents; t: [B] timesteps in Wan's 0..1000 units, or [B, L] one per token
+    (TI2V); context: [B, L, text_dim] text states, L <= text_len (zero-padded here to text_len as Wan does).
+    Image-to-video models also take y [B, in_dim - out_dim, F, H, W] (mask + image latent) and, when the config
+    has `image_dim`, clip_embedding [B, N, image_dim] (CLIP ViT-H penultimate states).
     """
 
     def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
@@ -181,6 +224,8 @@ class WanDiT(nn.Module):
         self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg, ops) for _ in range(cfg.num_layers)])
         self.head = Head(cfg, ops)
+        if cfg.image_dim is not None:
+            self.img_emb = ImageProjection(cfg, ops)
 
     def init_weights(self) -> "WanDiT":
         """Fresh-training init as Wan does it: Xavier linears with zero biases, small-normal embeddings and a
@@ -201,15 +246,26 @@ class WanDiT(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.head.head.weight.dtype if self.head.head.weight.is_floating_point() else torch.bfloat16
 
-    def check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> None:
+    def check_inputs(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        clip_embedding: torch.Tensor | None = None,
+    ) -> None:
         cfg = self.config
-        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
-            raise AliceError(f"DiT input must be [B, {cfg.in_dim}, F, H, W] latents, got shape {tuple(x.shape)}")
+        if x.ndim != 5 or x.shape[1] != cfg.out_dim:
+            raise AliceError(f"DiT input must be [B, {cfg.out_dim}, F, H, W] latents, got shape {tuple(x.shape)}")
+        self._check_image_inputs(x, y, clip_embedding)
         pt, ph, pw = cfg.patch_size
         if x.shape[2] % pt or x.shape[3] % ph or x.shape[4] % pw:
             raise AliceError(f"latent size {tuple(x.shape[2:])} is not divisible by the patch size {cfg.patch_size}")
-        if t.shape != (x.shape[0],):
-            raise AliceError(f"timesteps must have shape [B]=[{x.shape[0]}], got {tuple(t.shape)}")
+        tokens = (x.shape[2] // pt) * (x.shape[3] // ph) * (x.shape[4] // pw)
+        if t.shape not in ((x.shape[0],), (x.shape[0], tokens)):
+            raise AliceError(
+                f"timesteps must have shape [B]=[{x.shape[0]}] or [B, tokens]=[{x.shape[0]}, {tokens}], got {tuple(t.shape)}"
+            )
         if context.ndim != 3 or context.shape[0] != x.shape[0] or context.shape[2] != cfg.text_dim:
             raise AliceError(
                 f"text context must be [B={x.shape[0]}, L, text_dim={cfg.text_dim}], got {tuple(context.shape)}; "
@@ -218,17 +274,49 @@ class WanDiT(nn.Module):
         if context.shape[1] > cfg.text_len:
             raise AliceError(f"text context has {context.shape[1]} tokens, more than the model's text_len {cfg.text_len}")
 
+    def _check_image_inputs(self, x: torch.Tensor, y: torch.Tensor | None, clip_embedding: torch.Tensor | None) -> None:
+        cfg = self.config
+        y_channels = cfg.in_dim - cfg.out_dim
+        if y_channels and y is None:
+            raise AliceError(
+                f"this is an image-to-video model (in_dim {cfg.in_dim}): it needs the image conditioning y "
+                f"[B, {y_channels}, F, H, W]; give it a start image"
+            )
+        if y is not None and (not y_channels or y.shape != (x.shape[0], y_channels, *x.shape[2:])):
+            if not y_channels:
+                raise AliceError("this is a text-to-video model: it takes no image conditioning y; drop the start image")
+            raise AliceError(f"image conditioning y must be [B, {y_channels}, {', '.join(map(str, x.shape[2:]))}], got {tuple(y.shape)}")
+        if cfg.image_dim is not None and clip_embedding is None:
+            raise AliceError("this Wan2.1 image-to-video model needs a CLIP image embedding (clip_embedding); load the CLIP vision encoder")
+        if clip_embedding is not None:
+            if cfg.image_dim is None:
+                raise AliceError("this model has no image embedding layers (img_emb); it takes no CLIP image embedding")
+            if clip_embedding.ndim != 3 or clip_embedding.shape[0] != x.shape[0] or clip_embedding.shape[2] != cfg.image_dim:
+                raise AliceError(
+                    f"CLIP image embedding must be [B={x.shape[0]}, N, {cfg.image_dim}], got {tuple(clip_embedding.shape)}"
+                )
+
     def embed_time(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Time embedding e [B, dim] (used by the head) and the per-block modulation input e0 [B, 6, dim]."""
+        """Time embedding e [B, 1 or L, dim] (used by the head) and the per-block modulation input e0
+        [B, 1 or L, 6, dim]; t is [B] (one time per sample) or [B, L] (one per token)."""
         dtype = upcast(self.head.modulation).dtype
-        e = upcast(self.time_embedding(sinusoidal_embedding(self.config.freq_dim, t).to(dtype)))
-        e0 = upcast(self.time_projection(e)).unflatten(1, (6, self.config.dim))
+        per_token = t if t.ndim == 2 else t[:, None]
+        sinusoid = sinusoidal_embedding(self.config.freq_dim, per_token.flatten()).to(dtype)
+        e = upcast(self.time_embedding(sinusoid)).unflatten(0, per_token.shape)
+        e0 = upcast(self.time_projection(e)).unflatten(-1, (6, self.config.dim))
         return e, e0
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        context: torch.Tensor,
+        y: torch.Tensor | None = None,
+        clip_embedding: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         cfg = self.config
-        self.check_inputs(x, t, context)
-        tokens = self.patch_embedding(x)
+        self.check_inputs(x, t, context, y, clip_embedding)
+        tokens = self.patch_embedding(x if y is None else torch.cat([x, y.to(x.dtype)], dim=1))
         grid = tuple(tokens.shape[2:])
         tokens = upcast(tokens.flatten(2).transpose(1, 2))
         rope = rope_cos_sin(cfg.head_dim, grid, x.device, tokens.dtype)
@@ -236,9 +324,10 @@ class WanDiT(nn.Module):
         e, e0 = self.embed_time(t)
         context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
         context = self.text_embedding(context)
+        image_context = self.img_emb(clip_embedding) if clip_embedding is not None else None
 
         for block in self.blocks:
-            tokens = block(tokens, e0, context, rope)
+            tokens = block(tokens, e0, context, rope, image_context)
         return self.unpatchify(self.head(tokens, e), grid).to(x.dtype)
 
     def unpatchify(self, tokens: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
