@@ -209,7 +209,7 @@ def test_bad_state_dicts_name_the_key_and_shapes(official_state, reference):
     with pytest.raises(AliceError, match=re.escape("decoder.conv_out.weight: expected shape (3, 8, 3, 3, 3)")):
         load_wan_vae(diffusers_state)
 
-    with pytest.raises(AliceError, match="not a Wan2.1 VAE checkpoint"):
+    with pytest.raises(AliceError, match="not a Wan VAE checkpoint"):
         load_wan_vae({"blocks.0.weight": torch.zeros(1)})
 
 

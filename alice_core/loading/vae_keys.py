@@ -1,12 +1,14 @@
-"""Wan2.1 VAE state-dict layouts: detection, diffusers <-> official Wan naming, architecture from shapes, loading.
+"""Wan VAE state-dict layouts: detection, diffusers <-> official Wan naming, architecture from shapes, loading.
 
-Alice's `WanVAE` uses the official Wan2.1 names (`Wan2.1_VAE.pth`, ComfyUI). diffusers' `AutoencoderKLWan` renames
-the blocks and groups the decoder's flat `upsamples` list into `up_blocks`; the maps below undo that. Both
-directions read the number of residual blocks per stage from the keys themselves.
+Alice's `WanVAE` uses the official Wan names (`Wan2.1_VAE.pth`, `Wan2.2_VAE.pth`, ComfyUI). diffusers'
+`AutoencoderKLWan` renames the blocks; for Wan2.1 it groups the decoder's flat `upsamples` list into `up_blocks`,
+for Wan2.2 (residual stages) both sides are already grouped per stage. The maps below undo that. Both directions
+read the number of residual blocks per stage, and which of the two VAEs it is, from the keys themselves.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
@@ -14,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AliceError
-from ..models.config import WanVAEConfig
+from ..models.config import WAN22_VAE, WanVAEConfig
 from ..models.vae import WanVAE
 from .checkpoint import read_state_dict
 
@@ -41,7 +43,7 @@ def detect_vae_layout(state: Mapping[str, torch.Tensor]) -> str:
     if "encoder.conv_in.weight" in state and "decoder.conv_in.weight" in state:
         return "diffusers"
     raise AliceError(
-        "not a Wan2.1 VAE checkpoint: expected `encoder.conv1.weight` (official Wan) or `encoder.conv_in.weight` "
+        "not a Wan VAE checkpoint: expected `encoder.conv1.weight` (official Wan) or `encoder.conv_in.weight` "
         f"(diffusers; pass the pipeline's vae/ folder or file); found keys like {sorted(state)[:5]}"
     )
 
@@ -69,7 +71,15 @@ def _resnet_tail(tail: list[str], table: dict[str, str]) -> str:
     return ".".join(tail)  # a resampler's `resample.1.*` / `time_conv.*` keep their names
 
 
-def _diffusers_key_to_official(key: str, res_blocks: int) -> str:
+def _is_residual(state: Mapping[str, torch.Tensor]) -> bool:
+    """Wan2.2's residual stages: `downsamples.{i}.downsamples.{j}` (official), `down_blocks.{i}.resnets` (diffusers)."""
+    return any(
+        k.startswith(("encoder.downsamples.", "encoder.down_blocks.")) and k.split(".")[3] in ("downsamples", "resnets")
+        for k in state if k.count(".") > 3
+    )
+
+
+def _diffusers_key_to_official(key: str, res_blocks: int, residual: bool = False) -> str:
     parts = key.split(".")
     if parts[0] in _TOP_TO_OFFICIAL:
         return _join(_TOP_TO_OFFICIAL[parts[0]], *parts[1:])
@@ -83,6 +93,12 @@ def _diffusers_key_to_official(key: str, res_blocks: int) -> str:
         if kind == "attentions":
             return _join(side, "middle", 1, *tail)
         return _join(side, "middle", 2 * i, _resnet_tail(tail, _RESNET_TO_OFFICIAL))
+    if residual and rest[0] in ("down_blocks", "up_blocks") and len(rest) > 3:
+        stage, inner = ("downsamples", "downsampler") if rest[0] == "down_blocks" else ("upsamples", "upsampler")
+        if rest[2] == "resnets":
+            return _join(side, stage, rest[1], stage, rest[3], _resnet_tail(rest[4:], _RESNET_TO_OFFICIAL))
+        if rest[2] == inner:  # after the stage's residual blocks: res_blocks of them down, res_blocks + 1 up
+            return _join(side, stage, rest[1], stage, res_blocks + (stage == "upsamples"), *rest[3:])
     if rest[0] == "down_blocks" and len(rest) > 2:
         return _join(side, "downsamples", rest[1], _resnet_tail(rest[2:], _RESNET_TO_OFFICIAL))
     if rest[0] == "up_blocks" and len(rest) > 4:
@@ -94,7 +110,7 @@ def _diffusers_key_to_official(key: str, res_blocks: int) -> str:
     return key
 
 
-def _official_key_to_diffusers(key: str, res_blocks: int) -> str:
+def _official_key_to_diffusers(key: str, res_blocks: int, residual: bool = False) -> str:
     parts = key.split(".")
     if parts[0] in _TOP_TO_DIFFUSERS:
         return _join(_TOP_TO_DIFFUSERS[parts[0]], *parts[1:])
@@ -109,6 +125,11 @@ def _official_key_to_diffusers(key: str, res_blocks: int) -> str:
         if i == 1:
             return _join(side, "mid_block.attentions.0", *tail)
         return _join(side, "mid_block.resnets", i // 2, _resnet_tail(tail, _RESNET_TO_DIFFUSERS))
+    if residual and rest[0] in ("downsamples", "upsamples") and len(rest) > 3:
+        blocks, inner = ("down_blocks", "downsampler") if rest[0] == "downsamples" else ("up_blocks", "upsampler")
+        if int(rest[3]) < res_blocks + (rest[0] == "upsamples"):
+            return _join(side, blocks, rest[1], "resnets", rest[3], _resnet_tail(rest[4:], _RESNET_TO_DIFFUSERS))
+        return _join(side, blocks, rest[1], inner, *rest[4:])
     if rest[0] == "downsamples":
         return _join(side, "down_blocks", rest[1], _resnet_tail(rest[2:], _RESNET_TO_DIFFUSERS))
     if rest[0] == "upsamples":
@@ -119,28 +140,41 @@ def _official_key_to_diffusers(key: str, res_blocks: int) -> str:
     return key
 
 
-def _rename(rename: Callable[[str, int], str], key: str, res_blocks: int) -> str:
+def _rename(rename: Callable[..., str], key: str, res_blocks: int, residual: bool = False) -> str:
     """`rename(key)`, or the key unchanged where it does not parse (the shape check then reports it)."""
     try:
-        return rename(key, res_blocks)
+        return rename(key, res_blocks, residual)
     except (ValueError, IndexError):
         return key
 
 
+def _res_blocks_of(state: Mapping[str, torch.Tensor], residual: bool, diffusers: bool) -> int:
+    if not residual:
+        return _num_res_blocks(state, "encoder.down_blocks." if diffusers else "encoder.downsamples.")
+    inner = "encoder.down_blocks.0.resnets." if diffusers else "encoder.downsamples.0.downsamples."
+    blocks = {int(k[len(inner):].split(".")[0]) for k in state if k.startswith(inner) and ".resample." not in k}
+    return len(blocks)
+
+
 def vae_diffusers_to_official(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """diffusers `AutoencoderKLWan` state dict -> official Wan2.1 names (the tensors are not copied)."""
-    res_blocks = _num_res_blocks(state, "encoder.down_blocks.")
-    return {_rename(_diffusers_key_to_official, k, res_blocks): v for k, v in state.items()}
+    """diffusers `AutoencoderKLWan` state dict -> official Wan names (the tensors are not copied)."""
+    residual = _is_residual(state)
+    res_blocks = _res_blocks_of(state, residual, diffusers=True)
+    return {_rename(_diffusers_key_to_official, k, res_blocks, residual): v for k, v in state.items()}
 
 
 def vae_official_to_diffusers(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Official Wan2.1 VAE state dict -> diffusers `AutoencoderKLWan` names (the tensors are not copied)."""
-    res_blocks = _num_res_blocks(state, "encoder.downsamples.")
-    return {_rename(_official_key_to_diffusers, k, res_blocks): v for k, v in state.items()}
+    """Official Wan VAE state dict -> diffusers `AutoencoderKLWan` names (the tensors are not copied)."""
+    residual = _is_residual(state)
+    res_blocks = _res_blocks_of(state, residual, diffusers=False)
+    return {_rename(_official_key_to_diffusers, k, res_blocks, residual): v for k, v in state.items()}
 
 
 def infer_vae_config(state: Mapping[str, torch.Tensor]) -> WanVAEConfig:
-    """Architecture from the shapes of an official-layout state dict (latent mean/std: the Wan2.1 values)."""
+    """Architecture from the shapes of an official-layout state dict; the latent mean/std are Wan's published
+    values for its two VAEs (Wan2.1: z_dim 16, Wan2.2: z_dim 48 with residual stages)."""
+    if _is_residual(state):
+        return _infer_residual_config(state)
     try:
         base_dim = state["encoder.conv1.weight"].shape[0]
         z_dim = state["conv2.weight"].shape[0]
@@ -156,19 +190,45 @@ def infer_vae_config(state: Mapping[str, torch.Tensor]) -> WanVAEConfig:
         )
     except KeyError as exc:
         raise AliceError(f"Wan VAE checkpoint is missing the key {exc.args[0]!r}") from None
-    default = WanVAEConfig()
-    if z_dim != default.z_dim:
-        hint = " (this looks like the Wan2.2 VAE, which is not supported)" if z_dim == 48 else ""
-        raise AliceError(
-            f"Wan VAE checkpoint has z_dim {z_dim}{hint}; pass a WanVAEConfig with latents_mean/latents_std "
-            f"for {z_dim} channels, or use the Wan2.1 VAE (z_dim 16)"
-        )
+    _check_z_dim(z_dim, WanVAEConfig())
     return WanVAEConfig(
         base_dim=base_dim,
         z_dim=z_dim,
         dim_mult=dim_mult,
         num_res_blocks=res_blocks,
         temporal_downsample=tuple(f"encoder.downsamples.{i}.time_conv.weight" in state for i in resamplers),
+    )
+
+
+def _check_z_dim(z_dim: int, default: WanVAEConfig) -> None:
+    if z_dim != default.z_dim:
+        raise AliceError(
+            f"Wan VAE checkpoint has z_dim {z_dim}, but its architecture is that of a z_dim-{default.z_dim} Wan VAE; "
+            f"pass a WanVAEConfig with latents_mean/latents_std for {z_dim} channels"
+        )
+
+
+def _infer_residual_config(state: Mapping[str, torch.Tensor]) -> WanVAEConfig:
+    try:
+        conv_in = state["encoder.conv1.weight"]
+        base_dim, z_dim = conv_in.shape[0], state["conv2.weight"].shape[0]
+        res_blocks = _res_blocks_of(state, True, diffusers=False)
+        stages = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.downsamples."))
+        dim_mult = tuple(
+            state[f"encoder.downsamples.{s}.downsamples.{res_blocks - 1}.residual.6.weight"].shape[0] // base_dim
+            for s in range(stages)
+        )
+        temporal = tuple(
+            f"encoder.downsamples.{s}.downsamples.{res_blocks}.time_conv.weight" in state for s in range(stages - 1)
+        )
+        decoder_base_dim = state["decoder.head.2.weight"].shape[1]
+        patch_size = round((conv_in.shape[1] / 3) ** 0.5)
+    except KeyError as exc:
+        raise AliceError(f"Wan2.2 VAE checkpoint is missing the key {exc.args[0]!r}") from None
+    _check_z_dim(z_dim, WAN22_VAE)
+    return dataclasses.replace(
+        WAN22_VAE, base_dim=base_dim, decoder_base_dim=decoder_base_dim, dim_mult=dim_mult,
+        num_res_blocks=res_blocks, temporal_downsample=temporal, patch_size=patch_size,
     )
 
 
@@ -220,8 +280,9 @@ def load_wan_vae(
         # errors name keys as the file spells them
         file_key: Callable[[str], str] = str
         if detect_vae_layout(state) == "diffusers":
-            res_blocks = _num_res_blocks(state, "encoder.down_blocks.")
-            file_key = partial(_rename, _official_key_to_diffusers, res_blocks=res_blocks)
+            residual = _is_residual(state)
+            res_blocks = _res_blocks_of(state, residual, diffusers=True)
+            file_key = partial(_rename, _official_key_to_diffusers, res_blocks=res_blocks, residual=residual)
             state = vae_diffusers_to_official(state)
         config = config or infer_vae_config(state)
         with torch.device("meta"):

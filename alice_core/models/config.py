@@ -83,7 +83,8 @@ def dit_preset(name: str) -> WanDiTConfig:
 
 @dataclass(frozen=True)
 class WanVAEConfig:
-    """Architecture of the Wan2.1 video VAE (causal 3D convolutions, stride 4x8x8)."""
+    """Architecture of a Wan video VAE (causal 3D convolutions): Wan2.1 by default (stride 4x8x8, 16 channels);
+    `WAN22_VAE` is the Wan2.2 one (residual stages, 2x2 pixel patchify, stride 4x16x16, 48 channels)."""
 
     base_dim: int = 96
     z_dim: int = 16
@@ -98,6 +99,9 @@ class WanVAEConfig:
         2.8184, 1.4541, 2.3275, 2.6558, 1.2196, 1.7708, 2.6052, 2.0743,
         3.2687, 2.1526, 2.8652, 1.5579, 1.6382, 1.1253, 2.8251, 1.9160,
     )
+    decoder_base_dim: int | None = None  # None: base_dim (Wan2.1); Wan2.2 decodes wider than it encodes
+    patch_size: int = 1  # pixels folded into channels before the encoder (Wan2.2: 2)
+    residual: bool = False  # Wan2.2's stages with averaging / duplicating shortcuts
 
     def __post_init__(self) -> None:
         for name in ("dim_mult", "temporal_downsample", "latents_mean", "latents_std"):
@@ -110,8 +114,27 @@ class WanVAEConfig:
 
     @property
     def spatial_stride(self) -> int:
-        return 2 ** (len(self.dim_mult) - 1)
+        return 2 ** (len(self.dim_mult) - 1) * self.patch_size
 
     @property
     def temporal_stride(self) -> int:
         return 2 ** sum(self.temporal_downsample)
+
+
+WAN22_LATENTS_MEAN = (
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+)
+WAN22_LATENTS_STD = (
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+)
+# The Wan2.2 VAE of TI2V-5B (`Wan2.2_VAE.pth`): stride 4x16x16, 48 latent channels.
+WAN22_VAE = WanVAEConfig(
+    base_dim=160, decoder_base_dim=256, z_dim=48, latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD,
+    patch_size=2, residual=True,
+)

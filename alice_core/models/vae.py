@@ -1,7 +1,8 @@
-"""The Wan2.1 video VAE: causal 3D convolutions, 16 latent channels, stride 4x8x8 (time x height x width).
+"""The Wan video VAEs: causal 3D convolutions; Wan2.1 (16 latent channels, stride 4x8x8, time x height x width)
+and, with the residual stages of `vae22.py`, Wan2.2 (48 channels, 2x2 pixel patchify, stride 4x16x16).
 
-Module and parameter names follow the official Wan2.1 code (`wan/modules/vae.py`), so `Wan2.1_VAE.pth` and
-ComfyUI's copy load as they are; `alice_core/loading/vae_keys.py` converts the diffusers layout.
+Module and parameter names follow the official Wan code (`wan/modules/vae.py`, `vae2_2.py`), so `Wan2.1_VAE.pth`,
+`Wan2.2_VAE.pth` and ComfyUI's copies load as they are; `alice_core/loading/vae_keys.py` converts diffusers'.
 
 Time is processed in chunks, as the official code does: the encoder sees the first frame alone and then
 `temporal_stride` frames at a time, the decoder one latent frame at a time. Every temporal convolution keeps
@@ -67,14 +68,18 @@ class RMSNorm(nn.Module):
         return F.normalize(x.float(), dim=1).to(x.dtype) * self.scale * self.gamma
 
 
+class Cached(nn.Module):
+    """A layer whose forward takes (x, cache): it keeps temporal state across chunks."""
+
+
 def _run(layers: nn.Module, x: torch.Tensor, cache: Cache) -> torch.Tensor:
     """Apply a sequence of layers, handing the cache to those that keep temporal state."""
     for layer in layers:
-        x = layer(x, cache) if isinstance(layer, (CausalConv3d, ResidualBlock, Resample)) else layer(x)
+        x = layer(x, cache) if isinstance(layer, (CausalConv3d, Cached)) else layer(x)
     return x
 
 
-class ResidualBlock(nn.Module):
+class ResidualBlock(Cached):
     def __init__(self, in_dim: int, out_dim: int) -> None:
         super().__init__()
         self.residual = nn.Sequential(
@@ -110,21 +115,21 @@ class AttentionBlock(nn.Module):
         return x + out.reshape(b, t, c, h, w).transpose(1, 2)
 
 
-class Resample(nn.Module):
+class Resample(Cached):
     """2x spatial down- or up-sampling of each frame, with 2x in time too when a `time_conv` is present.
 
-    Up-sampling halves the channels (the official design). In time, the first frame stays a single frame both
-    ways, which is what makes F = 1 + 4k video frames <-> 1 + k latent frames.
+    Wan2.1's up-sampling halves the channels (Wan2.2's keeps them: `up_dim`). In time, the first frame stays a
+    single frame both ways, which is what makes F = 1 + 4k video frames <-> 1 + k latent frames.
     """
 
-    def __init__(self, dim: int, mode: str) -> None:
+    def __init__(self, dim: int, mode: str, up_dim: int | None = None) -> None:
         super().__init__()
         self.up = mode.startswith("up")
         self.time_conv: CausalConv3d | None
         if self.up:
             # nearest-exact equals nearest for a factor of 2; at index 0 it puts the conv at the key `resample.1`
             self.resample = nn.Sequential(
-                nn.Upsample(scale_factor=2.0, mode="nearest-exact"), nn.Conv2d(dim, dim // 2, 3, padding=1)
+                nn.Upsample(scale_factor=2.0, mode="nearest-exact"), nn.Conv2d(dim, up_dim or dim // 2, 3, padding=1)
             )
             # produces two frames per input frame, stacked along the channels
             self.time_conv = CausalConv3d(dim, dim * 2, (3, 1, 1), padding=(1, 0, 0)) if mode == "upsample3d" else None
@@ -232,7 +237,7 @@ def _blend_ramp(size: int, ramp: int, fade_in: bool, fade_out: bool, device: tor
 
 
 class WanVAE(nn.Module):
-    """Wan2.1 VAE implementing the `VideoAutoencoder` protocol (normalised latents in, [-1, 1] video out)."""
+    """Wan2.1 / Wan2.2 VAE implementing the `VideoAutoencoder` protocol (normalised latents in, [-1, 1] video out)."""
 
     def __init__(self, config: WanVAEConfig | None = None) -> None:
         super().__init__()
@@ -246,10 +251,14 @@ class WanVAE(nn.Module):
         self.latent_channels = cfg.z_dim
         self.temporal_stride = cfg.temporal_stride
         self.spatial_stride = cfg.spatial_stride
-        self.encoder = Encoder3d(cfg)
+        if cfg.residual:
+            from .vae22 import ResidualDecoder3d, ResidualEncoder3d  # vae22 builds on this module's layers
+
+            self.encoder, self.decoder = ResidualEncoder3d(cfg), ResidualDecoder3d(cfg)
+        else:
+            self.encoder, self.decoder = Encoder3d(cfg), Decoder3d(cfg)
         self.conv1 = CausalConv3d(2 * cfg.z_dim, 2 * cfg.z_dim, 1)  # posterior (mean, log-variance)
         self.conv2 = CausalConv3d(cfg.z_dim, cfg.z_dim, 1)  # latent -> decoder input
-        self.decoder = Decoder3d(cfg)
 
     @classmethod
     def from_config(cls, config: WanVAEConfig) -> "WanVAE":
@@ -284,11 +293,14 @@ class WanVAE(nn.Module):
             )
 
     def encode(self, video: torch.Tensor) -> torch.Tensor:
-        """Video [B, 3, F, H, W] in [-1, 1] -> normalised latent (mu - mean) / std [B, 16, 1 + (F-1)//4, H/8, W/8].
-
-        Deterministic: the posterior mean, no sampling."""
+        """Video [B, 3, F, H, W] in [-1, 1] -> normalised latent (mu - mean) / std [B, z_dim, 1 + (F-1)//4, H/s, W/s]
+        (s = 8 for Wan2.1, 16 for Wan2.2). Deterministic: the posterior mean, no sampling."""
         self._check_video(video)
         x = video.to(self.conv2.weight)  # the weights' device and dtype
+        if self.config.patch_size > 1:
+            from .vae22 import patchify
+
+            x = patchify(x, self.config.patch_size)
         ts = self.temporal_stride
         chunks = [x[:, :, :1]] + [x[:, :, i : i + ts] for i in range(1, x.shape[2], ts)]
         cache: Cache = {}
@@ -300,13 +312,17 @@ class WanVAE(nn.Module):
     def decode(
         self, latent: torch.Tensor, tiled: bool = False, tile_latent: int = 32, overlap_latent: int = 8
     ) -> torch.Tensor:
-        """Normalised latent [B, 16, f, h, w] -> video [B, 3, 1 + 4(f-1), 8h, 8w] clamped to [-1, 1].
+        """Normalised latent [B, z_dim, f, h, w] -> video [B, 3, 1 + 4(f-1), s*h, s*w] clamped to [-1, 1].
 
         tiled=True decodes overlapping spatial tiles of `tile_latent` latent pixels (sharing `overlap_latent`)
         one at a time and cross-fades them: much less memory, close to but not exactly the untiled result."""
         if latent.ndim != 5 or latent.shape[1] != self.latent_channels:
+            hint = ""
+            if latent.ndim == 5 and {latent.shape[1], self.latent_channels} == {16, 48}:
+                other = "Wan2.2 VAE (z_dim 48)" if latent.shape[1] == 48 else "Wan2.1 VAE (z_dim 16)"
+                hint = f"; these latents are for the {other}: load that VAE"
             raise AliceError(
-                f"VAE decode expects latents [B, {self.latent_channels}, f, h, w], got shape {tuple(latent.shape)}"
+                f"VAE decode expects latents [B, {self.latent_channels}, f, h, w], got shape {tuple(latent.shape)}{hint}"
             )
         z = latent.to(self.conv2.weight)
         mean, std = self._latent_stats(z)
@@ -325,7 +341,12 @@ class WanVAE(nn.Module):
     def _decode(self, z: torch.Tensor) -> torch.Tensor:
         x = self.conv2(z)
         cache: Cache = {}
-        return torch.cat([self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])], dim=2)
+        video = torch.cat([self.decoder(x[:, :, i : i + 1], cache) for i in range(x.shape[2])], dim=2)
+        if self.config.patch_size > 1:
+            from .vae22 import unpatchify
+
+            video = unpatchify(video, self.config.patch_size)
+        return video
 
     def _decode_tiled(self, z: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
         # Not exact: the convolutions near a tile's border, and the per-frame attention everywhere, miss what lies
