@@ -2,13 +2,18 @@
 
 Both work on rectified-flow (RF) latents x_s = (1 - s) x0 + s * noise with a network that predicts the velocity
 v = noise - x0 at Wan's timestep s * 1000. Progress is reported per step; cancellation is checked between steps.
+
+Wan2.2 A14B models are two experts: the velocity (and, for the teacher, the guidance) is then an `Experts` pair and
+each step uses the high-noise one while its time s >= boundary, the low-noise one below (Wan, diffusers and rCM
+all compare the step's time with the boundary this way). `StepControl.experts` records the expert of each step.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import torch
 
@@ -25,6 +30,34 @@ RCM_MAX_STEPS = 4
 
 class GenerationCancelled(AliceError):
     """Raised between steps when the caller asked to stop."""
+
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Experts(Generic[T]):
+    """One value per Wan2.2 expert: `high` for steps at RF time s >= boundary, `low` below (boundary in Wan's 0..1
+    timestep: 0.875 for T2V-A14B, 0.9 for I2V-A14B)."""
+
+    high: T
+    low: T
+    boundary: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.boundary < 1.0:
+            raise AliceError(f"the expert boundary must be between 0 and 1 (Wan2.2: 0.875 T2V, 0.9 I2V), got {self.boundary}")
+
+    def name_at(self, s: float) -> str:
+        return "high" if s >= self.boundary else "low"
+
+    def at(self, s: float) -> T:
+        return self.high if s >= self.boundary else self.low
+
+
+def at_time(value: "T | Experts[T]", s: float) -> T:
+    """The value a step at time s uses: the expert's own for an `Experts` pair, else `value` itself."""
+    return value.at(s) if isinstance(value, Experts) else value
 
 
 def trig_to_rf(angle: float) -> float:
@@ -64,6 +97,14 @@ class StepControl:
     should_cancel: Callable[[], bool] | None = None
     # Round the network's timestep like the model's training did (rCM feeds bf16 timesteps: 987.65 -> 988).
     timestep_dtype: torch.dtype | None = None
+    # Filled in by the samplers: the expert ("high" / "low") each step used, for two-expert models.
+    experts: list[str] = field(default_factory=list)
+
+    def velocity_at(self, velocity: "VelocityFn | Experts[VelocityFn]", s: float) -> VelocityFn:
+        """The network a step at time s runs; records which expert that is."""
+        if isinstance(velocity, Experts):
+            self.experts.append(velocity.name_at(s))
+        return at_time(velocity, s)
 
     def timestep(self, s: float, batch: int, device: torch.device) -> torch.Tensor:
         t = torch.full((batch,), s * 1000.0, device=device)
@@ -84,7 +125,7 @@ def seeded_noise(shape: Sequence[int], generator: torch.Generator, device: torch
 
 
 def sample_rcm(
-    velocity: VelocityFn,
+    velocity: VelocityFn | Experts[VelocityFn],
     shape: Sequence[int],
     generator: torch.Generator,
     steps: int = 4,
@@ -100,7 +141,7 @@ def sample_rcm(
     x = times[0] * seeded_noise(shape, generator, device)
     for i, (s_cur, s_next) in enumerate(zip(times[:-1], times[1:])):
         control.check_cancel()
-        v = velocity(x, control.timestep(s_cur, shape[0], x.device)).float()
+        v = control.velocity_at(velocity, s_cur)(x, control.timestep(s_cur, shape[0], x.device)).float()
         x0 = x - s_cur * v
         if ode:
             x = x - (s_cur - s_next) * v
@@ -111,12 +152,12 @@ def sample_rcm(
 
 
 def sample_flow_matching(
-    velocity_cond: VelocityFn,
-    velocity_uncond: VelocityFn | None,
+    velocity_cond: VelocityFn | Experts[VelocityFn],
+    velocity_uncond: VelocityFn | Experts[VelocityFn] | None,
     shape: Sequence[int],
     generator: torch.Generator,
     steps: int = 50,
-    guidance: float = 5.0,
+    guidance: float | Experts[float] = 5.0,
     shift: float = 5.0,
     device: torch.device | str = "cpu",
     control: StepControl | None = None,
@@ -125,7 +166,9 @@ def sample_flow_matching(
     """Euler flow-matching sampler with classifier-free guidance v = v_u + w (v_c - v_u) (the teacher's sampler).
 
     `start` = (latent, noise level s0 in (0, 1]) begins from that latent noised to s0 and runs only the steps at or
-    below s0 (SDEdit): how much of a given video the model keeps, e.g. to find the noise level where it loses it."""
+    below s0 (SDEdit): how much of a given video the model keeps, e.g. to find the noise level where it loses it.
+    With two experts, `velocity_cond`, `velocity_uncond` and `guidance` may each be an `Experts` pair (Wan2.2 T2V
+    guides the high-noise expert with 4 and the low-noise one with 3)."""
     control = control or StepControl()
     times = flow_matching_timesteps(steps, shift)
     x = seeded_noise(shape, generator, device)
@@ -135,14 +178,14 @@ def sample_flow_matching(
             raise AliceError(f"start noise level must be in (0, 1], got {level}")
         times = [level] + [t for t in times if t < level]
         x = (1 - level) * latent.to(x) + level * x
-    use_cfg = velocity_uncond is not None and guidance != 1.0
     for i, (s_cur, s_next) in enumerate(zip(times[:-1], times[1:])):
         control.check_cancel()
         t = control.timestep(s_cur, shape[0], x.device)
-        v = velocity_cond(x, t).float()
-        if use_cfg:
-            v_u = velocity_uncond(x, t).float()
-            v = v_u + guidance * (v - v_u)
+        v = control.velocity_at(velocity_cond, s_cur)(x, t).float()
+        w = at_time(guidance, s_cur)
+        if velocity_uncond is not None and w != 1.0:
+            v_u = at_time(velocity_uncond, s_cur)(x, t).float()
+            v = v_u + w * (v - v_u)
         x0 = x - s_cur * v
         x = x + (s_next - s_cur) * v
         control.report(i + 1, len(times) - 1, x0)
