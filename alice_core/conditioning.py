@@ -22,7 +22,7 @@ def fit_image(image: np.ndarray | torch.Tensor, width: int, height: int) -> torc
     if isinstance(image, np.ndarray):
         if image.ndim != 3 or image.shape[2] not in (3, 4) or image.dtype != np.uint8:
             raise AliceError(f"start image must be an RGB picture (uint8 [H, W, 3]), got {image.dtype} {image.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(image[..., :3])).permute(2, 0, 1).float() / 127.5 - 1
+        x = torch.tensor(image[..., :3]).permute(2, 0, 1).float() / 127.5 - 1  # a copy: the array may be read-only
     else:
         x = image.float()
         if x.ndim != 3 or x.shape[0] != 3:

@@ -14,9 +14,10 @@ import torch
 from . import __version__
 from .bundle import SAMPLERS, ModelBundle, resolve_bundle
 from .errors import AliceError
+from .expert_swap import ExpertSwap, velocities
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
-from .sampling import RCM_MAX_STEPS, ProgressFn, StepControl, sample_flow_matching, sample_rcm
+from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
 
 # Precision name -> compute dtype. fp8_e4m3fn / fp8_e5m2 / nf4 store the DiT's and umT5's Linear weights quantised
 # (alice_core/loading/quant.py) and run everything else, the VAE included, in bf16.
@@ -45,6 +46,8 @@ class GenerationSettings:
     ode: bool = False
     guidance: float | None = None
     shift: float | None = None
+    boundary: float | None = None  # two-expert models: RF time where the low-noise expert takes over
+    image: str | None = None  # image-to-video: the start image's name (the picture itself goes to generate())
 
 
 @dataclass
@@ -53,11 +56,19 @@ class GeneratedVideo:
     settings: GenerationSettings       # fully resolved
     model_name: str
     timings: dict[str, float] = field(default_factory=dict)
+    experts: list[str] = field(default_factory=list)  # two-expert models: "high" / "low" per step
 
     def metadata(self) -> dict[str, str | int | float]:
         meta = {k: v for k, v in dataclasses.asdict(self.settings).items() if v is not None}
         meta.update(model=self.model_name, software=f"alice {__version__}")
+        if self.experts:
+            meta["experts"] = ",".join(self.experts)
         return meta
+
+
+def dit_config(dit: WanDiT | Experts[WanDiT]):
+    """The architecture of a DiT or of an expert pair (both experts share it)."""
+    return (dit.high if isinstance(dit, Experts) else dit).config
 
 
 class VideoPipeline:
@@ -66,7 +77,7 @@ class VideoPipeline:
         name: str,
         text_encoder: TextEncoder,
         autoencoder: VideoAutoencoder,
-        dits: dict[str, WanDiT],
+        dits: dict[str, WanDiT | Experts[WanDiT]],
         defaults: dict | None = None,
         device: torch.device | str = "cpu",
     ) -> None:
@@ -78,6 +89,9 @@ class VideoPipeline:
         self.dits = dits
         self.defaults = defaults or {}
         self.device = torch.device(device)
+        self.swaps = {
+            sampler: ExpertSwap(pair, self.device) for sampler, pair in dits.items() if isinstance(pair, Experts)
+        }
 
     # -- settings -----------------------------------------------------------------------------------------------
     def resolve(self, s: GenerationSettings) -> GenerationSettings:
@@ -108,13 +122,14 @@ class VideoPipeline:
             guidance=pick(s.guidance, "guidance", 5.0),
             shift=pick(s.shift, "shift", 5.0),
         )
+        r = self._resolve_experts_and_image(r)
         max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
         if not 1 <= r.steps <= max_steps:
             raise AliceError(f"steps must be 1..{max_steps} for the {r.sampler} sampler, got {r.steps}")
         ts = self.autoencoder.temporal_stride
         if r.frames < 1 or (r.frames - 1) % ts:
             raise AliceError(f"frames must be {ts}k+1 (e.g. {4 * ts + 1}), got {r.frames}; use --frames {self._nearest_frames(r.frames)}")
-        multiple = self.autoencoder.spatial_stride * self.dits[r.sampler].config.patch_size[1]
+        multiple = self.autoencoder.spatial_stride * dit_config(self.dits[r.sampler]).patch_size[1]
         for label, value in (("width", r.width), ("height", r.height)):
             if value < multiple or value % multiple:
                 fixed = max(multiple, round(value / multiple) * multiple)
@@ -123,6 +138,30 @@ class VideoPipeline:
             raise AliceError(f"fps must be 1..120, got {r.fps}")
         if not 0 <= r.seed < 2**63:
             raise AliceError(f"seed must be 0..2^63-1, got {r.seed}")
+        return r
+
+    def _resolve_experts_and_image(self, r: GenerationSettings) -> GenerationSettings:
+        dit = self.dits[r.sampler]
+        cfg = dit_config(dit)
+        if isinstance(dit, Experts):
+            r = dataclasses.replace(r, boundary=dit.boundary if r.boundary is None else r.boundary)
+            Experts(None, None, r.boundary)  # validates: one line naming the range
+        elif r.boundary is not None:
+            raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
+        if cfg.in_dim > cfg.out_dim and r.image is None:
+            raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
+        if cfg.in_dim == cfg.out_dim and r.image is not None:
+            raise AliceError(f"{self.name!r} is a text-to-video model: it takes no start image; drop --image")
+        if cfg.image_dim is not None:
+            raise AliceError(
+                f"{self.name!r} is a Wan2.1 image-to-video model, which needs the CLIP vision encoder; Alice does not "
+                "load it yet: use a Wan2.2 I2V-A14B model (no CLIP)"
+            )
+        if cfg.out_dim != self.autoencoder.latent_channels:
+            raise AliceError(
+                f"{self.name!r} makes {cfg.out_dim}-channel latents but the VAE has {self.autoencoder.latent_channels}; "
+                f"use the {'Wan2.2 VAE (z_dim 48)' if cfg.out_dim == 48 else 'Wan2.1 VAE (z_dim 16)'} (--vae)"
+            )
         return r
 
     def _nearest_frames(self, frames: int) -> int:
@@ -143,24 +182,37 @@ class VideoPipeline:
         context: torch.Tensor,
         negative_context: torch.Tensor | None,
         control: StepControl,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        dit = self.dits[s.sampler]
-        dtype = dit.dtype
+        """Latents for resolved settings `s`; y is the image-to-video conditioning (see `conditioning.py`)."""
+        dits = self.dits[s.sampler]
+        if isinstance(dits, Experts):
+            dits = Experts(dits.high, dits.low, s.boundary)
+            dtype = dits.high.dtype
+        else:
+            dtype = dits.dtype
         if dtype in (torch.bfloat16, torch.float16):
             control.timestep_dtype = dtype
-
-        def velocity(ctx: torch.Tensor):
-            def fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-                with torch.inference_mode():
-                    return dit(x.to(dtype), t, ctx.to(dtype)).float()
-            return fn
-
+        swap = self.swaps.get(s.sampler)
         generator = torch.Generator().manual_seed(s.seed)
         shape = self.latent_shape(s)
+        cond = velocities(dits, context, y, swap=swap)
         if s.sampler == "rcm":
-            return sample_rcm(velocity(context), shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
-        uncond = velocity(negative_context) if negative_context is not None else None
-        return sample_flow_matching(velocity(context), uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
+            return sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
+        uncond = velocities(dits, negative_context, y, swap=swap) if negative_context is not None else None
+        return sample_flow_matching(cond, uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
+
+    def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
+        """Wan's y for an image-to-video model (None for text-to-video)."""
+        cfg = dit_config(self.dits[s.sampler])
+        if cfg.in_dim == cfg.out_dim:
+            return None
+        if image is None:
+            raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
+        from .conditioning import fit_image, image_condition
+
+        start = fit_image(image, s.width, s.height).to(self.device)
+        return image_condition(self.autoencoder, start, s.frames)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
@@ -173,7 +225,11 @@ class VideoPipeline:
         settings: GenerationSettings,
         progress: ProgressFn | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        image: np.ndarray | torch.Tensor | None = None,
     ) -> GeneratedVideo:
+        """The video for `settings`; `image` is the start picture of an image-to-video model (uint8 [H, W, 3])."""
+        if image is not None and settings.image is None:
+            settings = dataclasses.replace(settings, image="image")
         s = self.resolve(settings)
         timings = {}
         start = time.perf_counter()
@@ -185,13 +241,19 @@ class VideoPipeline:
         timings["text_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        latents = self.sample(s, context, negative, StepControl(progress=progress, should_cancel=should_cancel))
+        y = self.image_condition(s, image)
+        if y is not None:
+            timings["image_encoding"] = time.perf_counter() - start
+
+        start = time.perf_counter()
+        control = StepControl(progress=progress, should_cancel=should_cancel)
+        latents = self.sample(s, context, negative, control, y)
         timings["sampling"] = time.perf_counter() - start
 
         start = time.perf_counter()
         frames = self.decode(latents)
         timings["decoding"] = time.perf_counter() - start
-        return GeneratedVideo(frames=frames, settings=s, model_name=self.name, timings=timings)
+        return GeneratedVideo(frames=frames, settings=s, model_name=self.name, timings=timings, experts=control.experts)
 
     def save(self, video: GeneratedVideo, path: str | Path, crf: int = 19) -> Path:
         from .video_io import write_video
@@ -226,27 +288,40 @@ def load_pipeline(
     vae: str | None = None,
     text_encoder: str | None = None,
     device: str = "cpu",
+    low_noise_model: str | None = None,
+    boundary: float | None = None,
 ) -> VideoPipeline:
-    """A pipeline for a bundled model name, a bundle folder, or a Wan checkpoint file (+ `vae` and `text_encoder`)."""
+    """A pipeline for a bundled model name, a bundle folder, a Wan checkpoint file (+ `vae` and `text_encoder`),
+    or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`."""
     from .loading.dit import load_dit
+    from .loading.experts import find_expert_pair, load_expert_pair
     from .models.text_encoders import load_text_encoder
 
     dtype = parse_precision(precision)
-    bundle = resolve_bundle(model)
+    bundle = resolve_bundle(model) if low_noise_model is None else None
     if bundle is not None:
         te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder), precision=precision)
         ae = load_autoencoder({"type": "wan_vae", "file": str(Path(vae).resolve())}, Path("."), dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
         dits = {k: load_dit(p, precision=precision, device=device) for k, p in bundle.dits.items()}
         return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
 
-    # A single checkpoint: the same weights serve whichever sampler the user picks.
+    # A single checkpoint or pair: the same weights serve whichever sampler the user picks.
     if vae is None or text_encoder is None:
         raise AliceError(
-            f"{model} is a single DiT checkpoint: also pass --vae PATH (Wan2.1 VAE) and --text-encoder PATH (umT5 folder)"
+            f"{model} is a single DiT checkpoint: also pass --vae PATH (Wan VAE) and --text-encoder PATH (umT5 folder)"
         )
     from .loading.vae_keys import load_wan_vae
 
-    dit = load_dit(model, precision=precision, device=device)
+    pair = find_expert_pair(model) if low_noise_model is None else None
+    if low_noise_model is not None or pair is not None:
+        high, low = (model, low_noise_model) if pair is None else (pair.high, pair.low)
+        folder_boundary = pair.boundary if pair is not None else None
+        # two 14B experts: both wait in CPU memory, the one in use moves to the device (ExpertSwap)
+        dit = load_expert_pair(high, low, precision, boundary if boundary is not None else folder_boundary, "cpu")
+    elif boundary is not None:
+        raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
+    else:
+        dit = load_dit(model, precision=precision, device=device)
     te = load_text_encoder(text_encoder, precision=precision)
     return VideoPipeline(Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, {}, device)
 

@@ -17,7 +17,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("prompt")
     p.add_argument("-o", "--output", required=True, help="output file: .mp4, .webm or .gif (never overwritten)")
     p.add_argument("--model", default=None, help="bundled model name (default alice-tiny), bundle folder or checkpoint file")
-    p.add_argument("--vae", default=None, help="Wan2.1 VAE file (for a single checkpoint file)")
+    p.add_argument("--low-noise-model", default=None, metavar="LOW",
+                   help="Wan2.2 A14B: the low-noise expert; --model is then the high-noise one")
+    p.add_argument("--boundary", type=float, default=None,
+                   help="two-expert models: time (0..1) below which the low-noise expert runs (Wan: 0.875 T2V, 0.9 I2V)")
+    p.add_argument("--image", default=None, metavar="START.png", help="image-to-video: the first frame")
+    p.add_argument("--vae", default=None, help="Wan VAE file: Wan2.1, or Wan2.2 for TI2V-5B (for checkpoint files)")
     p.add_argument("--text-encoder", default=None, help="text encoder: 'minilm' or a umT5 folder")
     p.add_argument("--sampler", choices=("rcm", "teacher"), default=None, help="default: the model's (rcm for alice-tiny)")
     p.add_argument("--steps", type=int, default=None, help="rcm: 1-4 (default 4); teacher: default 50")
@@ -66,6 +71,21 @@ def _apply_lora_arg(pipe, spec: str) -> None:
         print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
 
 
+def _read_start_image(path: str):
+    """--image: an RGB picture as uint8 [H, W, 3]."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise AliceError(f"--image {path}: file not found")
+    try:
+        with Image.open(file) as picture:
+            return np.asarray(picture.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as exc:
+        raise AliceError(f"--image {path}: not a readable picture ({exc}); use a PNG or JPEG") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..pipeline import GenerationSettings, load_pipeline
     from .download import catalogue_pipeline_args
@@ -76,11 +96,14 @@ def run(args: argparse.Namespace) -> int:
         args.model = found["model"]
         args.vae = args.vae or found["vae"]
         args.text_encoder = args.text_encoder or found["text_encoder"]
-    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device)
+    image = _read_start_image(args.image) if args.image else None
+    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
+                         args.boundary)
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
         steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
-        sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift,
+        sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift, boundary=args.boundary,
+        image=Path(args.image).name if args.image else None,
     )
     pipe.resolve(settings)  # fail on bad settings before any work
     for spec in args.lora:
@@ -95,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         bar.update(1)
 
     try:
-        video = pipe.generate(settings, progress=progress)
+        video = pipe.generate(settings, progress=progress, image=image)
     finally:
         bar.close()
     path = pipe.save(video, output, crf=args.crf)

@@ -25,6 +25,10 @@ def stored_dit_config(path: Path) -> WanDiTConfig | None:
     for cfg_file in (path / "config.json", path / "transformer" / "config.json") if path.is_dir() else ():
         if cfg_file.exists():
             d = json.loads(cfg_file.read_text())
+            if "attention_head_dim" not in d:
+                # official Wan2.2 folders' config.json (WanModel arguments): its model_type "i2v" does not tell
+                # Wan2.1's CLIP layers from Wan2.2's none, so the shapes decide (head_dim 128 gives num_heads)
+                return None
             heads = d.get("num_attention_heads")
             return WanDiTConfig(
                 dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
