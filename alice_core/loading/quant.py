@@ -348,3 +348,26 @@ def stream_dit(
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of everything the model stores (quantised weights with their scales and bitsandbytes statistics)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
+
+
+def planned_weight_bytes(config: WanDiTConfig, precision: str) -> int:
+    """The bytes `weight_bytes` reports once a DiT of this architecture is loaded in `precision`, worked out on
+    the meta device without allocating anything (for sizing the 14B experts of a pair on a small machine).
+
+    Loading stores every tensor in the compute dtype except fp8 weights (1 byte) with their fp32 scales; NF4
+    packs two weights per byte, and its double-quantised statistics add a byte per block of 64 weights and an
+    fp32 per 256 blocks (bitsandbytes' layout); the tests hold the estimate to the loaded model's bytes."""
+    element = torch.empty((), dtype=compute_dtype(precision)).element_size()
+    model = build_empty_dit(config, "bf16" if precision == "nf4" else precision)
+    total = 0
+    for name, tensor in model.state_dict().items():
+        n = tensor.numel()
+        if precision == "nf4" and name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
+            blocks = -(-n // NF4_BLOCKSIZE)
+            # + per layer: the 16-value NF4 and 256-value absmax code tables (fp32) and ~170 bytes of packed state
+            total += (n + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4 * (16 + 256) + 170
+        elif tensor.dtype in FP8_PRECISIONS.values() or name.endswith("weight_scale"):
+            total += n * tensor.element_size()
+        else:
+            total += n * element
+    return total
