@@ -172,3 +172,23 @@ def test_one_swap_per_video(files):
                      ("low", "cpu"), ("high", "meta"),  # video 2 starts
                      ("high", "cpu"), ("low", "meta")]
     assert isinstance(pipe.dits["rcm"], Experts)
+
+
+def test_ti2v_5b_text_to_video_with_the_wan22_vae(files, tmp_path, capsys):
+    """A 48-channel DiT (TI2V-5B's latent) runs with the Wan2.2 VAE (stride 16); with the Wan2.1 VAE it is refused."""
+    from alice_core.models.config import WAN22_VAE
+    import dataclasses
+
+    root, _ = files
+    wan22 = WanVAE(dataclasses.replace(WAN22_VAE, base_dim=8, decoder_base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1))
+    torch.save(wan22.state_dict(), tmp_path / "Wan2.2_VAE.pth")
+    dit = {official_key(k): v for k, v in diffusers_expert(8, in_channels=48).state_dict().items()}
+    dit["head.head.weight"], dit["head.head.bias"] = torch.randn(192, 128) * 0.05, torch.zeros(192)  # out_dim 48
+    path, _ = write_variant(dit, "official", tmp_path / "ti2v")
+    code, out, err = generate(files, tmp_path, capsys, "--model", str(path), "--vae", str(tmp_path / "Wan2.2_VAE.pth"),
+                              "--width", "64", "--height", "64")
+    assert code == 0, err
+    assert read_video(out)[0].shape == (5, 64, 64, 3)
+    code, _, err = generate(files, tmp_path, capsys, "--model", str(path), "--width", "64", "--height", "64",
+                            name="wrong.mp4")
+    assert code == 2 and "use the Wan2.2 VAE (z_dim 48) (--vae)" in err

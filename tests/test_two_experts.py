@@ -132,3 +132,59 @@ def test_fit_image_covers_and_centre_crops():
     assert centre > 0.5 and edge < -0.9  # scaled to height 32 (width 107), then the middle 48 columns kept
     with pytest.raises(AliceError, match="RGB picture"):
         fit_image(np.zeros((4, 4), np.uint8), 16, 16)
+
+
+def euler_scheduler(shift: float) -> FlowMatchEulerDiscreteScheduler:
+    """diffusers' Euler flow-matching scheduler on alice's (Wan's) uniform times 1 .. 1/steps before the shift."""
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=shift)
+    original = scheduler.set_timesteps
+    scheduler.set_timesteps = lambda n, device=None, **kw: original(
+        sigmas=np.linspace(1.0, 0.0, n + 1)[:-1].tolist(), device=device)
+    return scheduler
+
+
+@pytest.mark.parametrize("variant", ["wan2.2-i2v-a14b", "wan2.1-i2v"])
+def test_image_to_video_matches_diffusers_i2v_pipeline(variant):
+    """The whole teacher I2V path against WanImageToVideoPipeline: Wan2.2 (two experts, boundary 0.9, no CLIP) and
+    Wan2.1 (one DiT, CLIP tokens through img_emb), same start image, same starting latents."""
+    from PIL import Image
+
+    from alice_core.expert_swap import velocities
+
+    clip = variant == "wan2.1-i2v"
+    text_len = 512 if clip else TEXT_LEN  # diffusers splits CLIP tokens from text assuming 512 text tokens
+    extra = dict(in_channels=36, out_channels=16, **(dict(image_dim=40, added_kv_proj_dim=48) if clip else {}))
+    refs = [tiny_diffusers_model(seed=21, **extra)] + ([] if clip else [tiny_diffusers_model(seed=22, **extra)])
+    cfg = WanDiTConfig(dim=48, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, text_len=text_len, in_dim=36,
+                       image_dim=40 if clip else None)
+    ours = [build_dit(r.state_dict(), cfg) for r in refs]
+    ref_vae = tiny_vae()
+    vae = load_wan_vae({vae_official_key(k, TINY_VAE["num_res_blocks"]): v for k, v in ref_vae.state_dict().items()})
+
+    g = torch.Generator().manual_seed(4)
+    ctx, neg = torch.randn(1, 7, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    clip_tokens = torch.randn(1, 6, 40, generator=g) if clip else None
+    picture = np.random.default_rng(1).integers(0, 256, (32, 48, 3), dtype=np.uint8)
+    steps, shift, boundary, shape = 5, 5.0, 0.9, (1, 16, 3, 4, 6)
+    noise = seeded_noise(shape, torch.Generator().manual_seed(8))
+    pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, text_len - c.shape[1]))  # noqa: E731
+
+    pipe = WanImageToVideoPipeline(
+        tokenizer=None, text_encoder=None, vae=ref_vae, scheduler=euler_scheduler(shift), transformer=refs[0],
+        transformer_2=None if clip else refs[1], boundary_ratio=None if clip else boundary,
+    )
+    # diffusers takes the start image and its CLIP tokens only through its image encoder: stand in for it
+    pipe.encode_image = lambda image, device=None: clip_tokens
+    with torch.no_grad():
+        ref = pipe(image=Image.fromarray(picture), prompt_embeds=pad(ctx), negative_prompt_embeds=pad(neg),
+                   num_inference_steps=steps, guidance_scale=3.5, latents=noise.clone(),
+                   num_frames=9, height=32, width=48, output_type="latent", return_dict=False)[0]
+
+    y = image_condition(vae, fit_image(picture, 48, 32), frames=9)
+    dits = ours[0] if clip else Experts(ours[0], ours[1], boundary)
+    control = StepControl()
+    out = sample_flow_matching(velocities(dits, ctx, y, clip_tokens), velocities(dits, neg, y, clip_tokens), shape,
+                               torch.Generator().manual_seed(8), steps=steps, guidance=3.5, shift=shift,
+                               control=control)
+    assert control.experts == ([] if clip else ["high", "high", "low", "low", "low"])
+    assert rel_err(out, ref) < 1e-4
