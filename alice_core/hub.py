@@ -27,6 +27,9 @@ from urllib.parse import urlsplit
 from .errors import AliceError
 
 FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras")
+MODEL_ROLES = ("dit", "dit_low", "vae", "text_encoder")  # dit_low: a Wan2.2 pair's low-noise expert
+PRESET_KEYS = ("sampler", "rcm_steps", "teacher_steps", "sigma_max", "boundary", "guidance", "shift", "frames", "fps",
+               "width", "height")
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 # Left free on the disk beyond the downloads themselves, so a download never fills a disk to the last byte.
 DISK_HEADROOM = 256 * 1024**2
@@ -72,9 +75,10 @@ class CatalogueModel:
 
     name: str
     description: str
-    roles: dict[str, str]                        # "dit" / "vae" / "text_encoder" -> file entry name
+    roles: dict[str, str]                        # "dit" / "vae" / "text_encoder" (+ "dit_low") -> file entry name
     extra_files: tuple[str, ...] = ()            # needed beside the role files (the umT5 tokenizer)
     comfyui_only: bool = False                   # its files load only through ComfyUI's own loaders
+    defaults: dict = field(default_factory=dict)  # the model's preset: steps, sigma_max, boundary, size, frames, fps
 
     @property
     def file_names(self) -> list[str]:
@@ -148,8 +152,15 @@ def _parse_model(path: Path, name: str, entry: dict, files: Mapping[str, Catalog
     if not roles or unknown:
         listed = ", ".join(unknown) or "none given"
         raise AliceError(f"{path}: models.{name} must name catalogue files; unknown: {listed}")
+    unknown_roles = sorted(set(roles) - set(MODEL_ROLES))
+    unknown_defaults = sorted(set(entry.get("defaults", {})) - set(PRESET_KEYS))
+    if unknown_roles or unknown_defaults:
+        raise AliceError(
+            f"{path}: models.{name}: unknown roles {unknown_roles} / defaults {unknown_defaults}; roles are "
+            f"{', '.join(MODEL_ROLES)}, defaults {', '.join(PRESET_KEYS)}"
+        )
     return CatalogueModel(name=name, description=entry.get("description", ""), roles=roles, extra_files=extra,
-                          comfyui_only=bool(entry.get("comfyui_only", False)))
+                          comfyui_only=bool(entry.get("comfyui_only", False)), defaults=dict(entry.get("defaults", {})))
 
 
 # ---- where files live ---------------------------------------------------------------------------------------------

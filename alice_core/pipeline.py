@@ -144,7 +144,7 @@ class VideoPipeline:
         dit = self.dits[r.sampler]
         cfg = dit_config(dit)
         if isinstance(dit, Experts):
-            r = dataclasses.replace(r, boundary=dit.boundary if r.boundary is None else r.boundary)
+            r = dataclasses.replace(r, boundary=self.defaults.get("boundary", dit.boundary) if r.boundary is None else r.boundary)
             Experts(None, None, r.boundary)  # validates: one line naming the range
         elif r.boundary is not None:
             raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
@@ -290,9 +290,11 @@ def load_pipeline(
     device: str = "cpu",
     low_noise_model: str | None = None,
     boundary: float | None = None,
+    defaults: dict | None = None,
 ) -> VideoPipeline:
     """A pipeline for a bundled model name, a bundle folder, a Wan checkpoint file (+ `vae` and `text_encoder`),
-    or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`."""
+    or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`.
+    `defaults` are a checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...)."""
     from .loading.dit import load_dit
     from .loading.experts import find_expert_pair, load_expert_pair
     from .models.text_encoders import load_text_encoder
@@ -323,7 +325,9 @@ def load_pipeline(
     else:
         dit = load_dit(model, precision=precision, device=device)
     te = load_text_encoder(text_encoder, precision=precision)
-    return VideoPipeline(Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, {}, device)
+    return VideoPipeline(
+        Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, defaults or {}, device
+    )
 
 
 def _bundle_path(bundle: ModelBundle, ref: str) -> str:

@@ -192,3 +192,13 @@ def test_ti2v_5b_text_to_video_with_the_wan22_vae(files, tmp_path, capsys):
     code, _, err = generate(files, tmp_path, capsys, "--model", str(path), "--width", "64", "--height", "64",
                             name="wrong.mp4")
     assert code == 2 and "use the Wan2.2 VAE (z_dim 48) (--vae)" in err
+
+
+def test_preset_defaults_reach_the_sampler(files):
+    """A catalogue preset's boundary and sigma_max apply when the command line gives none."""
+    root, umt5 = files
+    pipe = load_pipeline(str(root / "official"), vae=str(root / "Wan2.1_VAE.pth"), text_encoder=str(umt5),
+                         defaults={"boundary": 0.95, "sigma_max": 200.0, "frames": 5, "width": 48, "height": 32})
+    video = pipe.generate(GenerationSettings("a cat"), image=np.zeros((32, 48, 3), np.uint8))
+    assert video.experts == ["high", "low", "low", "low"]  # 0.995 >= 0.95 > 0.934
+    assert (video.settings.boundary, video.settings.sigma_max, video.frames.shape) == (0.95, 200.0, (5, 32, 48, 3))

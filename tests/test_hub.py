@@ -360,9 +360,19 @@ def test_packaged_catalogue_has_the_models_the_project_promises():
     assert loras and all(f.repo_id == "lightx2v/Wan2.1-Distill-Loras" and
                          f.filename.endswith("_lora_rank64_lightx2v_4step.safetensors") for f in loras)
     for model in catalogue.models.values():
-        assert set(model.roles) == {"dit", "vae", "text_encoder"}
+        assert set(model.roles) - {"dit_low"} == {"dit", "vae", "text_encoder"}
         assert [catalogue.files[model.roles[r]].folder for r in ("dit", "vae", "text_encoder")] == [
             "diffusion_models", "vae", "text_encoders"]
+    # the released 4-step Wan2.2 I2V pair, with rCM's I2V preset (sigma_max 200, boundary 0.9: two steps per expert)
+    pair = catalogue.models["turbowan2.2-i2v-a14b-720p"]
+    assert [catalogue.files[pair.roles[r]].filename for r in ("dit", "dit_low")] == [
+        "TurboWan2.2-I2V-A14B-high-720P.pth", "TurboWan2.2-I2V-A14B-low-720P.pth"]
+    assert catalogue.files[catalogue.models["turbowan2.2-i2v-a14b-720p-quant"].roles["dit_low"]].filename.endswith(
+        "-low-720P-quant.pth")
+    assert {k: pair.defaults[k] for k in ("rcm_steps", "sigma_max", "boundary", "width", "height")} == {
+        "rcm_steps": 4, "sigma_max": 200.0, "boundary": 0.9, "width": 1280, "height": 720}
+    assert catalogue.files["wan2.2-vae"].filename == "Wan2.2_VAE.pth"
+    assert {"rcm-wan2.1-t2v-14b", "rcm-wan2.1-t2v-14b-hd720", "turbowan2.1-t2v-14b"} <= set(catalogue.models)
     # Alice's umT5 loader finds the tokenizer in google/umt5-xxl/ beside the encoder file.
     standalone = catalogue.expand(["rcm-wan2.1-t2v-1.3b"])
     assert {f.relative_path for f in standalone if f.folder == "text_encoders"} >= {
@@ -402,7 +412,15 @@ def test_generate_hook_maps_a_present_catalogue_model_to_pipeline_paths(tmp_path
     args = catalogue_pipeline_args("rcm-wan2.1-t2v-1.3b", download=False)
     assert args == {"model": str(tmp_path / "diffusion_models" / "rCM_Wan2.1_T2V_1.3B_480p.pt"),
                     "vae": str(tmp_path / "vae" / "Wan2.1_VAE.pth"),
-                    "text_encoder": str(tmp_path / "text_encoders" / "models_t5_umt5-xxl-enc-bf16.pth")}
+                    "text_encoder": str(tmp_path / "text_encoders" / "models_t5_umt5-xxl-enc-bf16.pth"),
+                    "low_noise_model": None, "defaults": catalogue.models["rcm-wan2.1-t2v-1.3b"].defaults}
+    for file in catalogue.expand(["turbowan2.2-i2v-a14b-720p"]):
+        path = hub.target_path(file)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"x")
+    pair = catalogue_pipeline_args("turbowan2.2-i2v-a14b-720p", download=False)
+    assert pair["low_noise_model"] == str(tmp_path / "diffusion_models" / "TurboWan2.2-I2V-A14B-low-720P.pth")
+    assert pair["defaults"]["boundary"] == 0.9
     assert catalogue_pipeline_args("alice-tiny", download=False) is None
     with pytest.raises(AliceError, match="--download fetches catalogue models only"):
         catalogue_pipeline_args("alice-tiny", download=True)

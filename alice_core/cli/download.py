@@ -90,4 +90,6 @@ def catalogue_pipeline_args(model: str | None, download: bool) -> dict[str, str]
         raise AliceError(f"{model} holds files for ComfyUI's own loaders; use {' or '.join(usable)} with the CLI")
     with tqdm_progress() as progress:
         paths = resolve_catalogue_model(model, download=download, progress=progress, catalogue=catalogue)
-    return {"model": str(paths["dit"]), "vae": str(paths["vae"]), "text_encoder": str(paths["text_encoder"])}
+    return {"model": str(paths["dit"]), "vae": str(paths["vae"]), "text_encoder": str(paths["text_encoder"]),
+            "low_noise_model": str(paths["dit_low"]) if "dit_low" in paths else None,
+            "defaults": catalogue.models[model].defaults}

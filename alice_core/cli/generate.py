@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
         args.model = found["model"]
         args.vae = args.vae or found["vae"]
         args.text_encoder = args.text_encoder or found["text_encoder"]
+        args.low_noise_model = args.low_noise_model or found["low_noise_model"]
     image = _read_start_image(args.image) if args.image else None
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-                         args.boundary)
+                         args.boundary, defaults=found["defaults"] if found else None)
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
         steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
