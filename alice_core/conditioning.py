@@ -1,12 +1,17 @@
-"""Image-to-video conditioning: the start image fitted to the video size, and Wan's conditioning latent
-y = [frame mask (temporal-stride channels), VAE latent of the image followed by black frames].
+"""Image-to-video conditioning: the start image fitted to the video size, and Wan's two ways of giving it.
 
-Wan2.1 I2V and Wan2.2 I2V-A14B both take y beside the noise latent (in_dim 36 = 16 + 4 + 16). The mask marks the
-frames that are given: the first latent frame stands for the first 4 video frames, of which only the first is
-the image, but Wan sets all 4 of its mask channels, as diffusers and rCM do.
+Wan2.1 I2V and Wan2.2 I2V-A14B take y = [frame mask (temporal-stride channels), VAE latent of the image followed
+by black frames] beside the noise latent (in_dim 36 = 16 + 4 + 16). The mask marks the frames that are given: the
+first latent frame stands for the first 4 video frames, of which only the first is the image, but Wan sets all 4
+of its mask channels, as diffusers and rCM do.
+
+Wan2.2 TI2V-5B instead puts the image's clean latent in place of the first latent frame (`FirstFrame`) and gives
+that frame's tokens timestep 0, the others the step's time.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -48,3 +53,27 @@ def image_condition(autoencoder: VideoAutoencoder, image: torch.Tensor, frames: 
     mask = torch.zeros(b, autoencoder.temporal_stride, *latent.shape[2:], device=latent.device)
     mask[:, :, 0] = 1.0
     return torch.cat([mask, latent], dim=1)
+
+
+@dataclass(frozen=True)
+class FirstFrame:
+    """TI2V: the start image's clean latent [B, C, 1, h, w], held fixed as the first latent frame."""
+
+    latent: torch.Tensor
+
+    @classmethod
+    def encode(cls, autoencoder: VideoAutoencoder, image: torch.Tensor) -> "FirstFrame":
+        with torch.inference_mode():
+            return cls(autoencoder.encode(image[:, :, None]).float())
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """x with its first latent frame replaced by the image's."""
+        return torch.cat([self.latent.to(x), x[:, :, 1:]], dim=2)
+
+    def timesteps(self, t: torch.Tensor, x: torch.Tensor, patch_size: tuple[int, int, int]) -> torch.Tensor:
+        """Per-token timesteps [B, L]: 0 for the first frame's tokens, t (per sample) for the rest."""
+        pt, ph, pw = patch_size
+        frames, per_frame = x.shape[2] // pt, (x.shape[3] // ph) * (x.shape[4] // pw)
+        given = torch.zeros(frames, per_frame, device=x.device)
+        given[: 1 if pt == 1 else 0] = 1.0  # with a temporal patch > 1 the first token frame mixes frames
+        return t[:, None] * (1 - given.flatten())[None]

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from .conditioning import FirstFrame
 from .models.dit import WanDiT
 from .sampling import Experts, VelocityFn
 
@@ -46,13 +47,19 @@ class ExpertSwap:
 
 
 def dit_velocity(
-    get_dit: Callable[[], WanDiT], context: torch.Tensor, y: torch.Tensor | None, clip: torch.Tensor | None
+    get_dit: Callable[[], WanDiT],
+    context: torch.Tensor,
+    y: torch.Tensor | None,
+    clip: torch.Tensor | None,
+    first_frame: FirstFrame | None = None,
 ) -> VelocityFn:
     """v(x, t) of the DiT `get_dit()` returns (looked up per call, so a swap takes effect), text and image bound."""
 
     def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         dit = get_dit()
         dtype = dit.dtype
+        if first_frame is not None:
+            x, t = first_frame.apply(x), first_frame.timesteps(t, x, dit.config.patch_size)
         with torch.inference_mode():
             cond = {
                 "y": None if y is None else y.to(x.device, dtype),
@@ -69,14 +76,17 @@ def velocities(
     y: torch.Tensor | None = None,
     clip: torch.Tensor | None = None,
     swap: ExpertSwap | None = None,
+    first_frame: FirstFrame | None = None,
 ) -> VelocityFn | Experts[VelocityFn]:
     """The sampler's velocity for one DiT, or an `Experts` pair of them (swapping through `swap` if given)."""
     if not isinstance(dits, Experts):
-        return dit_velocity(lambda: dits, context, y, clip)
+        return dit_velocity(lambda: dits, context, y, clip, first_frame)
 
     def getter(name: str) -> Callable[[], WanDiT]:
         return (lambda: swap.use(name)) if swap is not None else (lambda: getattr(dits, name))
 
     return Experts(
-        dit_velocity(getter("high"), context, y, clip), dit_velocity(getter("low"), context, y, clip), dits.boundary
+        dit_velocity(getter("high"), context, y, clip, first_frame),
+        dit_velocity(getter("low"), context, y, clip, first_frame),
+        dits.boundary,
     )

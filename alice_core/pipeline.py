@@ -26,6 +26,7 @@ PRECISIONS = {
     "fp8_e4m3fn": torch.bfloat16, "fp8_e5m2": torch.bfloat16, "nf4": torch.bfloat16,
 }
 DEFAULT_STEPS = {"rcm": 4, "teacher": 50}
+TI2V_CHANNELS = 48  # Wan2.2 TI2V-5B's latent: text-to-video, or image-to-video with the image as first frame
 MAX_TEACHER_STEPS = 1000
 
 
@@ -150,7 +151,7 @@ class VideoPipeline:
             raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
         if cfg.in_dim > cfg.out_dim and r.image is None:
             raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
-        if cfg.in_dim == cfg.out_dim and r.image is not None:
+        if cfg.in_dim == cfg.out_dim != TI2V_CHANNELS and r.image is not None:
             raise AliceError(f"{self.name!r} is a text-to-video model: it takes no start image; drop --image")
         if cfg.image_dim is not None:
             raise AliceError(
@@ -182,9 +183,14 @@ class VideoPipeline:
         context: torch.Tensor,
         negative_context: torch.Tensor | None,
         control: StepControl,
-        y: torch.Tensor | None = None,
+        y: "torch.Tensor | FirstFrame | None" = None,
     ) -> torch.Tensor:
-        """Latents for resolved settings `s`; y is the image-to-video conditioning (see `conditioning.py`)."""
+        """Latents for resolved settings `s`; y is the image conditioning (see `conditioning.py`): Wan's y tensor,
+        or TI2V's fixed first frame."""
+        from .conditioning import FirstFrame
+
+        first_frame = y if isinstance(y, FirstFrame) else None
+        y = None if first_frame is not None else y
         dits = self.dits[s.sampler]
         if isinstance(dits, Experts):
             dits = Experts(dits.high, dits.low, s.boundary)
@@ -196,22 +202,29 @@ class VideoPipeline:
         swap = self.swaps.get(s.sampler)
         generator = torch.Generator().manual_seed(s.seed)
         shape = self.latent_shape(s)
-        cond = velocities(dits, context, y, swap=swap)
+        cond = velocities(dits, context, y, swap=swap, first_frame=first_frame)
         if s.sampler == "rcm":
-            return sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
-        uncond = velocities(dits, negative_context, y, swap=swap) if negative_context is not None else None
-        return sample_flow_matching(cond, uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
+            latents = sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
+        else:
+            uncond = None if negative_context is None else velocities(
+                dits, negative_context, y, swap=swap, first_frame=first_frame)
+            latents = sample_flow_matching(
+                cond, uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
+        return latents if first_frame is None else first_frame.apply(latents)
 
-    def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None) -> torch.Tensor | None:
-        """Wan's y for an image-to-video model (None for text-to-video)."""
+    def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None):
+        """Wan's y for an image-to-video model, the fixed first latent frame (`FirstFrame`) for TI2V-5B given an
+        image, else None."""
+        from .conditioning import FirstFrame, fit_image, image_condition
+
         cfg = dit_config(self.dits[s.sampler])
-        if cfg.in_dim == cfg.out_dim:
-            return None
         if image is None:
-            raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
-        from .conditioning import fit_image, image_condition
-
+            if cfg.in_dim > cfg.out_dim:
+                raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
+            return None
         start = fit_image(image, s.width, s.height).to(self.device)
+        if cfg.in_dim == cfg.out_dim:
+            return FirstFrame.encode(self.autoencoder, start)
         return image_condition(self.autoencoder, start, s.frames)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:

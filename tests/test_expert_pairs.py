@@ -175,7 +175,8 @@ def test_one_swap_per_video(files):
 
 
 def test_ti2v_5b_text_to_video_with_the_wan22_vae(files, tmp_path, capsys):
-    """A 48-channel DiT (TI2V-5B's latent) runs with the Wan2.2 VAE (stride 16); with the Wan2.1 VAE it is refused."""
+    """A 48-channel DiT (TI2V-5B's latent) runs with the Wan2.2 VAE (stride 16), from text or from a start image;
+    with the Wan2.1 VAE it is refused."""
     from alice_core.models.config import WAN22_VAE
     import dataclasses
 
@@ -189,6 +190,11 @@ def test_ti2v_5b_text_to_video_with_the_wan22_vae(files, tmp_path, capsys):
                               "--width", "64", "--height", "64")
     assert code == 0, err
     assert read_video(out)[0].shape == (5, 64, 64, 3)
+    # TI2V: the start image becomes the first latent frame
+    code, out, err = generate(files, tmp_path, capsys, "--model", str(path), "--vae", str(tmp_path / "Wan2.2_VAE.pth"),
+                              "--width", "64", "--height", "64", "--image", str(root / "start.png"), name="ti2v.mp4")
+    assert code == 0, err
+    assert read_video_metadata(out)["image"] == "start.png"
     code, _, err = generate(files, tmp_path, capsys, "--model", str(path), "--width", "64", "--height", "64",
                             name="wrong.mp4")
     assert code == 2 and "use the Wan2.2 VAE (z_dim 48) (--vae)" in err

@@ -188,3 +188,38 @@ def test_image_to_video_matches_diffusers_i2v_pipeline(variant):
                                control=control)
     assert control.experts == ([] if clip else ["high", "high", "low", "low", "low"])
     assert rel_err(out, ref) < 1e-4
+
+
+def test_ti2v_first_frame_matches_diffusers_expand_timesteps():
+    """TI2V-5B: the image's clean latent as the first latent frame with timestep 0 for its tokens, against
+    WanImageToVideoPipeline(expand_timesteps=True) with a 48-channel DiT and the Wan2.2 VAE."""
+    from PIL import Image
+
+    from alice_core.conditioning import FirstFrame
+    from alice_core.expert_swap import velocities
+    from tests.test_vae22 import TINY as TINY_VAE22, official_key as vae22_key
+
+    ref_vae = AutoencoderKLWan(**TINY_VAE22).eval()
+    randomise(ref_vae, seed=6)
+    vae = load_wan_vae({vae22_key(k): v for k, v in ref_vae.state_dict().items()})
+    ref_dit = tiny_diffusers_model(seed=23, in_channels=48, out_channels=48)
+    dit = build_dit(ref_dit.state_dict(), WanDiTConfig(dim=48, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32,
+                                                       text_len=TEXT_LEN, in_dim=48, out_dim=48))
+    g = torch.Generator().manual_seed(5)
+    ctx, neg = torch.randn(1, 7, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    picture = np.random.default_rng(2).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    steps, shape = 4, (1, 48, 3, 4, 4)
+    noise = seeded_noise(shape, torch.Generator().manual_seed(9))
+    pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, TEXT_LEN - c.shape[1]))  # noqa: E731
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=ref_vae, scheduler=euler_scheduler(5.0),
+                                   transformer=ref_dit, expand_timesteps=True)
+    with torch.no_grad():
+        ref = pipe(image=Image.fromarray(picture), prompt_embeds=pad(ctx), negative_prompt_embeds=pad(neg),
+                   num_inference_steps=steps, guidance_scale=5.0, latents=noise.clone(), num_frames=9, height=64,
+                   width=64, output_type="latent", return_dict=False)[0]
+    first = FirstFrame.encode(vae, fit_image(picture, 64, 64))
+    out = sample_flow_matching(velocities(dit, ctx, first_frame=first), velocities(dit, neg, first_frame=first), shape,
+                               torch.Generator().manual_seed(9), steps=steps, guidance=5.0, shift=5.0)
+    out = first.apply(out)
+    assert torch.equal(out[:, :, :1], first.latent)
+    assert rel_err(out, ref) < 1e-4
