@@ -230,8 +230,7 @@ class VideoPipeline:
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
             video = self.autoencoder.decode(latents)
-        frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return frames.permute(1, 2, 3, 0).cpu().numpy()
+        return frames_from_video(video)[0]
 
     def generate(
         self,
@@ -272,6 +271,12 @@ class VideoPipeline:
         from .video_io import write_video
 
         return write_video(video.frames, path, fps=video.settings.fps, metadata=video.metadata(), crf=crf)
+
+
+def frames_from_video(video: torch.Tensor) -> np.ndarray:
+    """Decoded video [B, 3, F, H, W] in [-1, 1] -> uint8 frames [B, F, H, W, 3]."""
+    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
 
 
 # -- loading --------------------------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ SMALL = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=48, o
 
 def config(steps):
     return TeacherTrainConfig(steps=steps, batch_size=2, size=32, frames=9, checkpoint_every=1, warmup_steps=2,
-                              dit=SMALL.to_dict())
+                              dit=SMALL.to_dict(), eval_every=0)
 
 
 def test_interrupted_run_resumes_to_identical_weights(tmp_path):
@@ -52,7 +52,7 @@ def test_resume_pack_and_export(tmp_path):
 
 def test_temporal_stride_option_trains_and_bundles(tmp_path):
     two = WanDiTConfig(**{**SMALL.to_dict(), "in_dim": 24, "out_dim": 24})  # 3 colours x 2 frames x 2x2 pixels
-    cfg = TeacherTrainConfig(steps=1, batch_size=2, size=32, frames=9, temporal_stride=2, dit=two.to_dict())
+    cfg = TeacherTrainConfig(steps=1, batch_size=2, size=32, frames=9, temporal_stride=2, dit=two.to_dict(), eval_every=0)
     run = tmp_path / "run"
     train_teacher(cfg, run, threads=1)
     bundle = write_tiny_bundle(tmp_path / "bundle", run)
@@ -102,7 +102,8 @@ def test_a_new_run_starts_from_a_larger_stride_teachers_pack(tmp_path):
     write_run_resume_pack(tmp_path / "four", tmp_path / "pack")
     source = read_resume_pack(tmp_path / "pack")
     two = WanDiTConfig(**{**SMALL.to_dict(), "in_dim": 24, "out_dim": 24})
-    cfg = TeacherTrainConfig(steps=0, batch_size=2, size=32, frames=9, temporal_stride=2, dit=two.to_dict())
+    cfg = TeacherTrainConfig(steps=0, batch_size=2, size=32, frames=9, temporal_stride=2, dit=two.to_dict(),
+                             eval_every=0)
     state = load_checkpoint(train_teacher(cfg, tmp_path / "two", threads=1, init_from=tmp_path / "pack"))
     want, _ = regroup_temporal_stride(source["model"], SMALL, 2, 4, 2)
     assert all(torch.equal(state["model"][k], want[k]) for k in want)

@@ -16,11 +16,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--steps", type=int, default=20000)
     t.add_argument("--batch-size", type=int, default=16)
     t.add_argument("--lr", type=float, default=3e-4)
+    t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--size", type=int, default=32)
     t.add_argument("--frames", type=int, default=9)
     t.add_argument("--temporal-stride", type=int, default=4, help="frames packed per latent frame (a new run only)")
     t.add_argument("--checkpoint-every", type=int, default=100)
+    t.add_argument("--latent-transform", choices=("none", "haar"), default="none",
+                   help="haar: orthonormal Haar transform of each space-to-depth block, normalised per channel")
+    t.add_argument("--high-noise-fraction", type=float, default=0.0,
+                   help="share of training noise levels drawn uniformly in [--high-noise-min, 1)")
+    t.add_argument("--high-noise-min", type=float, default=0.8)
+    t.add_argument("--loss-weighting", choices=("none", "min_snr"), default="none",
+                   help="min_snr: Min-SNR-gamma weighting of the velocity loss")
+    t.add_argument("--min-snr-gamma", type=float, default=5.0)
+    t.add_argument("--curriculum", choices=("none", "straight_first"), default="none",
+                   help="straight_first: no bouncing clips until the in-training direction score reaches --curriculum-gate")
+    t.add_argument("--curriculum-gate", type=float, default=0.8)
+    t.add_argument("--eval-every", type=int, default=200,
+                   help="score held-out SynthBench prompts with the EMA weights every N steps into metrics.csv (0: off)")
+    t.add_argument("--eval-prompts", type=int, default=20)
+    t.add_argument("--eval-steps", type=int, default=16, help="teacher sampler steps of the in-training evaluation")
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
     t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -82,9 +98,15 @@ def run(args: argparse.Namespace) -> int:
                             student_update_freq=args.student_update_freq)
         print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
         return 0
-    cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, seed=args.seed, size=args.size,
+    cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
+                             seed=args.seed, size=args.size,
                              frames=args.frames, checkpoint_every=args.checkpoint_every,
-                             temporal_stride=args.temporal_stride)
+                             temporal_stride=args.temporal_stride, high_noise_fraction=args.high_noise_fraction,
+                             high_noise_min=args.high_noise_min, loss_weighting=args.loss_weighting,
+                             min_snr_gamma=args.min_snr_gamma, eval_every=args.eval_every,
+                             eval_prompts=args.eval_prompts, eval_steps=args.eval_steps,
+                             latent_transform=args.latent_transform, curriculum=args.curriculum,
+                             curriculum_gate=args.curriculum_gate)
     cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                         resume_pack=args.resume_pack, init_from=args.init_from))

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from ..models.interfaces import TextEncoder, VideoAutoencoder
+from ..models.space_to_depth import SpaceToDepthConfig
 
 
 def clips_to_video(clips: np.ndarray) -> torch.Tensor:
@@ -54,10 +55,14 @@ class SyntheticVideoData:
     hard_weights: object | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
 
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    def clips(self, n: int) -> tuple[np.ndarray, list[str]]:
+        """n rendered clips (uint8 [n, F, H, W, 3]) and their captions."""
         from ..world.captions import make_training_batch
 
-        clips, captions = make_training_batch(self.rng, n, size=self.size, frames=self.frames, hard_weights=self.hard_weights)
+        return make_training_batch(self.rng, n, size=self.size, frames=self.frames, hard_weights=self.hard_weights)
+
+    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+        clips, captions = self.clips(n)
         latents = self.autoencoder.encode(clips_to_video(clips))
         return latents, self.text.encode(captions), captions
 
@@ -70,3 +75,19 @@ def video_statistics(rng: np.random.Generator, n: int, size: int, frames: int) -
     clips, _ = make_training_batch(rng, n, size=size, frames=frames, hard_weights=None)
     video = clips_to_video(clips)
     return float(video.mean()), float(video.std())
+
+
+def latent_channel_statistics(rng: np.random.Generator, n: int, size: int, frames: int,
+                              config: SpaceToDepthConfig, std_floor: float = 0.02) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the un-normalised latents of n rendered clips (for the Haar block latent, whose
+    detail channels have a small fraction of the average's energy); std at least std_floor, so a channel that is
+    nearly constant on renders is not blown up without bound."""
+    from dataclasses import replace
+
+    from ..models.space_to_depth import SpaceToDepthAutoencoder
+    from ..world.captions import make_training_batch
+
+    clips, _ = make_training_batch(rng, n, size=size, frames=frames, hard_weights=None)
+    latents = SpaceToDepthAutoencoder(replace(config, mean=0.0, std=1.0)).encode(clips_to_video(clips))
+    dims = (0, 2, 3, 4)
+    return latents.mean(dim=dims).tolist(), latents.std(dim=dims).clamp_min(std_floor).tolist()

@@ -18,13 +18,16 @@ from tqdm import tqdm
 from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
-from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
-from .data import CachedTextEncoder, SyntheticVideoData, video_statistics
-from .flow_matching import flow_matching_loss, sample_training_times
+from ..models.space_to_depth import BLOCK_TRANSFORMS, SpaceToDepthAutoencoder, SpaceToDepthConfig, latent_affine
+from ..world.render import HardExampleWeights
+from .data import CachedTextEncoder, SyntheticVideoData, clips_to_video, latent_channel_statistics, video_statistics
+from .flow_matching import LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, sample_training_times
+from .probe import MetricsLog, ProbeSettings, TrainingProbe, probe_prompts
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
-from .warm_start import regroup_temporal_stride
+from .warm_start import refit_latent, regroup_temporal_stride
 
 TINY_TEXT_LEN = 32
+CURRICULA: tuple[str, ...] = ("none", "straight_first")
 
 
 def tiny_dit_config(in_dim: int = 48) -> WanDiTConfig:
@@ -58,15 +61,56 @@ class TeacherTrainConfig:
     temporal_stride: int = 4
     seed: int = 0
     checkpoint_every: int = 100
+    # Share of training times drawn uniformly in [high_noise_min, 1) (flow_matching.sample_training_times).
+    high_noise_fraction: float = 0.0
+    high_noise_min: float = 0.8
+    loss_weighting: str = "none"  # or "min_snr" (flow_matching.loss_weights)
+    min_snr_gamma: float = 5.0
+    # In-training SynthBench (probe.py) every eval_every steps with the EMA weights (0: never).
+    eval_every: int = 200
+    eval_prompts: int = 20
+    eval_steps: int = 16
+    eval_guidance: float = 3.0
+    # "straight_first": no bounce until the in-training direction score reaches curriculum_gate (needs eval_every).
+    curriculum: str = "none"
+    curriculum_gate: float = 0.8
+    # "haar": orthonormal Haar transform of each space-to-depth block, normalised per channel (space_to_depth.py).
+    latent_transform: str = "none"
     # Resume pack of a teacher at a larger temporal stride that this run started from (see warm_start.py).
     init_from: str = ""
     dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
 
-    def autoencoder_config(self, mean: float, std: float) -> SpaceToDepthConfig:
-        return SpaceToDepthConfig(spatial_stride=self.spatial_stride, temporal_stride=self.temporal_stride, mean=mean, std=std)
+    def autoencoder_config(self, mean: float | list[float], std: float | list[float]) -> SpaceToDepthConfig:
+        return SpaceToDepthConfig(spatial_stride=self.spatial_stride, temporal_stride=self.temporal_stride, mean=mean,
+                                  std=std, block_transform=self.latent_transform)
+
+    def latent_statistics(self) -> tuple:
+        """The latent normalisation of a new run: global for the raw latent, per channel for a block transform."""
+        rng = np.random.default_rng(self.seed + 3)
+        if self.latent_transform == "none":
+            return video_statistics(rng, 256, self.size, self.frames)
+        return latent_channel_statistics(rng, 256, self.size, self.frames, self.autoencoder_config(0.0, 1.0))
 
     def latent_channels(self) -> int:
         return 3 * self.temporal_stride * self.spatial_stride**2
+
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        """(channels, latent frames, height, width) of one clip."""
+        side = self.size // self.spatial_stride
+        return self.latent_channels(), 1 + (self.frames - 1) // self.temporal_stride, side, side
+
+    def check(self) -> None:
+        if self.loss_weighting not in LOSS_WEIGHTINGS:
+            raise AliceError(f"unknown --loss-weighting {self.loss_weighting!r}; use one of {', '.join(LOSS_WEIGHTINGS)}")
+        if self.latent_transform not in BLOCK_TRANSFORMS:
+            raise AliceError(f"unknown --latent-transform {self.latent_transform!r}; use one of {', '.join(BLOCK_TRANSFORMS)}")
+        if self.curriculum not in CURRICULA:
+            raise AliceError(f"unknown --curriculum {self.curriculum!r}; use one of {', '.join(CURRICULA)}")
+        if self.curriculum != "none" and self.eval_every <= 0:
+            raise AliceError("--curriculum advances on the in-training evaluation; set --eval-every above 0")
+        if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_min < 1.0:
+            raise AliceError(f"--high-noise-fraction must be in [0, 1] and --high-noise-min in [0, 1); got "
+                             f"{self.high_noise_fraction} and {self.high_noise_min}")
 
 
 def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
@@ -95,6 +139,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         state = read_resume_pack(resume_pack) if resume_pack else None
     if state is not None:
         cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
+    cfg.check()
     dit_cfg = WanDiTConfig.from_dict(cfg.dit)
     if dit_cfg.in_dim != cfg.latent_channels() or dit_cfg.out_dim != cfg.latent_channels():
         raise AliceError(
@@ -113,6 +158,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 2)
     step = 0
+    train_seconds = 0.0  # training wall time so far, evaluations excluded: pilots are compared at equal time
     if state is not None:
         model.load_state_dict(state["model"])
         ema.load_state_dict(state.get("ema", state["model"]))  # a resume pack restarts the EMA
@@ -121,20 +167,26 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         gen.set_state(state["torch_rng"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         step = int(state["step"])
+        train_seconds = float(state.get("train_seconds", 0.0))
         norm = tuple(state["latent_norm"])
     elif norm is None:
-        norm = video_statistics(np.random.default_rng(cfg.seed + 3), 256, cfg.size, cfg.frames)
+        norm = cfg.latent_statistics()
 
     ae = SpaceToDepthAutoencoder(cfg.autoencoder_config(*norm))
     text = CachedTextEncoder(MiniLMTextEncoder(), dit_cfg.text_len)
     null_context = text.encode([""])[0]
     data = SyntheticVideoData(ae, text, size=cfg.size, frames=cfg.frames, rng=rng)
+    stage = int(state.get("curriculum_stage", 0)) if state is not None else 0
+    data.hard_weights = _curriculum_weights(cfg, stage)
+    probe = _make_probe(cfg, dit_cfg, ae, text, null_context, dev) if cfg.eval_every > 0 else None
+    metrics = MetricsLog(out_dir / "metrics.csv", step) if probe is not None else None
 
     def save() -> None:
         save_atomic({
-            "config": asdict(cfg), "step": step, "model": model.state_dict(), "ema": ema.state_dict(),
+            "config": asdict(cfg), "step": step, "train_seconds": train_seconds, "model": model.state_dict(),
+            "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "torch_rng": gen.get_state(),
-            "numpy_rng": json.dumps(rng.bit_generator.state), "latent_norm": list(norm),
+            "numpy_rng": json.dumps(rng.bit_generator.state), "latent_norm": list(norm), "curriculum_stage": stage,
         }, ckpt_path)
 
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
@@ -144,28 +196,52 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         kept = [line for line in log_path.read_text().splitlines() if int(line.split(",")[0]) <= step]
         log_path.write_text("".join(f"{line}\n" for line in kept))
     log = log_path.open("a")
+    recent_losses: list[float] = []
+
+    def evaluate() -> None:
+        nonlocal stage
+        if metrics is not None and step not in metrics.logged_steps:
+            loss = sum(recent_losses) / len(recent_losses) if recent_losses else float("nan")
+            scores = metrics.evaluate(probe, ema.state_dict(), step, train_seconds, loss)
+            recent_losses.clear()
+            bar.write(f"step {step}: " + ", ".join(f"{k} {v:.2f}" for k, v in scores.items()))
+            if cfg.curriculum != "none" and stage == 0 and scores["direction"] >= cfg.curriculum_gate:
+                stage = 1  # straight motion is learned: bring in the bounce
+                data.hard_weights = _curriculum_weights(cfg, stage)
+                bar.write(f"step {step}: curriculum stage 1 (direction {scores['direction']:.2f})")
+
     try:
+        if step == 0:
+            evaluate()
         while step < cfg.steps and time.monotonic() < deadline:
+            started = time.monotonic()
             x0, ctx, _ = data.batch(cfg.batch_size)
             drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
             ctx[drop] = null_context
-            s = sample_training_times(cfg.batch_size, cfg.shift, gen, cfg.uniform_time_fraction)
+            s = sample_training_times(cfg.batch_size, cfg.shift, gen, cfg.uniform_time_fraction,
+                                      cfg.high_noise_fraction, cfg.high_noise_min)
             noise = torch.randn(x0.shape, generator=gen)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev))
+            weights = loss_weights(s, cfg.loss_weighting, cfg.min_snr_gamma)
+            loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             ema.update(model, step)
             step += 1
+            train_seconds += time.monotonic() - started
+            recent_losses.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
             log.write(f"{step},{loss.item():.6f}\n")
+            if cfg.eval_every > 0 and step % cfg.eval_every == 0:
+                evaluate()
             if step % cfg.checkpoint_every == 0:
                 log.flush()
                 save()
+        evaluate()  # where the run stops (steps or --max-minutes reached), so its last state is measured too
     finally:
         bar.close()
         log.close()
@@ -173,9 +249,31 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     return ckpt_path
 
 
-def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tuple[float, float]:
-    """Load the regrouped weights of the teacher in resume pack `pack` into `model`; returns its latent norm (kept,
-    so the regrouped embedding sees inputs scaled as in training)."""
+def _curriculum_weights(cfg: TeacherTrainConfig, stage: int) -> HardExampleWeights | None:
+    """The renderer's case weights at a curriculum stage: "straight_first" trains straight motion only (no bounce)
+    until the in-training direction score reaches curriculum_gate, then the default mix."""
+    if cfg.curriculum == "straight_first" and stage == 0:
+        return HardExampleWeights(bounce=0.0)
+    return None
+
+
+def _make_probe(cfg: TeacherTrainConfig, dit_cfg: WanDiTConfig, ae: SpaceToDepthAutoencoder,
+                text: CachedTextEncoder, null_context: torch.Tensor, dev: torch.device) -> TrainingProbe:
+    """The in-training SynthBench probe, with fixed validation clips from their own random stream (the training
+    stream is untouched)."""
+    prompts = probe_prompts(cfg.eval_prompts)
+    settings = ProbeSettings(cfg.eval_prompts, cfg.eval_steps, cfg.eval_guidance, cfg.shift)
+    held = SyntheticVideoData(ae, text, size=cfg.size, frames=cfg.frames, rng=np.random.default_rng([cfg.seed, 99]))
+    clips, captions = held.clips(settings.validation_clips)
+    validation = (clips, ae.encode(clips_to_video(clips)), text.encode(captions))
+    return TrainingProbe(settings, dit_cfg, ae, text.encode(prompts), null_context, prompts, cfg.latent_shape(), dev,
+                         validation)
+
+
+def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tuple:
+    """Load the regrouped weights of the teacher in resume pack `pack` into `model`; returns the latent norm: the
+    source's (kept, so the regrouped embedding sees inputs scaled as in training), or, for a run with another
+    latent transform, the new latent's, with the weights refitted to it (warm_start.refit_latent)."""
     source = read_resume_pack(pack)
     src = TeacherTrainConfig(**source["config"])
     if (src.spatial_stride, src.size, src.frames) != (cfg.spatial_stride, cfg.size, cfg.frames):
@@ -185,8 +283,16 @@ def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tup
                                                  src.temporal_stride, cfg.temporal_stride)
     if regrouped != model.config:
         raise AliceError(f"{pack} holds a DiT that regroups to {regrouped}, not this run's {model.config}")
+    norm = tuple(source["latent_norm"])
+    old = replace(src, temporal_stride=cfg.temporal_stride).autoencoder_config(*norm)
+    if old.block_transform != cfg.latent_transform:
+        norm = cfg.latent_statistics()
+        a_old, b_old = latent_affine(old)
+        a_new, b_new = latent_affine(cfg.autoencoder_config(*norm))
+        old_from_new = a_old @ torch.linalg.inv(a_new)
+        weights = refit_latent(weights, regrouped, old_from_new, b_old - old_from_new @ b_new)
     model.load_state_dict(weights)
-    return tuple(source["latent_norm"])
+    return norm
 
 
 def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float16) -> Path:

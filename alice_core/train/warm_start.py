@@ -8,6 +8,11 @@ given a stride-t latent, sees the token the old one would have seen if every fra
   repeated-frames latent with the old weights equals embedding the new latent with the new ones);
 - head: the old outputs for those k slots are averaged (what space_to_depth.decode does with repeated slots).
 This keeps what the old teacher learned about colours, shapes and text while giving motion more latent frames.
+
+refit_latent moves a teacher to another latent of the same strides that is an affine map of the first (e.g. the
+Haar block transform with per-channel normalisation): the embedding is composed with the map and the head with its
+inverse, so the network computes the same function of the clip. Only its noise prior differs (isotropic noise in
+the new latent is not isotropic in the old one); training adapts to that.
 """
 
 from __future__ import annotations
@@ -48,3 +53,24 @@ def regroup_temporal_stride(state: dict[str, torch.Tensor], config: WanDiTConfig
 
     new_config = WanDiTConfig.from_dict({**config.to_dict(), "in_dim": new_channels, "out_dim": new_channels})
     return out, new_config
+
+
+def refit_latent(state: dict[str, torch.Tensor], config: WanDiTConfig, old_from_new: torch.Tensor,
+                 offset: torch.Tensor) -> dict[str, torch.Tensor]:
+    """DiT weights for latents x_new with x_old = old_from_new @ x_new + offset (per latent pixel, over channels)."""
+    m = old_from_new.to(torch.float64)
+    if m.shape != (config.in_dim, config.in_dim) or config.in_dim != config.out_dim:
+        raise AliceError(f"a latent map of shape {tuple(m.shape)} does not fit a DiT with {config.in_dim} channels")
+    out = dict(state)
+    w = state["patch_embedding.weight"].to(torch.float64)  # [dim, channels, pt, ph, pw]
+    out["patch_embedding.weight"] = torch.einsum("dc...,ce->de...", w, m).to(state["patch_embedding.weight"])
+    bias = state["patch_embedding.bias"].to(torch.float64) + torch.einsum("dc...,c->d", w, offset.to(torch.float64))
+    out["patch_embedding.bias"] = bias.to(state["patch_embedding.bias"])
+    # The head predicts a velocity: a difference of latents, so only the linear part maps back (v_new = m^-1 v_old).
+    inverse = torch.linalg.inv(m)
+    n_patch = math.prod(config.patch_size)
+    for name in ("head.head.weight", "head.head.bias"):
+        t = state[name]
+        rows = t.to(torch.float64).reshape(n_patch, config.out_dim, *t.shape[1:])
+        out[name] = torch.einsum("ec,pc...->pe...", inverse, rows).reshape(t.shape).to(t)
+    return out

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import AliceError
 from .captions import PromptAttributes, parse_prompt
+from .frame_quality import FrameQuality, frame_quality, mean_frame_quality
 from .detector import (
     ClipAnalysis,
     analyse_clip,
@@ -88,6 +89,12 @@ class SynthBenchResult:
     seeds: tuple[int, ...]
     scores: tuple[tuple[ClipScore, ...], ...]  # [seed][prompt]
     frechet_distance: float
+    quality: tuple[tuple[FrameQuality, ...], ...] = ()  # [seed][prompt]: background RMS, fragments per frame
+
+    def frame_quality(self) -> FrameQuality:
+        """Background RMS and fragments per frame, averaged over every clip."""
+        clips = [q for seed_quality in self.quality for q in seed_quality]
+        return mean_frame_quality(clips) if clips else FrameQuality(math.nan, math.nan)
 
     def accuracy_per_seed(self, attribute: str) -> np.ndarray:
         """Share of prompts passing the attribute, per seed; nan where no prompt asks for it."""
@@ -136,9 +143,9 @@ def run_synthbench(
             raise AliceError(f"prompt {prompt!r} names no colour, shape or motion SynthBench knows; "
                              "use synthbench_prompts()")
         parsed.append(attributes)
-    scores, generated, reference = [], [], []
+    scores, quality, generated, reference = [], [], [], []
     for seed in seeds:
-        seed_scores = []
+        seed_scores, seed_quality = [], []
         for prompt, attributes in zip(prompts, parsed):
             clip = generate(prompt, seed)
             check_clip_array(clip, f"generate({prompt!r}, {seed})")
@@ -148,17 +155,20 @@ def run_synthbench(
                 wrong = others[np.random.default_rng(_prompt_stream(seed, prompt)).integers(len(others))]
             analysis = analyse_clip(clip)
             seed_scores.append(_score(analysis, attributes, wrong))
+            seed_quality.append(frame_quality(clip))
             generated.append(clip_features(analysis))
             rendered = render_reference(attributes, seed, prompt, clip.shape[1], clip.shape[0])
             reference.append(clip_features(analyse_clip(rendered)))
         scores.append(tuple(seed_scores))
+        quality.append(tuple(seed_quality))
     distance = frechet_distance(np.array(generated), np.array(reference)) if len(generated) >= 2 else math.nan
-    return SynthBenchResult(tuple(prompts), tuple(seeds), tuple(scores), distance)
+    return SynthBenchResult(tuple(prompts), tuple(seeds), tuple(scores), distance, tuple(quality))
 
 
 def format_table(results: dict[str, SynthBenchResult]) -> str:
-    """Markdown table: accuracy in % (mean +- 95% CI half-width over seeds) per attribute, and the FD."""
-    header = ["run", "clips", *ATTRIBUTES, "FD"]
+    """Markdown table: accuracy in % (mean +- 95% CI half-width over seeds) per attribute, the FD, and frame
+    quality (background RMS on 0-255, fragments per frame; renders: 0 and 1.0)."""
+    header = ["run", "clips", *ATTRIBUTES, "FD", "bg RMS", "fragments"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, result in results.items():
         cells = [name, str(len(result.prompts) * len(result.seeds))]
@@ -171,6 +181,8 @@ def format_table(results: dict[str, SynthBenchResult]) -> str:
             else:
                 cells.append(f"{100 * mean:.1f} ± {100 * half_width:.1f}")
         cells.append(f"{result.frechet_distance:.3f}")
+        quality = result.frame_quality()
+        cells += [f"{quality.background_rms:.2f}", f"{quality.fragments_per_frame:.2f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
