@@ -325,7 +325,12 @@ def load_pipeline(
         dits = {k: load_dit(p, precision=precision, device=device) for k, p in bundle.dits.items()}
         return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
 
-    # A single checkpoint or pair: the same weights serve whichever sampler the user picks.
+    # A single checkpoint or pair: the same weights serve whichever sampler the user picks. A single file's header
+    # says whether it is a DiT checkpoint (and which) before anything else is asked for or loaded.
+    from .loading.formats import inspect_checkpoint
+
+    if low_noise_model is None and find_expert_pair(model) is None:
+        inspect_checkpoint(model)
     if vae is None or text_encoder is None:
         raise AliceError(
             f"{model} is a single DiT checkpoint: also pass --vae PATH (Wan VAE) and --text-encoder PATH (umT5 folder)"

@@ -8,7 +8,6 @@ import math
 import mmap
 import os
 import pickle
-import re
 import struct
 import sys
 from collections.abc import Callable
@@ -19,20 +18,33 @@ import torch
 from safetensors import safe_open
 
 from ..errors import AliceError
+from .guards import check_entry_count, check_safetensors_header, check_tensor_sizes, file_kind_hint, refused_global
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
 
 
 def read_safetensors_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
+    """The `__metadata__` of a safetensors file (header sizes checked first); AliceError for a corrupt file."""
+    check_safetensors_header(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as exc:  # SafetensorError is neither OSError nor ValueError
+        raise AliceError(f"{path}: not a valid safetensors file ({_first_line(exc)})") from None
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     # safe_open memory-maps the file; tensors are materialised one at a time.
+    check_safetensors_header(path)
     with safe_open(str(path), framework="pt") as f:
-        return {k: f.get_tensor(k) for k in f.keys()}
+        keys = list(f.keys())
+        check_entry_count(len(keys), str(path))
+        return {k: f.get_tensor(k) for k in keys}
+
+
+def _first_line(exc: BaseException) -> str:
+    return ((str(exc).splitlines() or [""])[0] or type(exc).__name__)[:200]
 
 
 def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
@@ -54,17 +66,17 @@ def _load_pickle(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
     try:
         obj, mapped = _torch_load(path)
     except pickle.UnpicklingError as exc:
-        # torch's message is long; its "Unsupported global: ..." line names what the pickle wanted to run.
-        lines = [ln.strip() for ln in str(exc).splitlines()]
-        reason = next((ln for ln in lines if "Unsupported global" in ln), lines[0] if lines else "")
-        reason = re.sub(r"\x1b\[[0-9;]*m", "", reason)[:200]
-        raise AliceError(
-            f"{path}: refused to load: the file is a pickle that needs code execution, not a plain state dict "
-            f"({reason}). Convert it to safetensors with a trusted tool, or use a safetensors file."
-        ) from None
+        wanted = refused_global(str(exc))
+        if wanted is not None:
+            raise AliceError(
+                f"{path}: refused to load: the file is a pickle that wants to run code ({wanted}), not a plain "
+                "state dict. Use a safetensors file, or convert this one with a tool you trust."
+            ) from None
+        raise AliceError(f"{path}: not a torch checkpoint{file_kind_hint(path)}: its pickle data is unreadable "
+                         "(corrupt or not a checkpoint); download or export it again") from None
     except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for files that are not checkpoints
-        first = (str(exc).splitlines() or [type(exc).__name__])[0][:160]
-        raise AliceError(f"{path}: not a readable torch checkpoint ({type(exc).__name__}: {first})") from None
+        raise AliceError(f"{path}: not a readable torch checkpoint{file_kind_hint(path)} "
+                         f"({type(exc).__name__}: {_first_line(exc)[:160]})") from None
     # Training checkpoints often wrap the weights: {"state_dict": ...}, {"model": ...}, {"net": ...}.
     for wrapper in ("state_dict", "model", "module", "net_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
@@ -72,7 +84,15 @@ def _load_pickle(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             break
     if not isinstance(obj, dict):
         raise AliceError(f"{path}: expected a state dict (name -> tensor), found a {type(obj).__name__}")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, mapped
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    check_tensor_sizes(tensors, path.stat().st_size, str(path))
+    return tensors, mapped
+
+
+def load_torch_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors of a .pt/.pth/.bin file (memory-mapped when it is a zip checkpoint), plain data only and with
+    their declared sizes checked against the file before anything is copied."""
+    return _load_pickle(Path(path))[0]
 
 
 def _diffusers_weight_files(folder: Path) -> list[Path]:
@@ -111,11 +131,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if path.suffix in SAFETENSORS_SUFFIXES:
         try:
             return _read_safetensors(path)
+        except AliceError:
+            raise
         except Exception as exc:  # safetensors raises its own error types for truncated/corrupt headers
-            raise AliceError(f"{path}: not a valid safetensors file ({exc})") from None
+            raise AliceError(f"{path}: not a valid safetensors file ({_first_line(exc)}){file_kind_hint(path)}") from None
     if path.suffix in PICKLE_SUFFIXES:
         return _read_pickle(path)
-    raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors, .pt or .pth")
+    raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}{file_kind_hint(path)}; "
+                     "use a .safetensors, .pt or .pth checkpoint")
 
 
 # -- lazy, streaming access --------------------------------------------------------------------------------------
@@ -169,19 +192,15 @@ class CheckpointReader:
 
 
 def _parse_safetensors_header(path: Path, file) -> tuple[int, dict]:
-    size = path.stat().st_size
-    raw = file.read(8)
-    if len(raw) < 8:
-        raise AliceError(f"{path}: not a valid safetensors file (shorter than its 8-byte header length)")
-    header_len = struct.unpack("<Q", raw)[0]
-    if header_len > size - 8 or header_len > 100_000_000:
-        raise AliceError(f"{path}: not a valid safetensors file (header length {header_len} exceeds the file)")
+    header_len = check_safetensors_header(path)
+    file.seek(8)
     try:
         header = json.loads(file.read(header_len))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AliceError(f"{path}: not a valid safetensors file (unreadable header: {exc})") from None
     if not isinstance(header, dict):
         raise AliceError(f"{path}: not a valid safetensors file (header is not a JSON object)")
+    check_entry_count(len(header), str(path))
     return 8 + header_len, header
 
 
@@ -291,7 +310,8 @@ def open_checkpoint(path: str | Path) -> CheckpointReader:
         return SafetensorsReader(path)
     if path.suffix in PICKLE_SUFFIXES:
         return TorchFileReader(path)
-    raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}; use .safetensors, .pt or .pth")
+    raise AliceError(f"{path}: unsupported checkpoint type {path.suffix!r}{file_kind_hint(path)}; "
+                     "use a .safetensors, .pt or .pth checkpoint")
 
 
 @dataclass(frozen=True)

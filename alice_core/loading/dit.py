@@ -19,25 +19,42 @@ CONFIG_METADATA_KEY = "alice_dit_config"
 def stored_dit_config(path: Path) -> WanDiTConfig | None:
     """The config stored with the checkpoint: safetensors metadata, or a diffusers folder's config.json."""
     if path.is_file() and path.suffix == ".safetensors":
-        meta = read_safetensors_metadata(path)
-        if CONFIG_METADATA_KEY in meta:
-            return WanDiTConfig.from_dict(json.loads(meta[CONFIG_METADATA_KEY]))
+        return config_from_metadata(read_safetensors_metadata(path), path)
     for cfg_file in (path / "config.json", path / "transformer" / "config.json") if path.is_dir() else ():
         if cfg_file.exists():
-            d = json.loads(cfg_file.read_text())
-            if "attention_head_dim" not in d:
-                # official Wan2.2 folders' config.json (WanModel arguments): its model_type "i2v" does not tell
-                # Wan2.1's CLIP layers from Wan2.2's none, so the shapes decide (head_dim 128 gives num_heads)
-                return None
-            heads = d.get("num_attention_heads")
-            return WanDiTConfig(
-                dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
-                in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
-                patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
-                cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
-                image_dim=d.get("image_dim"),
-            )
+            return _diffusers_config(cfg_file)
     return None
+
+
+def _diffusers_config(cfg_file: Path) -> WanDiTConfig | None:
+    try:
+        d = json.loads(cfg_file.read_text())
+        if "attention_head_dim" not in d:
+            # official Wan2.2 folders' config.json (WanModel arguments): its model_type "i2v" does not tell
+            # Wan2.1's CLIP layers from Wan2.2's none, so the shapes decide (head_dim 128 gives num_heads)
+            return None
+        heads = d.get("num_attention_heads")
+        return WanDiTConfig(
+            dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
+            in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
+            patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
+            cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
+            image_dim=d.get("image_dim"),
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, AliceError) as exc:
+        raise AliceError(f"{cfg_file}: not a usable diffusers WanTransformer3DModel config "
+                         f"({type(exc).__name__}: {exc}); restore it from the model's original files") from None
+
+
+def config_from_metadata(metadata: dict[str, str], source: Path) -> WanDiTConfig | None:
+    """The architecture Alice stores in a safetensors header, or None; AliceError when it is unreadable."""
+    if CONFIG_METADATA_KEY not in metadata:
+        return None
+    try:
+        return WanDiTConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (json.JSONDecodeError, AliceError) as exc:
+        raise AliceError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is unusable ({exc}); the file's header "
+                         "is damaged: re-export the file from its source") from None
 
 
 def build_dit(

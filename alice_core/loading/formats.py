@@ -15,7 +15,6 @@ Nothing here loads weights: detection works on anything with `.shape` and `.dtyp
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -144,6 +143,12 @@ def detect_format(
     if unprefixed:
         ignored.update({k: "keys outside the model prefix" for k in unprefixed})
 
+    integer = next((k for k, r in recipes.items() if not r.dequantizes and not r.dtype.is_floating_point), None)
+    if integer is not None:
+        raise AliceError(
+            f"{source}: tensor {integer!r} is stored as {_dtype_name(recipes[integer].dtype)}; a Wan DiT's weights are "
+            "floating point (fp32, bf16, fp16 or fp8): re-export the checkpoint from its source"
+        )
     config = config or _infer_config(recipes, source)
     # Shapes against the model the config describes; this also catches files whose blocks disagree.
     with torch.device("meta"):
@@ -288,8 +293,6 @@ def inspect_checkpoint(path: str | Path, config: WanDiTConfig | None = None) -> 
 
 def stored_config(path: Path, metadata: Mapping[str, str]) -> WanDiTConfig | None:
     """The architecture stored with a checkpoint (Alice metadata, diffusers config.json), if any."""
-    from .dit import CONFIG_METADATA_KEY, stored_dit_config
+    from .dit import config_from_metadata, stored_dit_config
 
-    if CONFIG_METADATA_KEY in metadata:
-        return WanDiTConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-    return stored_dit_config(path) if path.is_dir() else None
+    return config_from_metadata(metadata, path) or (stored_dit_config(path) if path.is_dir() else None)

@@ -24,6 +24,7 @@ from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
 from ..models.ops import StandardOps
+from .guards import check_finite
 
 FULL_PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP8_PRECISIONS: dict[str, torch.dtype] = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
@@ -278,6 +279,9 @@ def fill_module(
         module_name, _, attr = key.rpartition(".")
         module = model.get_submodule(module_name) if module_name else model
         value = make()
+        for part in value if isinstance(value, tuple) else (value,):
+            if part.dtype not in FP8_PRECISIONS.values():  # fp8 has no isfinite; its scale is checked
+                check_finite(key, part, source)
         if attr == "weight" and is_quantized_linear(module):
             weight, scale = value if isinstance(value, tuple) else (value, None)
             target = weight.device if device is None else torch.device(device)

@@ -34,7 +34,14 @@ class WanDiTConfig:
     image_dim: int | None = None
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "patch_size", tuple(int(p) for p in self.patch_size))
+        sizes = ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "text_len", "freq_dim")
+        bad = [f"{n}={getattr(self, n)!r}" for n in sizes if type(getattr(self, n)) is not int or getattr(self, n) < 1]
+        patch = self.patch_size
+        if not isinstance(patch, (list, tuple)) or len(patch) != 3 or any(type(p) is not int or p < 1 for p in patch):
+            bad.append(f"patch_size={patch!r}")
+        if bad:
+            raise AliceError(f"DiT config: {', '.join(bad)} must be positive integers (patch_size three of them)")
+        object.__setattr__(self, "patch_size", tuple(patch))
         if self.dim % self.num_heads:
             raise AliceError(f"DiT config: dim {self.dim} is not divisible by num_heads {self.num_heads}")
         if (self.dim // self.num_heads) % 2:
@@ -53,6 +60,8 @@ class WanDiTConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "WanDiTConfig":
+        if not isinstance(d, dict):
+            raise AliceError(f"DiT config: expected a JSON object of hyper-parameters, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
         if unknown:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..errors import AliceError
+from ..loading.guards import check_no_remote_code
 from .interfaces import TextEncoder
 
 WAN_TEXT_LEN = 512
@@ -140,23 +141,26 @@ class UMT5TextEncoder:
 def _load_hf_umt5(folder: Path, dtype: torch.dtype):
     from transformers import AutoConfig, UMT5EncoderModel
 
-    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    from ..loading.checkpoint import load_torch_file
+
+    check_no_remote_code(folder)
+    config = AutoConfig.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     if config.model_type != "umt5":
         raise AliceError(f"{folder} holds a '{config.model_type}' model, not umT5; pass Wan's umT5 text-encoder folder")
+    for file in _hf_weight_files(folder):
+        if file.suffix == ".bin":  # transformers would unpickle it itself: check it with Alice's safe loader first
+            load_torch_file(file)
     try:
         # dtype at load time: casting after a float32 load would need twice the memory (22 GB for XXL).
-        return UMT5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype)
+        return UMT5EncoderModel.from_pretrained(folder, local_files_only=True, dtype=dtype, trust_remote_code=False)
     except OSError as e:  # transformers' message for missing weight files
         raise AliceError(f"could not load umT5 weights from {folder}: {e}".splitlines()[0]) from e
 
 
 def _read_wan_t5_checkpoint(file: Path) -> dict[str, torch.Tensor]:
-    try:
-        wan = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as e:
-        raise AliceError(
-            f"could not read {file} as a torch checkpoint ({e}); pass Wan's models_t5_umt5-xxl-enc-*.pth"
-        ) from e
+    from ..loading.checkpoint import load_torch_file
+
+    wan = load_torch_file(file)  # memory-mapped (legacy non-zip files: read), plain tensors only, sizes checked
     if not isinstance(wan, dict) or "token_embedding.weight" not in wan or "blocks.0.attn.q.weight" not in wan:
         raise AliceError(
             f"{file} is not Wan's umT5 encoder checkpoint; pass models_t5_umt5-xxl-enc-bf16.pth or an HF folder"
@@ -224,7 +228,9 @@ def _load_umt5_quantized(path: Path, wan_state: dict[str, torch.Tensor] | None, 
         config, files = _umt5_config_from_wan(wan_state), [path]
         file_key = _hf_names_of_wan_keys(config.num_layers)
     else:
-        config, files = AutoConfig.from_pretrained(path, local_files_only=True), _hf_weight_files(path)
+        check_no_remote_code(path)
+        config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+        files = _hf_weight_files(path)
         file_key = {}
     with torch.device("meta"):
         model = UMT5EncoderModel(config)
@@ -281,7 +287,8 @@ def _load_tokenizer(candidates: list[Path]):
     for folder in candidates:
         files = ("tokenizer.json", "spiece.model", "tokenizer_config.json")
         if folder.is_dir() and any((folder / f).is_file() for f in files):
-            return AutoTokenizer.from_pretrained(folder, local_files_only=True)
+            check_no_remote_code(folder)
+            return AutoTokenizer.from_pretrained(folder, local_files_only=True, trust_remote_code=False)
     tried = ", ".join(str(c) for c in candidates)
     raise AliceError(f"no umT5 tokenizer found (looked in {tried}); pass tokenizer_path= a folder with tokenizer.json")
 
@@ -293,8 +300,8 @@ def _load_minilm(device: str):
     from transformers import AutoModel, AutoTokenizer
 
     path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32, trust_remote_code=False)
     return tokenizer, model.to(device).eval().requires_grad_(False)
 
 
