@@ -34,6 +34,7 @@ CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 # Left free on the disk beyond the downloads themselves, so a download never fills a disk to the last byte.
 DISK_HEADROOM = 256 * 1024**2
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+_GIT_BLOB = re.compile(r"[0-9a-f]{40}")
 _OPTIONAL_FILE_KEYS = ("revision", "local_path", "size", "sha256", "approx_size", "note")
 
 # progress(label, bytes_done, bytes_total or None); it may raise to cancel (the partial file is kept for resuming).
@@ -283,6 +284,16 @@ def remote_file(file: CatalogueFile) -> RemoteFile:
                       sha256=file.sha256 or lfs_sha256, send_token=same_host)
 
 
+def git_blob_sha1(path: str | Path) -> str:
+    """The git blob id of a file: sha1 of "blob <size>\\0" and the content (what the Hub's ETag is for non-LFS files)."""
+    path = Path(path)
+    digest = hashlib.sha1(b"blob %d\0" % path.stat().st_size)
+    with open(path, "rb") as f:
+        while chunk := f.read(8 * 1024 * 1024):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def file_sha256(path: str | Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -342,6 +353,13 @@ def download_file(
     if not remote.send_token:
         headers.pop("authorization", None)  # never hand the token to a CDN
     kept = f"the partial download {partial} is kept; run the download again to resume"
+
+    def drop_if_empty() -> str:  # a GET that failed before its first byte leaves nothing worth keeping
+        if partial.exists() and partial.stat().st_size == 0:
+            partial.unlink()
+            return "nothing was kept; run the download again"
+        return kept
+
     try:
         with open(partial, "r+b" if done else "wb") as out:
             out.seek(done)
@@ -350,12 +368,21 @@ def download_file(
                      tqdm_class=_progress_bar_class(progress, file.relative_path))
     except HfHubHTTPError as exc:
         status = exc.response.status_code if exc.response is not None else None
-        raise HubUnreachable(f"the transfer of {file.filename} failed with HTTP {status}; {kept}") from exc
+        raise HubUnreachable(f"the transfer of {file.filename} failed with HTTP {status}; {drop_if_empty()}") from exc
     except _transport_errors() as exc:
-        raise HubUnreachable(f"the transfer of {file.filename} broke off ({type(exc).__name__}); {kept}") from exc
+        raise HubUnreachable(f"the transfer of {file.filename} broke off ({type(exc).__name__}); {drop_if_empty()}") from exc
     except OSError as exc:  # wrong length, full disk
         partial.unlink(missing_ok=True)
         raise AliceError(f"downloading {file.filename} failed ({exc}); the partial file was deleted") from exc
+    if not remote.sha256 and _GIT_BLOB.fullmatch(remote.etag):
+        # A non-LFS file's ETag is its git blob id: check the bytes against it (a pinned sha256 would go first).
+        actual = git_blob_sha1(partial)
+        if actual != remote.etag:
+            partial.unlink()
+            raise AliceError(
+                f"{file.filename} from {file.repo_id} does not match the Hub's git blob id ({actual[:12]}..., "
+                f"expected {remote.etag[:12]}...) and was deleted; download it again"
+            )
     if remote.sha256:
         actual = file_sha256(partial)
         if actual != remote.sha256:
@@ -382,13 +409,18 @@ def _check_free_space(plans: Sequence[tuple[CatalogueFile, Path, RemoteFile]]) -
         first_probe, total = per_disk.get(device, (probe, 0))
         per_disk[device] = (first_probe, total + max(remaining, 0))
     for probe, total in per_disk.values():
-        free = shutil.disk_usage(probe).free
-        if free < total + DISK_HEADROOM:
+        free, spare = shutil.disk_usage(probe).free, disk_headroom(total)
+        if free < total + spare:
             raise AliceError(
                 f"not enough free disk space in {probe}: the download needs {_gb(total)} GB (plus "
-                f"{_gb(DISK_HEADROOM)} GB to spare) and {_gb(free)} GB is free; free some space or choose another "
+                f"{_gb(spare)} GB to spare) and {_gb(free)} GB is free; free some space or choose another "
                 "models folder (ALICE_HOME or `alice download --folder`)"
             )
+
+
+def disk_headroom(total: int) -> int:
+    """Space to leave free beyond a download: a tenth of it, at least 1 MiB and at most DISK_HEADROOM."""
+    return min(DISK_HEADROOM, max(1024**2, total // 10))
 
 
 def _gb(n: int) -> str:

@@ -15,6 +15,7 @@ from . import __version__
 from .bundle import SAMPLERS, ModelBundle, resolve_bundle
 from .errors import AliceError
 from .expert_swap import ExpertSwap, velocities
+from .limits import GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
@@ -100,6 +101,8 @@ class VideoPipeline:
         d = self.defaults
         if not s.prompt or not s.prompt.strip():
             raise AliceError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
+        check_prompt_text(s.prompt, "the prompt")
+        check_prompt_text(s.negative_prompt, "the negative prompt")
         s = dataclasses.replace(s, sampler=s.sampler or d.get("sampler", "rcm"))
         if s.sampler not in SAMPLERS:
             raise AliceError(f"unknown sampler {s.sampler!r}; use one of {', '.join(SAMPLERS)}")
@@ -123,6 +126,9 @@ class VideoPipeline:
             guidance=pick(s.guidance, "guidance", 5.0),
             shift=pick(s.shift, "shift", 5.0),
         )
+        check_finite(r.guidance, "--guidance")
+        check_finite(r.shift, "--shift", positive=True)
+        check_finite(r.sigma_max, "--sigma-max", positive=True)
         r = self._resolve_experts_and_image(r)
         max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
         if not 1 <= r.steps <= max_steps:
@@ -135,6 +141,7 @@ class VideoPipeline:
             if value < multiple or value % multiple:
                 fixed = max(multiple, round(value / multiple) * multiple)
                 raise AliceError(f"{label} must be a multiple of {multiple}, got {value}; use --{label} {fixed}")
+        check_bounds(r.width, r.height, r.frames)
         if not 1 <= r.fps <= 120:
             raise AliceError(f"fps must be 1..120, got {r.fps}")
         if not 0 <= r.seed < 2**63:
@@ -351,6 +358,74 @@ def load_pipeline(
     return VideoPipeline(
         Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, defaults or {}, device
     )
+
+
+def preflight(
+    settings: GenerationSettings,
+    model: str | None = None,
+    precision: str = "fp32",
+    vae: str | None = None,
+    text_encoder: str | None = None,
+    device: str = "cpu",
+    low_noise_model: str | None = None,
+    defaults: dict | None = None,
+) -> GenerationSettings | None:
+    """Everything `load_pipeline` + `generate` would refuse that needs no weights: the settings against the model's
+    architecture and latent space (read from headers and model.json), and the memory the generation needs against
+    what the device has free (`defaults`: a catalogue model's preset, as for `load_pipeline`). Returns the resolved
+    settings; None for expert pairs, which `generate` checks once loaded."""
+    from .limits import parse_device
+    from .loading.experts import find_expert_pair
+    from .loading.formats import inspect_checkpoint
+    from .stages import latent_space_for
+
+    parse_precision(precision)
+    dev = parse_device(device)
+    bundle = resolve_bundle(model) if low_noise_model is None else None
+    if bundle is None and (low_noise_model is not None or find_expert_pair(model) is not None):
+        return None
+    if bundle is not None:
+        files, defaults, name = dict(bundle.dits), bundle.defaults, bundle.name
+        others = [text_encoder or _bundle_path(bundle, bundle.text_encoder), vae or _bundle_vae_file(bundle)]
+    else:
+        files, defaults, name = {"rcm": Path(model), "teacher": Path(model)}, defaults or {}, Path(model).stem
+        others = [text_encoder, vae]
+    configs = {sampler: inspect_checkpoint(file).config for sampler, file in files.items()}
+    if bundle is not None and not vae:
+        space = latent_space_for(bundle.autoencoder)
+    else:  # the Wan VAE the DiT is made for (the loaded pipeline checks the VAE actually given)
+        space = _wan_latent_space(next(iter(configs.values())).out_dim)
+    with torch.device("meta"):
+        dits = {sampler: WanDiT(config) for sampler, config in configs.items()}
+    resolved = VideoPipeline(name, None, space, dits, defaults, dev).resolve(settings)
+    shape = GenerationShape(
+        dit=configs[resolved.sampler], dit_count=len(set(files.values())), other_weight_bytes=sum(map(_disk_bytes, others)),
+        temporal_stride=space.temporal_stride, spatial_stride=space.spatial_stride, wan_vae=space.name.startswith("Wan"),
+    )
+    check_generation_memory(shape, precision, resolved.width, resolved.height, resolved.frames, dev)
+    return resolved
+
+
+def _wan_latent_space(channels: int):
+    from .models.config import WAN22_VAE, WanVAEConfig
+    from .stages import LatentSpace
+
+    cfg = WAN22_VAE if channels == WAN22_VAE.z_dim else WanVAEConfig()
+    name = "Wan2.2 VAE" if cfg is WAN22_VAE else "Wan2.1 VAE"
+    return LatentSpace(name, cfg.z_dim, cfg.temporal_stride, cfg.spatial_stride, cfg.latents_mean, cfg.latents_std)
+
+
+def _bundle_vae_file(bundle: ModelBundle) -> str | None:
+    file = bundle.autoencoder.get("file")
+    return str(bundle.folder / file) if file else None
+
+
+def _disk_bytes(path: str | None) -> int:
+    """Bytes a weight file or folder holds on disk (0 for 'minilm', None or a missing path)."""
+    if not path or path == "minilm" or not Path(path).expanduser().exists():
+        return 0
+    p = Path(path).expanduser()
+    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
 
 
 def _bundle_path(bundle: ModelBundle, ref: str) -> str:

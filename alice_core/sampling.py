@@ -69,7 +69,7 @@ def rcm_trig_angles(steps: int, sigma_max: float = 80.0) -> list[float]:
     """[atan(sigma_max), 1.5, 1.4, 1.0][:steps] followed by 0."""
     if not 1 <= steps <= RCM_MAX_STEPS:
         raise AliceError(f"rCM sampling takes 1 to {RCM_MAX_STEPS} steps, got {steps}; use --steps 1..4")
-    if sigma_max <= 0:
+    if not 0 < sigma_max < math.inf:  # also refuses NaN
         raise AliceError(f"sigma_max must be positive, got {sigma_max}")
     return [math.atan(sigma_max), *RCM_MID_ANGLES[: steps - 1], 0.0]
 
@@ -83,7 +83,7 @@ def flow_matching_timesteps(steps: int, shift: float = 5.0) -> list[float]:
     """Uniform times 1 -> 0 warped by the flow shift s' = shift*s / (1 + (shift-1)*s), ending at 0."""
     if steps < 1:
         raise AliceError(f"teacher sampling needs at least 1 step, got {steps}")
-    if shift <= 0:
+    if not 0 < shift < math.inf:
         raise AliceError(f"shift must be positive, got {shift}")
     times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
     return (shift * times / (1 + (shift - 1) * times)).tolist()

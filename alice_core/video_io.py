@@ -261,7 +261,11 @@ def _encode_with_ffmpeg(video: np.ndarray, out: Path, fps: int, metadata: Metada
         if returncode != 0:
             log.seek(0)
             lines = log.read().decode("utf-8", errors="replace").strip().splitlines()
-            raise RuntimeError(f"ffmpeg failed writing {out.name} (exit {returncode}): {' | '.join(lines[-4:])}")
+            said = " | ".join(lines[-4:])
+            if any(s in said for s in ("No space left", "Disk quota", "Read-only file system", "Permission denied")):
+                raise AliceError(f"ffmpeg could not write {out.parent} ({said}); free some space or write to "
+                                 "another folder")
+            raise RuntimeError(f"ffmpeg failed writing {out.name} (exit {returncode}): {said}")
 
 
 def _write_gif(video: np.ndarray, out: Path, fps: int, metadata: Metadata) -> None:

@@ -193,10 +193,10 @@ def test_memory_estimate_and_refusal(bundle, tmp_path, monkeypatch):
     bigger = ft.estimate_memory(big, FinetuneConfig(batch_size=4), tokens_per_clip=1560, base_params=params)
     assert bigger["activations"] == 4 * small_parts["activations"] and bigger["weights"] == small_parts["weights"]
 
-    monkeypatch.setattr(ft, "_available_bytes", lambda device: 2 * 1024**3)
+    monkeypatch.setattr(ft, "available_bytes", lambda device: 2 * 1024**3)
     with pytest.raises(AliceError, match=r"lower batch_size \(now 1\)"):
         ft.check_memory(big, cfg, 1560, params, torch.device("cpu"))
-    monkeypatch.setattr(ft, "_available_bytes", lambda device: 1024**2)
+    monkeypatch.setattr(ft, "available_bytes", lambda device: 1024**2)
     with pytest.raises(AliceError, match="GiB free"):
         finetune(bundle.folder, _clips(), FinetuneConfig(**SMALL), tmp_path / "m.safetensors", tmp_path / "mw")
     assert not (tmp_path / "m.safetensors").exists() and not (tmp_path / "mw" / ft.CHECKPOINT_NAME).exists()

@@ -42,7 +42,8 @@ class FakeHub:
         self.lfs: set[tuple[str, str]] = set()
         self.requests: list[dict] = []  # one per request: server, method, path, range, authorization, body_bytes
         self.drop_after: dict[str, int] = {}  # sha256 -> bytes to send before dropping the next GET's connection
-        self.corrupt: set[str] = set()  # sha256 of files the CDN serves with a flipped byte
+        self.corrupt: set[str] = set()  # sha256 of files served (by the CDN or the Hub) with a flipped byte
+        self.cdn_get_status: int | None = None  # when set, every CDN GET fails with this status, before any byte
         self._lock = threading.Lock()
         self.hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("hub"))
         self.cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler("cdn"))
@@ -107,10 +108,14 @@ class FakeHub:
                         "ETag": f'"{hashlib.sha1(content).hexdigest()}"',
                     })
                 etag = hashlib.sha1(b"blob %d\0" % len(content) + content).hexdigest()  # a git blob id
+                if hashlib.sha256(content).hexdigest() in fake.corrupt:
+                    content = bytes([content[0] ^ 0xFF]) + content[1:]
                 self._content(record, content, etag, send_body)
 
             def _cdn(self, record: dict, send_body: bool) -> None:
                 sha = record["path"].removeprefix("/cdn/")
+                if send_body and fake.cdn_get_status is not None:
+                    return self._empty(fake.cdn_get_status, {})
                 content = next((c for c in fake.files.values() if hashlib.sha256(c).hexdigest() == sha), None)
                 if content is None:
                     return self._empty(404, {})
@@ -428,3 +433,29 @@ def test_generate_hook_maps_a_present_catalogue_model_to_pipeline_paths(tmp_path
         catalogue_pipeline_args("rcm-wan2.1-t2v-1.3b-comfy", download=False)
     with pytest.raises(AliceError, match="downloads happen only when asked"):
         catalogue_pipeline_args("turbowan2.1-t2v-1.3b", download=False)
+
+
+def test_a_get_that_fails_before_its_first_byte_leaves_no_empty_partial(fake_hub, catalogue, tmp_path):
+    fake_hub.cdn_get_status = 403
+    with pytest.raises(hub.HubUnreachable, match="nothing was kept"):
+        hub.ensure_files("acme-dit", download=True, folders=hub.standalone_folders(tmp_path), catalogue=catalogue)
+    assert _files_under(tmp_path / "diffusion_models") == []
+
+
+def test_non_lfs_files_are_checked_against_their_git_blob_id(fake_hub, catalogue, tmp_path):
+    fake_hub.corrupt.add(hashlib.sha256(VAE).hexdigest())  # served by the Hub itself, not the CDN
+    with pytest.raises(AliceError, match="git blob id"):
+        hub.ensure_files("acme-vae", download=True, folders=hub.standalone_folders(tmp_path), catalogue=catalogue)
+    assert _files_under(tmp_path / "vae") == []
+    fake_hub.corrupt.clear()
+    paths = hub.ensure_files("acme-vae", download=True, folders=hub.standalone_folders(tmp_path), catalogue=catalogue)
+    assert paths["acme-vae"].read_bytes() == VAE
+
+
+def test_disk_headroom_is_proportional_to_the_download(fake_hub, catalogue, tmp_path, monkeypatch):
+    assert hub.disk_headroom(1_000_000) == 1024**2 and hub.disk_headroom(100 * 1024**3) == hub.DISK_HEADROOM
+    assert hub.disk_headroom(len(DIT)) == len(DIT) // 10
+    # 11 MB to fetch with 14 MB free: enough (a fixed 256 MB of headroom refused this).
+    monkeypatch.setattr(hub.shutil, "disk_usage", lambda _path: type("Usage", (), {"free": len(DIT) + 3_000_000})())
+    paths = hub.ensure_files("acme-dit", download=True, folders=hub.standalone_folders(tmp_path), catalogue=catalogue)
+    assert paths["acme-dit"].read_bytes() == DIT

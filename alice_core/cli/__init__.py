@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import AliceError
+from ..errors import AliceError, user_message
 from . import app, convert, download, finetune, generate, train
 
 SUBCOMMANDS = (generate, train, finetune, download, convert, app)
@@ -27,8 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except AliceError as exc:
-        print(f"alice: error: {exc}", file=sys.stderr)
+    except (AliceError, OSError, MemoryError) as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        print(f"alice: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("alice: interrupted", file=sys.stderr)

@@ -48,24 +48,38 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _check_output_path(output: str) -> Path:
-    path = Path(output).expanduser()
+    from ..limits import check_output_location, expand_path
+
+    path = expand_path(output, "-o")
     if path.suffix.lower() not in VIDEO_SUFFIXES:
         raise AliceError(f"output {path} must end in {', '.join(VIDEO_SUFFIXES)}")
+    check_output_location(path, "-o")
     if path.exists():
         raise AliceError(f"{path} already exists; choose another -o path or delete it")
-    if not path.parent.is_dir():
-        raise AliceError(f"output folder {path.parent} does not exist; create it first")
     return path
 
 
-def _apply_lora_arg(pipe, spec: str) -> None:
-    from ..loading.lora import apply_lora, lora_samplers
+def _parse_lora_arg(spec: str) -> tuple[str, float]:
+    """(path, strength) of a --lora PATH[:STRENGTH], checked readable before any model is loaded."""
+    from ..limits import check_finite, expand_path
+    from ..loading.lora import read_lora_metadata
 
-    path, _, strength = spec.partition(":") if not Path(spec).exists() else (spec, "", "")
+    path, _, strength = spec.rpartition(":") if ":" in spec and not Path(spec).exists() else (spec, "", "")
     try:
         value = float(strength) if strength else 1.0
     except ValueError:
         raise AliceError(f"--lora {spec!r}: strength must be a number, e.g. --lora my_lora.safetensors:0.8") from None
+    check_finite(value, f"--lora {spec!r} strength")
+    file = expand_path(path, "--lora")
+    if not file.is_file():
+        raise AliceError(f"--lora {path}: file not found; pass a LoRA .safetensors (or .pt) file")
+    read_lora_metadata(file)  # a corrupt header fails here, in seconds, not after loading the model
+    return str(file), value
+
+
+def _apply_lora_arg(pipe, path: str, value: float) -> None:
+    from ..loading.lora import apply_lora, lora_samplers
+
     targets = [pipe.dits[name] for name in lora_samplers(path, list(pipe.dits))]
     for dit in {id(d): d for d in targets}.values():  # a single checkpoint serves both samplers
         print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
@@ -87,10 +101,14 @@ def _read_start_image(path: str):
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..pipeline import GenerationSettings, load_pipeline
+    from ..limits import parse_device
+    from ..pipeline import GenerationSettings, load_pipeline, preflight
     from .download import catalogue_pipeline_args
 
+    # Everything that needs no weights is checked first: a bad flag costs no loading time.
     output = _check_output_path(args.output)
+    parse_device(args.device)
+    loras = [_parse_lora_arg(spec) for spec in args.lora]
     found = catalogue_pipeline_args(args.model, args.download)  # None for bundles and checkpoint paths
     if found:
         args.model = found["model"]
@@ -98,17 +116,19 @@ def run(args: argparse.Namespace) -> int:
         args.text_encoder = args.text_encoder or found["text_encoder"]
         args.low_noise_model = args.low_noise_model or found["low_noise_model"]
     image = _read_start_image(args.image) if args.image else None
-    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-                         args.boundary, defaults=found["defaults"] if found else None)
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
         steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
         sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift, boundary=args.boundary,
         image=Path(args.image).name if args.image else None,
     )
-    pipe.resolve(settings)  # fail on bad settings before any work
-    for spec in args.lora:
-        _apply_lora_arg(pipe, spec)
+    defaults = found["defaults"] if found else None
+    preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
+              defaults)
+    pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
+                         args.boundary, defaults=defaults)
+    for path, strength in loras:
+        _apply_lora_arg(pipe, path, strength)
 
     from tqdm import tqdm
 

@@ -126,21 +126,23 @@ def read_lora_metadata(path: str | Path) -> dict:
     """The `alice_lora` metadata of a LoRA file made by `alice finetune` ({} for other LoRAs)."""
     import json
 
-    from safetensors import safe_open
+    from .checkpoint import read_safetensors_metadata
 
     if Path(path).suffix != ".safetensors":
         return {}
     try:
-        with safe_open(str(path), framework="pt") as f:
-            text = (f.metadata() or {}).get(LORA_METADATA_KEY)
-    except (OSError, ValueError) as exc:  # safetensors raises its own error type, a ValueError subclass or OSError
-        raise AliceError(f"{path}: cannot read LoRA file ({exc})") from None
+        text = read_safetensors_metadata(path).get(LORA_METADATA_KEY)
+    except AliceError as exc:
+        raise AliceError(f"cannot read LoRA file: {exc}") from None
     if text is None:
         return {}
     try:
-        return json.loads(text)
+        meta = json.loads(text)
     except json.JSONDecodeError:
-        raise AliceError(f"{path}: metadata {LORA_METADATA_KEY!r} is not valid JSON; re-export the LoRA") from None
+        meta = None
+    if not isinstance(meta, dict):
+        raise AliceError(f"{path}: metadata {LORA_METADATA_KEY!r} is not a JSON object; re-export the LoRA") from None
+    return meta
 
 
 def lora_samplers(path: str | Path, samplers: list[str]) -> list[str]:

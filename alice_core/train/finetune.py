@@ -31,6 +31,7 @@ import torch
 
 from ..bundle import ModelBundle, resolve_bundle
 from ..errors import AliceError
+from ..limits import available_bytes, check_finite
 from ..loading.lora import LORA_METADATA_KEY, apply_lora, remove_loras
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
@@ -85,6 +86,8 @@ class FinetuneConfig:
         for name in ("teacher_steps", "student_steps"):
             if getattr(self, name) < 0:
                 raise AliceError(f"finetune setting {name} must be 0 or more, got {getattr(self, name)}")
+        for name in ("teacher_lr", "student_lr", "alpha"):
+            check_finite(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
         if self.distill_mode not in ("rcm", "scm", "dmd"):
             raise AliceError(f"distill_mode must be rcm, scm or dmd, got {self.distill_mode!r}")
 
@@ -172,15 +175,6 @@ class ClipLatents:
 
 
 # ------------------------------------------------------------------------------------------------- memory
-def _available_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free)
-    with open("/proc/meminfo") as f:
-        info = dict(line.split(":", 1) for line in f)
-    return int(info["MemAvailable"].split()[0]) * 1024
-
-
 def estimate_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
                     weight_bytes: int = 4) -> dict[str, int]:
     """Bytes the finetune needs at its peak (stage 2): three base networks of `base_params` weights (teacher,
@@ -209,7 +203,7 @@ def check_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int
                  device: torch.device, weight_bytes: int = 4) -> dict[str, int]:
     """The estimate, or an AliceError naming what to lower when it exceeds what the device has free."""
     parts = estimate_memory(config, cfg, tokens_per_clip, base_params, weight_bytes)
-    need, have = sum(parts.values()), _available_bytes(device)
+    need, have = sum(parts.values()), available_bytes(device)
     if need > 0.9 * have:
         gib = 1024**3
         detail = ", ".join(f"{k} {v / gib:.1f}" for k, v in parts.items())
