@@ -8,6 +8,7 @@ mp4/webm (plus one tag per key, for tools that show tags), in the GIF comment ex
 from __future__ import annotations
 
 import functools
+import glob
 import json
 import math
 import os
@@ -24,6 +25,7 @@ import torch
 from PIL import Image, ImageSequence
 
 from .errors import AliceError
+from .loading.leftovers import die_with_parent, holding, remove_stale
 
 SUFFIXES = (".mp4", ".webm", ".gif")
 MAX_GIF_FPS = 50  # GIF delays are whole centiseconds and browsers slow down delays under 2 cs
@@ -64,15 +66,17 @@ def write_video(
         raise AliceError(_exists_message(path))
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path.parent, f".{glob.escape(path.stem)}.*.tmp{suffix}")  # left by a killed earlier run
     # Dot-prefixed so it reads as hidden/in-progress; ends in the real suffix so tools see the format.
     tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{suffix}"
     open(tmp, "xb").close()  # reserve the name; also surfaces permission errors before encoding starts
     try:
-        if suffix == ".gif":
-            _write_gif(video, tmp, fps, metadata)
-        else:
-            _encode_with_ffmpeg(video, tmp, fps, metadata, crf, suffix)
-        _publish(tmp, path)
+        with holding(tmp):  # marks the temp as in use until it is published or removed
+            if suffix == ".gif":
+                _write_gif(video, tmp, fps, metadata)
+            else:
+                _encode_with_ffmpeg(video, tmp, fps, metadata, crf, suffix)
+            _publish(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
@@ -248,7 +252,8 @@ def _encode_with_ffmpeg(video: np.ndarray, out: Path, fps: int, metadata: Metada
     ]
     # stderr goes to a file: a pipe nobody reads while we feed stdin could fill up and stall ffmpeg.
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log)
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
+                                preexec_fn=die_with_parent)  # a killed run takes its ffmpeg with it
         try:
             with suppress(BrokenPipeError), proc.stdin:  # ffmpeg quit early: its exit status and log say why
                 for frame in video:

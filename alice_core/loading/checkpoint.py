@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import glob
 import json
 import math
 import mmap
@@ -19,6 +20,7 @@ from safetensors import safe_open
 
 from ..errors import AliceError
 from .guards import check_entry_count, check_safetensors_header, check_tensor_sizes, file_kind_hint, refused_global
+from .leftovers import holding, remove_stale
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -342,9 +344,10 @@ def write_safetensors(path: str | Path, tensors: list[OutputTensor], metadata: d
         offset += nbytes
     encoded = json.dumps(header, separators=(",", ":")).encode()
     encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned
+    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp")  # left by a killed earlier run
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(tmp, "wb") as f, holding(tmp):
             f.write(struct.pack("<Q", len(encoded)))
             f.write(encoded)
             for t in tensors:

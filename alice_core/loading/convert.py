@@ -9,6 +9,7 @@ layout, one tensor at a time (a 14B model converts in a few GB of memory).
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ import torch
 from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from .checkpoint import OutputTensor, open_checkpoint, write_safetensors
+from .leftovers import holding, remove_stale
 from .dit import CONFIG_METADATA_KEY
 from .dit_keys import diffusers_key_from_official
 from .formats import (
@@ -158,13 +160,15 @@ def convert_checkpoint(
 
 def _write_diffusers_folder(dst: Path, config: WanDiTConfig, outputs: list[OutputTensor]) -> Path:
     """Write into a temporary sibling folder and rename it when complete (no half-written model folder)."""
+    remove_stale(dst.parent, f".{glob.escape(dst.name)}.*.tmp")  # left by a killed earlier run
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
-        (tmp / "config.json").write_text(json.dumps(diffusers_config(config), indent=2) + "\n")
-        write_safetensors(tmp / DIFFUSERS_WEIGHTS, outputs)
-        os.replace(tmp, dst)
+        with holding(tmp):
+            (tmp / "config.json").write_text(json.dumps(diffusers_config(config), indent=2) + "\n")
+            write_safetensors(tmp / DIFFUSERS_WEIGHTS, outputs)
+            os.replace(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
