@@ -18,6 +18,8 @@ GiB = 1024**3
 # Bytes per DiT weight for each precision (NF4: 4 bits plus a bf16 scale per 64 and the bf16 layers outside blocks).
 WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8_e4m3fn": 1.0, "fp8_e5m2": 1.0, "nf4": 0.6}
 ACTIVATION_BYTES = {"fp32": 4}  # everything else computes in 16 bits
+CLI_WORDS = ("--width/--height", "--frames", "--precision fp8_e4m3fn")
+NODE_WORDS = ("width/height", "frames", "an fp8 precision")
 
 
 def check_finite(value: float | None, flag: str, positive: bool = False) -> None:
@@ -93,9 +95,11 @@ def dit_parameters(config: WanDiTConfig) -> int:
         return sum(t.numel() for t in WanDiT(config).state_dict().values())
 
 
-def estimate_generation_bytes(shape: GenerationShape, precision: str, width: int, height: int, frames: int) -> dict[str, int]:
+def estimate_generation_bytes(shape: GenerationShape, precision: str, width: int, height: int, frames: int,
+                              decode: bool = True) -> dict[str, int]:
     """Peak bytes by part: weights; one DiT block's activations over all tokens (the attention kernel works in
-    tiles, so it adds no [L, L] scores); the VAE decoding one latent frame at full resolution; the frames."""
+    tiles, so it adds no [L, L] scores); the VAE decoding one latent frame at full resolution; the frames
+    (decode=False: sampling only, as a node graph's sampler)."""
     cfg = shape.dit
     act = ACTIVATION_BYTES.get(precision, 2)
     latent_frames = 1 + (frames - 1) // shape.temporal_stride
@@ -104,24 +108,27 @@ def estimate_generation_bytes(shape: GenerationShape, precision: str, width: int
         "weights": int(shape.dit_count * dit_parameters(cfg) * WEIGHT_BYTES.get(precision, 4.0)) + shape.other_weight_bytes,
         "activations": tokens * (10 * cfg.dim + 2 * cfg.ffn_dim) * act,
         # Wan VAE decoder: ~96 channels at full size, 4 output frames per latent frame, about 6 live copies.
-        "decoding": (4 * height * width * 96 * 6 * 4) if shape.wan_vae else 0,
+        "decoding": (4 * height * width * 96 * 6 * 4) if shape.wan_vae and decode else 0,
         # float32 [3, F, H, W] decoder output, its clamped/scaled copy, and the uint8 frames.
-        "frames": frames * height * width * 3 * (4 + 4 + 1),
+        "frames": frames * height * width * 3 * (4 + 4 + 1) if decode else 0,
     }
     return parts
 
 
 def check_generation_memory(shape: GenerationShape, precision: str, width: int, height: int, frames: int,
-                            device: torch.device) -> dict[str, int]:
-    """The estimate, or an AliceError naming what to lower when it exceeds what `device` has free."""
-    parts = estimate_generation_bytes(shape, precision, width, height, frames)
+                            device: torch.device, decode: bool = True,
+                            words: tuple[str, str, str] = CLI_WORDS) -> dict[str, int]:
+    """The estimate, or an AliceError naming what to lower (in `words`: the size, frames and precision settings
+    as the caller's user knows them) when it exceeds what `device` has free."""
+    parts = estimate_generation_bytes(shape, precision, width, height, frames, decode)
     need, have = sum(parts.values()), available_bytes(device)
     if need > 0.9 * have:
         detail = ", ".join(f"{k} {v / GiB:.1f}" for k, v in parts.items())
-        quantise = "" if precision in ("fp8_e4m3fn", "fp8_e5m2", "nf4") else ", --precision fp8_e4m3fn"
+        size, count, quantised = words
+        quantise = "" if precision in ("fp8_e4m3fn", "fp8_e5m2", "nf4") else f", {quantised}"
         raise AliceError(
             f"this generation needs about {need / GiB:.1f} GiB ({detail}) but the {device.type} has "
-            f"{have / GiB:.1f} GiB free; lower --width/--height (now {width}x{height}) or --frames (now {frames})"
+            f"{have / GiB:.1f} GiB free; lower {size} (now {width}x{height}) or {count} (now {frames})"
             f"{quantise}, or use a larger device"
         )
     return parts

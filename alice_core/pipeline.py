@@ -15,7 +15,9 @@ from . import __version__
 from .bundle import SAMPLERS, ModelBundle, resolve_bundle
 from .errors import AliceError
 from .expert_swap import ExpertSwap, velocities
-from .limits import GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text
+from .limits import (
+    CLI_WORDS, GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text,
+)
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
@@ -172,6 +174,18 @@ class VideoPipeline:
             )
         return r
 
+    def check_memory(
+        self, s: GenerationSettings, decode: bool = True, words: tuple[str, str, str] = CLI_WORDS
+    ) -> dict[str, int]:
+        """Refuse, naming what to lower, resolved settings whose sampling (and decoding) would not fit in the
+        device's free memory; the weights are already loaded, so only what the run adds is counted."""
+        ae, dit = self.autoencoder, self.dits[s.sampler]
+        shape = GenerationShape(dit=dit_config(dit), dit_count=0, other_weight_bytes=0, latent_channels=ae.latent_channels,
+                                temporal_stride=ae.temporal_stride, spatial_stride=ae.spatial_stride,
+                                wan_vae=ae.__class__.__name__ == "WanVAE")
+        precision = "fp32" if (dit.high if isinstance(dit, Experts) else dit).dtype == torch.float32 else "bf16"
+        return check_generation_memory(shape, precision, s.width, s.height, s.frames, self.device, decode, words)
+
     def _nearest_frames(self, frames: int) -> int:
         ts = self.autoencoder.temporal_stride
         return max(1, round((frames - 1) / ts)) * ts + 1
@@ -250,6 +264,7 @@ class VideoPipeline:
         if image is not None and settings.image is None:
             settings = dataclasses.replace(settings, image="image")
         s = self.resolve(settings)
+        self.check_memory(s)
         timings = {}
         start = time.perf_counter()
         if s.sampler == "teacher" and s.guidance != 1.0:

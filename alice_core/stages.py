@@ -25,6 +25,7 @@ import torch
 
 from .bundle import ModelBundle, resolve_bundle
 from .errors import AliceError
+from .limits import NODE_WORDS
 from .loading.quant import PRECISION_NAMES
 from .models.config import WanVAEConfig
 from .models.dit import WanDiT
@@ -257,6 +258,7 @@ def sample(
     resolved = pipe.resolve(dataclasses.replace(
         settings, prompt=conditioning.prompt, negative_prompt=conditioning.negative_prompt,
     ))
+    pipe.check_memory(resolved, decode=False, words=NODE_WORDS)
     positive = conditioning.positive.to(model.device)
     negative = conditioning.negative.to(model.device) if resolved.sampler == "teacher" and resolved.guidance != 1.0 else None
     control = StepControl(progress=progress, should_cancel=should_cancel)

@@ -176,3 +176,13 @@ def test_full_disk_convert(tmp_path):
     src, _ = write_variant(random_state(), "official", tmp_path / "src")
     proc = _full_disk_run(tmp_path, "convert", str(src), "{disk}/out.safetensors", "--to", "official")
     assert_one_line_error(proc, "space")
+
+
+def test_node_sampler_refuses_an_oversized_run_in_node_words(bundle):
+    from alice_core.stages import Conditioning, load_model, sample
+
+    model = load_model(str(bundle.folder))
+    cond = Conditioning("a ball", "", torch.zeros(1, 32, 384), torch.zeros(1, 32, 384))
+    with pytest.raises(AliceError) as err:
+        sample(model, cond, GenerationSettings(prompt="a ball", sampler="rcm", width=4096, height=4096, frames=1025))
+    assert "width/height (now 4096x4096)" in str(err.value) and "--" not in str(err.value)

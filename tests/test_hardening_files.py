@@ -252,3 +252,19 @@ def test_legacy_non_zip_wan_t5_checkpoint_loads(tmp_path, tiny_umt5):
     legacy = UMT5TextEncoder.from_pretrained(file, tokenizer_path=root / "tokenizer")
     folder = UMT5TextEncoder.from_pretrained(root)
     torch.testing.assert_close(legacy.encode(PROMPTS), folder.encode(PROMPTS), atol=1e-6, rtol=1e-6)
+
+
+def test_wan22_vae_advice_is_in_cli_words(tmp_path):
+    from alice_core.loading.vae_keys import load_wan_vae
+    from alice_core.models.config import WanVAEConfig
+    from alice_core.models.vae import WanVAE
+
+    cfg = WanVAEConfig(base_dim=8, z_dim=48, dim_mult=(1, 2, 2, 2), num_res_blocks=1,
+                       latents_mean=(0.0,) * 48, latents_std=(1.0,) * 48)
+    path = tmp_path / "wan2.2_vae.safetensors"
+    save_file({k: v.contiguous() for k, v in WanVAE(cfg).state_dict().items()}, str(path))
+    with pytest.raises(AliceError) as err:
+        load_wan_vae(path)
+    message = str(err.value)
+    assert "Wan2.2 VAE" in message and "--vae" in message and "alice download wan2.1-vae" in message
+    assert "WanVAEConfig" not in message  # a Python class the CLI cannot take

@@ -6,8 +6,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from ..errors import AliceError
-
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..train.finetune import FinetuneConfig
@@ -42,11 +40,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from ..limits import check_output_location, parse_device
     from ..train.finetune import FinetuneConfig, clips_from_folder, finetune
 
-    output = Path(args.output)
-    if not output.parent.is_dir():
-        raise AliceError(f"output folder {output.parent} does not exist; create it first")
+    output = check_output_location(args.output, "-o")
+    if args.device is not None:
+        parse_device(args.device)
     cfg = FinetuneConfig(
         rank=args.rank, alpha=args.alpha, target_modules=tuple(t for t in args.target_modules.split(",") if t),
         teacher_steps=args.teacher_steps, student_steps=args.student_steps, teacher_lr=args.teacher_lr,

@@ -203,8 +203,9 @@ def infer_vae_config(state: Mapping[str, torch.Tensor]) -> WanVAEConfig:
 def _check_z_dim(z_dim: int, default: WanVAEConfig) -> None:
     if z_dim != default.z_dim:
         raise AliceError(
-            f"Wan VAE checkpoint has z_dim {z_dim}, but its architecture is that of a z_dim-{default.z_dim} Wan VAE; "
-            f"pass a WanVAEConfig with latents_mean/latents_std for {z_dim} channels"
+            f"Wan VAE checkpoint has z_dim {z_dim}, but its architecture is that of a z_dim-{default.z_dim} Wan VAE: "
+            "it is neither the Wan2.1 VAE (z_dim 16) nor the Wan2.2 VAE (z_dim 48); pass one of those with --vae "
+            "(`alice download wan2.1-vae`; ComfyUI: wan_2.1_vae.safetensors or wan2.2_vae.safetensors)"
         )
 
 
