@@ -34,4 +34,10 @@ def user_message(exc: BaseException) -> str | None:
     if isinstance(exc, OSError) and exc.errno in _OS_ADVICE:
         where = f" ({exc.filename})" if exc.filename else ""
         return f"{exc.strerror or type(exc).__name__}{where}; {_OS_ADVICE[exc.errno]}"
+    # Writers that wrap the OS error in their own type: safetensors ("... (os error 28)"), torch.save's zip writer
+    # (a short write surfaces as "unexpected pos").
+    text = str(exc)
+    if "No space left on device" in text or "os error 28" in text or (
+            "inline_container" in text and ("unexpected pos" in text or "file write failed" in text)):
+        return f"writing a file failed part-way ({text.splitlines()[0][:120]}); {_OS_ADVICE[errno.ENOSPC]}"
     return None

@@ -186,3 +186,13 @@ def test_node_sampler_refuses_an_oversized_run_in_node_words(bundle):
     with pytest.raises(AliceError) as err:
         sample(model, cond, GenerationSettings(prompt="a ball", sampler="rcm", width=4096, height=4096, frames=1025))
     assert "width/height (now 4096x4096)" in str(err.value) and "--" not in str(err.value)
+
+
+def test_full_disk_finetune(bundle, tmp_path):
+    from tests.test_finetune import _clips, _write_clip_folder
+
+    clips = _write_clip_folder(tmp_path / "clips", _clips(2))
+    proc = _full_disk_run(tmp_path, "finetune", "--model", str(bundle.folder), "--clips", str(clips),
+                          "-o", "{disk}/mine.safetensors", "--rank", "2", "--teacher-steps", "2", "--student-steps", "2",
+                          "--batch-size", "1", "--checkpoint-every", "1", "--threads", "1")
+    assert_one_line_error(proc, "space")

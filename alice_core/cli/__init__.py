@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..errors import AliceError, user_message
+from ..errors import user_message
 from . import app, convert, download, finetune, generate, train
 
 SUBCOMMANDS = (generate, train, finetune, download, convert, app)
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (AliceError, OSError, MemoryError) as exc:
+    except Exception as exc:  # a bug keeps its traceback; what a user can fix becomes one line
         message = user_message(exc)
         if message is None:
             raise
