@@ -20,6 +20,7 @@ WEIGHT_BYTES = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "fp8_e4m3fn": 1.0, "fp8_e
 ACTIVATION_BYTES = {"fp32": 4}  # everything else computes in 16 bits
 CLI_WORDS = ("--width/--height", "--frames", "--precision fp8_e4m3fn")
 NODE_WORDS = ("width/height", "frames", "an fp8 precision")
+APP_WORDS = ("the size", "the frame count", "an fp8 precision")
 
 
 def check_finite(value: float | None, flag: str, positive: bool = False) -> None:

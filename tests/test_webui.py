@@ -250,3 +250,13 @@ def test_only_the_apps_own_files_are_served(url, studio, models_dir):
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{url}gradio_api/file={path}")
         assert err.value.code == 403
+
+
+def test_a_run_that_does_not_fit_in_memory_is_refused_in_the_apps_words(studio, monkeypatch):
+    import alice_core.limits as limits
+
+    monkeypatch.setattr(limits, "available_bytes", lambda device: 64 * 1024)  # 64 KB free
+    before = videos_in(studio.output_dir)
+    with pytest.raises(AliceError, match="lower the size .* or the frame count") as err:
+        studio.generate(Job(model="local/random-test", prompt=PROMPT))
+    assert "--" not in str(err.value) and videos_in(studio.output_dir) == before

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
+from alice_core.limits import APP_WORDS
 from alice_core.loading.lora import apply_lora, lora_samplers
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS
@@ -169,7 +170,9 @@ class Studio:
             prompt=job.prompt, negative_prompt=job.negative_prompt or None, seed=int(job.seed), sampler=sampler,
             steps=job.steps, width=width, height=height, frames=frames, fps=job.fps,
         )
-        return pipe.resolve(settings)
+        resolved = pipe.resolve(settings)
+        pipe.check_memory(resolved, words=APP_WORDS)  # refused in the app's words before the job starts
+        return resolved
 
     def generate(
         self,
