@@ -4,6 +4,8 @@ the memory a generation will need against what the device has free."""
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,16 +85,15 @@ class GenerationShape:
     dit: WanDiTConfig
     dit_count: int  # distinct DiT networks held (a bundle's student and teacher: 2)
     other_weight_bytes: int  # text encoder and autoencoder files
-    latent_channels: int
     temporal_stride: int
     spatial_stride: int
     wan_vae: bool  # a convolutional decoder (the space-to-depth latent decodes by a reshape)
 
 
 def dit_parameters(config: WanDiTConfig) -> int:
-    with torch.device("meta"):
-        from .models.dit import WanDiT
+    from .models.dit import WanDiT
 
+    with torch.device("meta"):
         return sum(t.numel() for t in WanDiT(config).state_dict().values())
 
 
@@ -150,9 +151,6 @@ def expand_path(raw: str | Path, flag: str) -> Path:
 def check_output_location(raw: str | Path, flag: str) -> Path:
     """The output path, once its folder exists, takes a file of this name (with its temporary twin's longer name)
     and can be written to (a probe file is created and removed): checked before any work is done."""
-    import os
-    import tempfile
-
     path = expand_path(raw, flag)
     folder = path.parent
     if not folder.is_dir():

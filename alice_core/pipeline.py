@@ -20,6 +20,7 @@ from .limits import (
 )
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
+from .models.vae import WanVAE
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
 
 # Precision name -> compute dtype. fp8_e4m3fn / fp8_e5m2 / nf4 store the DiT's and umT5's Linear weights quantised
@@ -180,9 +181,8 @@ class VideoPipeline:
         """Refuse, naming what to lower, resolved settings whose sampling (and decoding) would not fit in the
         device's free memory; the weights are already loaded, so only what the run adds is counted."""
         ae, dit = self.autoencoder, self.dits[s.sampler]
-        shape = GenerationShape(dit=dit_config(dit), dit_count=0, other_weight_bytes=0, latent_channels=ae.latent_channels,
-                                temporal_stride=ae.temporal_stride, spatial_stride=ae.spatial_stride,
-                                wan_vae=ae.__class__.__name__ == "WanVAE")
+        shape = GenerationShape(dit=dit_config(dit), dit_count=0, other_weight_bytes=0, temporal_stride=ae.temporal_stride,
+                                spatial_stride=ae.spatial_stride, wan_vae=isinstance(ae, WanVAE))
         precision = "fp32" if (dit.high if isinstance(dit, Experts) else dit).dtype == torch.float32 else "bf16"
         return check_generation_memory(shape, precision, s.width, s.height, s.frames, self.device, decode, words)
 
