@@ -253,7 +253,7 @@ def _encode_with_ffmpeg(video: np.ndarray, out: Path, fps: int, metadata: Metada
     # stderr goes to a file: a pipe nobody reads while we feed stdin could fill up and stall ffmpeg.
     with tempfile.TemporaryFile() as log:
         proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=log,
-                                preexec_fn=die_with_parent)  # a killed run takes its ffmpeg with it
+                                preexec_fn=die_with_parent if os.name == "posix" else None)  # dies with the run
         try:
             with suppress(BrokenPipeError), proc.stdin:  # ffmpeg quit early: its exit status and log say why
                 for frame in video:

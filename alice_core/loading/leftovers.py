@@ -5,7 +5,6 @@ process (ffmpeg) is tied to its parent so that killing a run cannot leave it fin
 from __future__ import annotations
 
 import ctypes
-import fcntl
 import glob
 import os
 import shutil
@@ -16,6 +15,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks, so leftovers are kept (never a live writer's file removed)
+    fcntl = None
+
 # A temp this young may belong to a writer that created it and has not locked it yet.
 MIN_AGE_S = 30.0
 
@@ -23,6 +27,9 @@ MIN_AGE_S = 30.0
 @contextmanager
 def holding(tmp: Path) -> Iterator[None]:
     """Hold an exclusive lock on `tmp` (a file or folder that exists) while the body writes it."""
+    if fcntl is None:
+        yield
+        return
     fd = os.open(tmp, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -34,7 +41,9 @@ def holding(tmp: Path) -> Iterator[None]:
 def remove_stale(folder: Path, pattern: str) -> list[Path]:
     """Remove the temp files or folders matching `pattern` in `folder` whose writer is gone (nobody holds their
     lock) and that are older than MIN_AGE_S. Returns what was removed."""
-    removed = []
+    removed: list[Path] = []
+    if fcntl is None:
+        return removed
     for name in glob.glob(pattern, root_dir=folder, include_hidden=True):
         path = folder / name
         try:
