@@ -254,7 +254,7 @@ def test_legacy_non_zip_wan_t5_checkpoint_loads(tmp_path, tiny_umt5):
     torch.testing.assert_close(legacy.encode(PROMPTS), folder.encode(PROMPTS), atol=1e-6, rtol=1e-6)
 
 
-def test_wan22_vae_advice_is_in_cli_words(tmp_path):
+def test_vae_z_dim_advice_is_in_cli_words(tmp_path):
     from alice_core.loading.vae_keys import load_wan_vae
     from alice_core.models.config import WanVAEConfig
     from alice_core.models.vae import WanVAE
@@ -266,5 +266,6 @@ def test_wan22_vae_advice_is_in_cli_words(tmp_path):
     with pytest.raises(AliceError) as err:
         load_wan_vae(path)
     message = str(err.value)
-    assert "Wan2.2 VAE" in message and "--vae" in message and "alice download wan2.1-vae" in message
+    assert "Wan2.1 VAE (z_dim 16)" in message and "Wan2.2 VAE (z_dim 48)" in message
+    assert "--vae" in message and "alice download wan2.1-vae" in message
     assert "WanVAEConfig" not in message  # a Python class the CLI cannot take
