@@ -403,6 +403,8 @@ def preflight(
         files, defaults, name = dict(bundle.dits), bundle.defaults, bundle.name
         others = [text_encoder or _bundle_path(bundle, bundle.text_encoder), vae or _bundle_vae_file(bundle)]
     else:
+        if settings.boundary is not None:  # as load_pipeline says it, before any weight is read
+            raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
         files, defaults, name = {"rcm": Path(model), "teacher": Path(model)}, defaults or {}, Path(model).stem
         others = [text_encoder, vae]
     configs = {sampler: inspect_checkpoint(file).config for sampler, file in files.items()}
