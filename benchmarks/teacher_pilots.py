@@ -3,8 +3,8 @@
     python benchmarks/teacher_pilots.py RUN [RUN ...] [--seconds T] [--out docs/table.md]
 
 Each RUN is a teacher run folder (checkpoint.pt, metrics.csv). T defaults to the shortest run's training time, so
-every run is read at a time all of them reached: its last evaluation at or before T (evaluations come every
---eval-every steps, so the row's own train_seconds is shown). The recipe column lists the config fields that
+every run is read at about the same time: its evaluation nearest to T (evaluations come every --eval-every steps,
+so the row's own training minutes are shown). The recipe column lists the config fields that
 differ from the trainer's defaults. The whole curve of each run is in its metrics.csv.
 """
 
@@ -36,8 +36,7 @@ def rows(run: Path) -> list[dict]:
 
 
 def row_at(run_rows: list[dict], seconds: float) -> dict:
-    reached = [r for r in run_rows if float(r["train_seconds"]) <= seconds + 1e-6]
-    return reached[-1] if reached else run_rows[0]
+    return min(run_rows, key=lambda r: abs(float(r["train_seconds"]) - seconds))
 
 
 def _cell(row: dict, column: str) -> str:
