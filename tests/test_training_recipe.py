@@ -211,3 +211,8 @@ def test_straight_first_curriculum_holds_back_bounces_until_the_direction_gate(t
     assert load_checkpoint(tmp_path / "open" / "checkpoint.pt")["curriculum_stage"] == 1
     with pytest.raises(AliceError, match="--eval-every"):
         train_teacher(TeacherTrainConfig(curriculum="straight_first", eval_every=0), tmp_path / "bad", threads=1)
+
+
+def test_pack_command_keeps_its_dispatch_function(tmp_path):
+    args = build_parser().parse_args(["train", "pack", str(tmp_path / "run"), str(tmp_path / "pack")])
+    assert callable(args.run) and args.run_dir == str(tmp_path / "run")

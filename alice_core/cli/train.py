@@ -44,7 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--init-from", default=None,
                    help="a new run starts from this resume pack of a teacher at a larger --temporal-stride")
     r = stages.add_parser("pack", help="write a small committable resume pack of a teacher or distillation run")
-    r.add_argument("run")
+    # dest run_dir: "run" is where each subcommand keeps its dispatch function (set_defaults(run=...))
+    r.add_argument("run_dir", metavar="run", help="the teacher or distillation run folder")
     r.add_argument("folder")
     e = stages.add_parser("export", help="write a run's EMA weights as a DiT safetensors file")
     e.add_argument("checkpoint")
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "pack":
         from ..train.state import write_run_resume_pack
 
-        print(write_run_resume_pack(args.run, args.folder))
+        print(write_run_resume_pack(args.run_dir, args.folder))
         return 0
     if args.stage == "bundle":
         print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
