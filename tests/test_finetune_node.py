@@ -19,7 +19,7 @@ from alice_core.train.finetune import CHECKPOINT_NAME, FinetuneConfig, clips_fro
 from alice_core.video_io import write_video
 
 from tests.bundles import random_tiny_bundle
-from tests.test_nodes import load_pack, run_node
+from tests.comfy_host import ComfyFolders, ComfyHost, InterruptProcessingException, load_pack, run_node
 
 MODEL = "random-test/model.json"  # the random bundle's entry in diffusion_models
 CAPTION = "a red ball moving up"
@@ -32,15 +32,12 @@ def node_class():
     return load_pack().NODE_CLASS_MAPPINGS["AliceFinetune"]
 
 
-def host():
-    node_class()  # the pack imports its nodes on first access to the mappings
-    return load_pack().nodes.host
-
-
 def training_images(count: int = 2 * FRAMES + 2) -> torch.Tensor:
-    """Smooth moving ramps as an IMAGE batch [N, 32, 32, 3] (2 clips of 9 frames and 2 left over)."""
-    t, y, x = torch.meshgrid(torch.arange(float(count)), torch.arange(32.0), torch.arange(32.0), indexing="ij")
-    return torch.stack([(x + 2 * t) % 32 / 32, y / 32, (x + y) / 64], dim=-1)
+    """Smooth moving ramps as an IMAGE batch [N, 32, 32, 3] (2 clips of 9 frames and 2 left over), made as an
+    upstream node makes it in ComfyUI: an inference tensor."""
+    with torch.inference_mode():
+        t, y, x = torch.meshgrid(torch.arange(float(count)), torch.arange(32.0), torch.arange(32.0), indexing="ij")
+        return torch.stack([(x + 2 * t) % 32 / 32, y / 32, (x + y) / 64], dim=-1)
 
 
 def node_inputs(**change) -> dict:
@@ -72,83 +69,16 @@ def reference_lora(tmp_path_factory):
     return load_file(str(result.student_lora)), load_file(str(result.teacher_lora))
 
 
-# ---------------------------------------------------------------- a stand-in ComfyUI
-
-
-class FakeComfy:
-    """folder_paths, comfy.utils, comfy.model_management, server and comfy_execution stand-ins with ComfyUI's names
-    and behaviour: Cancel sets a flag; the progress bar's hook raises InterruptProcessingException when it is set,
-    as does throw_exception_if_processing_interrupted, and both clear it."""
-
-    class InterruptProcessingException(Exception):
-        pass
-
-    def __init__(self, root: Path, cancel_at: int | None = None, cancel_during_update: bool = False) -> None:
-        self.root, self.cancel_at, self.cancel_during_update = root, cancel_at, cancel_during_update
-        self.flag = False
-        self.ticks: list[tuple[int, int]] = []
-        self.texts: list[tuple[str, str, str]] = []
-        fake = self
-
-        class ProgressBar:
-            def __init__(self, total):
-                self.total = total
-
-            def update_absolute(self, value, total=None):
-                if fake.cancel_during_update and value == fake.cancel_at:
-                    fake.flag = True  # the user presses Cancel while the bar updates
-                fake.throw_exception_if_processing_interrupted()  # ComfyUI's progress hook does this first
-                fake.ticks.append((value, total if total is not None else self.total))
-                if not fake.cancel_during_update and value == fake.cancel_at:
-                    fake.flag = True  # the user presses Cancel after this step
-
-        server = SimpleNamespace(client_id="client-1",
-                                 send_progress_text=lambda text, node, sid: self.texts.append((text, node, sid)))
-        self.utils = SimpleNamespace(ProgressBar=ProgressBar)
-        self.mm = SimpleNamespace(
-            InterruptProcessingException=self.InterruptProcessingException,
-            processing_interrupted=lambda: self.flag,
-            throw_exception_if_processing_interrupted=self.throw_exception_if_processing_interrupted,
-            get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"),
-        )
-        self.folder_paths = SimpleNamespace(
-            get_folder_paths=lambda kind: [str(root / "models" / kind)],
-            get_filename_list=lambda kind: sorted(str(p.relative_to(root / "models" / kind))
-                                                  for p in (root / "models" / kind).rglob("*") if p.is_file()),
-            get_full_path=lambda kind, name: str(root / "models" / kind / name),
-            get_user_directory=lambda: str(root / "user"),
-            get_input_directory=lambda: str(root / "input"),
-        )
-        self.server_module = SimpleNamespace(PromptServer=SimpleNamespace(instance=server))
-        context = SimpleNamespace(prompt_id="prompt-1", node_id="7", list_index=None)
-        self.execution_utils = SimpleNamespace(get_executing_context=lambda: context)
-
-    def throw_exception_if_processing_interrupted(self):
-        if self.flag:
-            self.flag = False
-            raise self.InterruptProcessingException()
-
-    def install(self, monkeypatch) -> None:
-        monkeypatch.setattr(host(), "comfy_utils", self.utils)
-        monkeypatch.setattr(host(), "comfy_mm", self.mm)
-        monkeypatch.setattr(host(), "folder_paths", self.folder_paths)
-        monkeypatch.setitem(sys.modules, "server", self.server_module)
-        monkeypatch.setitem(sys.modules, "comfy_execution", SimpleNamespace(utils=self.execution_utils))
-        monkeypatch.setitem(sys.modules, "comfy_execution.utils", self.execution_utils)
+# ---------------------------------------------------------------- inside ComfyUI (its folders)
 
 
 @pytest.fixture
-def comfy(tmp_path, monkeypatch):
-    """Inside a stand-in ComfyUI with its own models/user/input folders; cancel_at(n) presses Cancel at bar tick n."""
+def comfy(tmp_path):
+    """ComfyHost(...) with its own models/user/input folders and a random bundle; .cancel_at(n) presses Cancel at
+    progress value n."""
     root = tmp_path / "comfyui"
     random_tiny_bundle(root / "models" / "diffusion_models" / "random-test")
-
-    def make(cancel_at: int | None = None, during_update: bool = False) -> FakeComfy:
-        fake = FakeComfy(root, cancel_at, during_update)
-        fake.install(monkeypatch)
-        return fake
-
-    return make
+    return lambda: ComfyHost(ComfyFolders(root), throttle=False)
 
 
 # ---------------------------------------------------------------- the contract
@@ -223,33 +153,35 @@ def test_image_batch_run_writes_loras_that_the_lora_loader_applies(env, referenc
 def test_cancel_checkpoints_and_requeueing_resumes_to_the_same_lora(comfy, reference_lora, cancel_at, during_update):
     # checkpoint_every is 2 and the teacher has 3 steps: steps 1 and 4 (student step 1) get no periodic checkpoint,
     # so resuming there proves the Cancel itself wrote one.
-    fake = comfy(cancel_at=cancel_at, during_update=during_update)
-    with pytest.raises(FakeComfy.InterruptProcessingException):
-        run_node("AliceFinetune", **node_inputs())
-    assert not fake.flag  # the Cancel request is consumed, so the next prompt runs
-    assert fake.ticks == [(i, 6) for i in range(1, cancel_at + (0 if during_update else 1))]
-    work = fake.root / "user" / "alice-finetune" / "style"
+    fake = comfy().cancel_at(cancel_at, during_update)
+    with pytest.raises(InterruptProcessingException):
+        fake.run("AliceFinetune", node_id="7", **node_inputs())
+    assert not fake.interrupted  # the Cancel request is consumed, so the next prompt runs
+    assert fake.progress == [("7", i, 6) for i in range(1, cancel_at + (0 if during_update else 1))]
+    root = fake.folders.root
+    work = root / "user" / "alice-finetune" / "style"
     assert (work / CHECKPOINT_NAME).is_file()
-    assert not (fake.root / "models" / "loras" / "style.safetensors").exists()
+    assert not (root / "models" / "loras" / "style.safetensors").exists()
     assert [(node, sid) for _, node, sid in fake.texts] == [("7", "client-1")] * len(fake.texts)
     assert fake.texts[0][0].startswith("teacher LoRA step 1/3, loss ")
     assert "queue the node again to resume" in fake.texts[-1][0]
 
     fake = comfy()  # queue the same node again
-    names = run_node("AliceFinetune", **node_inputs())
-    assert fake.ticks == [(i, 6) for i in range(cancel_at + 1, 7)]  # resumed after the cancelled step
+    names = fake.run("AliceFinetune", node_id="7", **node_inputs())
+    assert fake.progress == [("7", i, 6) for i in range(cancel_at + 1, 7)]  # resumed after the cancelled step
     assert fake.texts[-1][0].startswith("student LoRA (rCM) step 3/3, loss ")
     assert not work.exists()
     for file, reference in zip(names, reference_lora):
-        for key, value in load_file(str(fake.root / "models" / "loras" / file)).items():
+        for key, value in load_file(str(root / "models" / "loras" / file)).items():
             torch.testing.assert_close(value, reference[key], rtol=0, atol=0)
 
 
 def test_other_clips_on_a_checkpoint_need_restart_and_a_relative_clips_folder_is_in_comfyui_input(comfy):
-    fake = comfy(cancel_at=1)
-    with pytest.raises(FakeComfy.InterruptProcessingException):
-        run_node("AliceFinetune", **node_inputs())
-    clips = fake.root / "input" / "clips"
+    fake = comfy().cancel_at(1)
+    with pytest.raises(InterruptProcessingException):
+        fake.run("AliceFinetune", **node_inputs())
+    root = fake.folders.root
+    clips = root / "input" / "clips"
     clips.mkdir(parents=True)
     frames = (training_images(FRAMES).numpy() * 255).astype(np.uint8)
     for i, caption in enumerate(["a ball rolling left", "a ball rolling right"]):
@@ -260,11 +192,11 @@ def test_other_clips_on_a_checkpoint_need_restart_and_a_relative_clips_folder_is
     fake = comfy()
     with pytest.raises(AliceError, match="lora_name 'style' has an unfinished run with other clips, settings or base "
                                          "model .*; turn on restart to discard it"):
-        run_node("AliceFinetune", **folder_run)
-    assert fake.ticks == []
-    names = run_node("AliceFinetune", **{**folder_run, "restart": True})
-    assert fake.ticks == [(1, 2), (2, 2)]  # started over
-    with safe_open(str(fake.root / "models" / "loras" / names[0]), framework="pt") as f:
+        fake.run("AliceFinetune", **folder_run)
+    assert fake.progress == []
+    names = fake.run("AliceFinetune", **{**folder_run, "restart": True})
+    assert [value for _, value, _ in fake.progress] == [1, 2]  # started over
+    with safe_open(str(root / "models" / "loras" / names[0]), framework="pt") as f:
         meta = json.loads(f.metadata()[LORA_METADATA_KEY])
     assert meta["clips"] == 2 and meta["sample_prompts"] == ["a ball rolling left", "a ball rolling right"]
 

@@ -22,31 +22,15 @@ from alice_core.pipeline import GenerationSettings, load_pipeline
 from alice_core.video_io import read_video, read_video_metadata
 
 from tests.bundles import random_tiny_bundle, save_dit
+from tests.comfy_host import ComfyFolders, ComfyHost, InterruptProcessingException, load_pack, run_node
 
 ROOT = Path(__file__).resolve().parent.parent
-PACK_NAME = "alice_comfy_pack"
 EXPECTED_NODES = {
     "AliceModelLoader", "AliceTextEncoderLoader", "AliceTextEncode", "AliceRCMSampler", "AliceTeacherSampler",
     "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader", "AliceFinetune",
 }
 SOCKET_TYPES = {"ALICE_MODEL", "ALICE_TEXT_ENCODER", "ALICE_CONDITIONING", "ALICE_VAE", "LATENT", "IMAGE"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
-
-
-def load_pack(name: str = PACK_NAME):
-    """Import the repository root the way ComfyUI imports a custom-node folder: a package from its __init__.py."""
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py")
-    pack = importlib.util.module_from_spec(spec)
-    sys.modules[name] = pack
-    spec.loader.exec_module(pack)
-    return pack
-
-
-def run_node(node_type: str, **inputs):
-    cls = load_pack().NODE_CLASS_MAPPINGS[node_type]
-    return getattr(cls(), cls.FUNCTION)(**inputs)
 
 
 @pytest.fixture
@@ -68,16 +52,15 @@ def host():
     return load_pack().nodes.host
 
 
-def generate_with_nodes(entry: str, sampler: str, **settings):
-    model = run_node("AliceModelLoader", model_name=entry, precision="auto", offload=False, download=False)[0]
-    encoder = run_node("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="default")[0]
-    cond = run_node("AliceTextEncode", text_encoder=encoder, positive="a red ball moving up", negative="blurry")[0]
-    if sampler == "rcm":
-        latent = run_node("AliceRCMSampler", model=model, conditioning=cond, **settings)[0]
-    else:
-        latent = run_node("AliceTeacherSampler", model=model, conditioning=cond, **settings)[0]
-    vae = run_node("AliceVAELoader", vae_name=entry, precision="auto")[0]
-    return run_node("AliceVAEDecode", vae=vae, samples=latent, tiled=False, tile_size=256, overlap=64)[0], latent
+def generate_with_nodes(entry: str, sampler: str, comfy: ComfyHost | None = None, **settings):
+    comfy = comfy or ComfyHost()
+    model = comfy.run("AliceModelLoader", model_name=entry, precision="auto", offload=False, download=False)[0]
+    encoder = comfy.run("AliceTextEncoderLoader", text_encoder="minilm", precision="auto", device="default")[0]
+    cond = comfy.run("AliceTextEncode", text_encoder=encoder, positive="a red ball moving up", negative="blurry")[0]
+    node = "AliceRCMSampler" if sampler == "rcm" else "AliceTeacherSampler"
+    latent = comfy.run(node, node_id="4", model=model, conditioning=cond, **settings)[0]
+    vae = comfy.run("AliceVAELoader", vae_name=entry, precision="auto")[0]
+    return comfy.run("AliceVAEDecode", vae=vae, samples=latent, tiled=False, tile_size=256, overlap=64)[0], latent
 
 
 # ---------------------------------------------------------------- the package
@@ -298,53 +281,32 @@ def test_lora_loaders_chain_and_leave_their_input_model_unchanged(random_bundle,
 # ---------------------------------------------------------------- inside ComfyUI: progress and cancel
 
 
-class FakeInterrupt(Exception):
-    pass
-
-
-def fake_comfy(interrupt_after: int | None = None):
-    """comfy.utils / comfy.model_management stand-ins with ComfyUI's names and behaviour: the Cancel button sets a
-    flag that throw_exception_if_processing_interrupted turns into an exception."""
-    ticks: list[tuple[int, int]] = []
-
-    class ProgressBar:
-        def __init__(self, total):
-            self.total, self.current = total, 0
-
-        def update(self, value):
-            self.current += value
-            ticks.append((self.current, self.total))
-
-    def throw_exception_if_processing_interrupted():
-        if interrupt_after is not None and len(ticks) >= interrupt_after:
-            raise FakeInterrupt()
-
-    utils = SimpleNamespace(ProgressBar=ProgressBar)
-    mm = SimpleNamespace(throw_exception_if_processing_interrupted=throw_exception_if_processing_interrupted,
-                         get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"))
-    return utils, mm, ticks
-
-
-def test_progress_bar_ticks_per_step_and_cancel_stops_between_steps(random_bundle, monkeypatch):
+def test_progress_bar_ticks_per_step_and_cancel_stops_between_steps(random_bundle):
     assert host().step_progress(4) is None and host().cancel_check() is None  # no-ops outside ComfyUI
     rcm = dict(seed=0, steps=3, width=32, height=32, frames=9, sigma_max=80.0, mode="ode")
     teacher = dict(seed=0, steps=4, cfg=2.0, shift=3.0, width=32, height=32, frames=9)
 
-    utils, mm, ticks = fake_comfy()
-    monkeypatch.setattr(host(), "comfy_utils", utils)
-    monkeypatch.setattr(host(), "comfy_mm", mm)
-    generate_with_nodes(random_bundle.entry, "rcm", **rcm)
-    assert ticks == [(1, 3), (2, 3), (3, 3)]
-    ticks.clear()
-    generate_with_nodes(random_bundle.entry, "teacher", **teacher)
-    assert ticks == [(i, 4) for i in range(1, 5)]
+    comfy = ComfyHost()
+    generate_with_nodes(random_bundle.entry, "rcm", comfy, **rcm)
+    assert comfy.updates == [("4", 1, 3), ("4", 2, 3), ("4", 3, 3)]
+    assert comfy.progress[0] == ("4", 1, 3) and comfy.progress[-1] == ("4", 3, 3)  # first and final always shown
+    comfy = ComfyHost(throttle=False)
+    generate_with_nodes(random_bundle.entry, "teacher", comfy, **teacher)
+    assert comfy.progress == [("4", i, 4) for i in range(1, 5)]
 
-    utils, mm, ticks = fake_comfy(interrupt_after=2)
-    monkeypatch.setattr(host(), "comfy_utils", utils)
-    monkeypatch.setattr(host(), "comfy_mm", mm)
-    with pytest.raises(FakeInterrupt):
-        generate_with_nodes(random_bundle.entry, "teacher", **teacher)
-    assert ticks == [(1, 4), (2, 4)]  # stopped before the third step
+    comfy = ComfyHost().cancel_at(2)  # Cancel pressed after the second step
+    with pytest.raises(InterruptProcessingException):
+        generate_with_nodes(random_bundle.entry, "teacher", comfy, **teacher)
+    assert comfy.updates == [("4", 1, 4), ("4", 2, 4)]  # stopped before the third step
+    assert not comfy.interrupted  # consumed: the next prompt runs
+
+
+def test_every_node_runs_under_the_executors_inference_mode(random_bundle):
+    """ComfyUI runs prompts inside torch.inference_mode(): outputs are inference tensors, and a later node gets
+    them (and models built under it) as inputs."""
+    images, latent = generate_with_nodes(random_bundle.entry, "rcm", seed=0, steps=2, width=32, height=32, frames=9,
+                                         sigma_max=80.0, mode="sde")
+    assert images.is_inference() and latent["samples"].is_inference()
 
 
 # ---------------------------------------------------------------- saving
@@ -384,24 +346,12 @@ def test_save_video_writes_each_format_with_the_workflow_embedded(env):
     assert sorted(p.name for p in (env.output / "video").iterdir()) == sorted(p.name for p in paths)
 
 
-def test_save_video_uses_comfyui_output_folder_and_respects_disable_metadata(tmp_path, monkeypatch):
-    calls = []
-
-    def get_save_image_path(prefix, output_dir):
-        calls.append((prefix, output_dir))
-        return str(tmp_path / "video"), "alice", 3, "video", prefix
-
-    (tmp_path / "video").mkdir()
-    folder_paths = SimpleNamespace(get_output_directory=lambda: str(tmp_path), get_save_image_path=get_save_image_path)
-    _, mm, _ = fake_comfy()
-    monkeypatch.setattr(host(), "folder_paths", folder_paths)
-    monkeypatch.setattr(host(), "comfy_mm", mm)
-    cli_args = SimpleNamespace(args=SimpleNamespace(disable_metadata=True))
-    monkeypatch.setitem(sys.modules, "comfy", SimpleNamespace(cli_args=cli_args))
-    monkeypatch.setitem(sys.modules, "comfy.cli_args", cli_args)
-    out = run_node("AliceSaveVideo", images=torch.rand(5, 16, 16, 3), fps=16, format="mp4", crf=19,
-                   filename_prefix="video/alice", prompt={"1": {}}, extra_pnginfo={"workflow": {}})
-    assert calls == [("video/alice", str(tmp_path))]
-    assert Path(out["result"][0]) == tmp_path / "video" / "alice_00003_.mp4"
+def test_save_video_uses_comfyui_output_folder_and_respects_disable_metadata(tmp_path):
+    (tmp_path / "output" / "video").mkdir(parents=True)
+    (tmp_path / "output" / "video" / "alice_00002_.mp4").write_bytes(b"")
+    comfy = ComfyHost(ComfyFolders(tmp_path), disable_metadata=True)
+    out = comfy.run("AliceSaveVideo", images=torch.rand(5, 16, 16, 3), fps=16, format="mp4", crf=19,
+                    filename_prefix="video/alice", prompt={"1": {}}, extra_pnginfo={"workflow": {}})
+    assert Path(out["result"][0]) == tmp_path / "output" / "video" / "alice_00003_.mp4"
     assert out["ui"]["images"] == [{"filename": "alice_00003_.mp4", "subfolder": "video", "type": "output"}]
     assert "prompt" not in read_video_metadata(out["result"][0])

@@ -4,7 +4,6 @@ through a small graph executor (ComfyUI's execution model) and writes a real vid
 from __future__ import annotations
 
 import json
-from collections import deque
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -16,7 +15,8 @@ from alice_core.loading.dit import stored_dit_config
 from alice_core.video_io import read_video, read_video_metadata
 
 from tests.bundles import random_tiny_bundle
-from tests.test_nodes import load_pack, write_lora
+from tests.comfy_host import ComfyHost, load_pack, topological_order
+from tests.test_nodes import write_lora
 
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
@@ -130,44 +130,9 @@ def test_api_twin_is_the_same_graph(path):
 # ---------------------------------------------------------------- the executor
 
 
-def topological_order(prompt: dict) -> list[str]:
-    """Kahn's algorithm over the [node_id, output_index] links."""
-    needs = {nid: set() for nid in prompt}
-    for nid, node in prompt.items():
-        for value in node["inputs"].values():
-            if isinstance(value, list):
-                if value[0] not in prompt:
-                    raise ValueError(f"node {nid} links to missing node {value[0]}")
-                needs[nid].add(value[0])
-    ready = deque(sorted((n for n, deps in needs.items() if not deps), key=int))
-    order = []
-    while ready:
-        nid = ready.popleft()
-        order.append(nid)
-        for other, deps in needs.items():
-            if nid in deps:
-                deps.discard(nid)
-                if not deps:
-                    ready.append(other)
-    if len(order) != len(prompt):
-        raise ValueError(f"the graph has a cycle through nodes {sorted(set(prompt) - set(order))}")
-    return order
-
-
 def execute(prompt: dict, extra_pnginfo: dict | None = None) -> tuple[dict, dict]:
-    """Run an API-format graph: per node, resolve links to earlier outputs, add the hidden inputs it declares,
-    call FUNCTION. Returns ({node_id: outputs}, {node_id: ui})."""
-    outputs, ui = {}, {}
-    for nid in topological_order(prompt):
-        cls = mappings()[prompt[nid]["class_type"]]
-        inputs = {k: outputs[v[0]][v[1]] if isinstance(v, list) else v for k, v in prompt[nid]["inputs"].items()}
-        hidden = {"PROMPT": prompt, "EXTRA_PNGINFO": extra_pnginfo}
-        inputs.update({name: hidden[kind] for name, kind in cls.INPUT_TYPES().get("hidden", {}).items()})
-        result = getattr(cls(), cls.FUNCTION)(**inputs)
-        if isinstance(result, dict):
-            ui[nid], result = result.get("ui"), result["result"]
-        outputs[nid] = result
-    return outputs, ui
+    """The graph run as ComfyUI's executor runs it (inference mode, progress and interrupt hooks)."""
+    return ComfyHost().execute(prompt, extra_pnginfo)
 
 
 def test_executor_orders_by_links_and_rejects_broken_graphs():

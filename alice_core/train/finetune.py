@@ -272,7 +272,15 @@ def finetune(
     should_cancel: Callable[[], bool] | None = None,
 ) -> FinetuneResult:
     """Finetune bundle `model` (name or folder; None = the default model) on `clips`; writes the student LoRA to
-    `out_file` and the teacher LoRA next to it (`<name>.teacher.safetensors`). Resumes from `work_dir`."""
+    `out_file` and the teacher LoRA next to it (`<name>.teacher.safetensors`). Resumes from `work_dir`.
+
+    Trains whatever autograd mode the caller is in: hosts such as ComfyUI run every node inside
+    torch.inference_mode(), under which nothing can be trained. Every tensor of the run is made in here."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, should_cancel)
+
+
+def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, should_cancel) -> FinetuneResult:
     from ..loading.dit import load_dit
     from ..models.text_encoders import load_text_encoder
     from ..pipeline import load_autoencoder
