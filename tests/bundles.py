@@ -20,16 +20,19 @@ def save_dit(model: WanDiT, path: Path) -> Path:
     return path
 
 
-def random_tiny_bundle(folder: Path, seed: int = 0) -> ModelBundle:
-    """space-to-depth (stride 4) latents, MiniLM text, a 1-layer DiT for each sampler; 32x32, 9 frames."""
+def random_tiny_bundle(folder: Path, seed: int = 0, dim: int = 32, num_layers: int = 1,
+                       name: str = "random-test") -> ModelBundle:
+    """space-to-depth (stride 4) latents, MiniLM text, a 1-layer DiT for each sampler; 32x32, 9 frames. A larger
+    dim / num_layers makes steps slow enough to watch (and cancel) a run in a browser test."""
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
-    cfg = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=192, out_dim=192, text_dim=384, text_len=32)
+    cfg = WanDiTConfig(dim=dim, ffn_dim=2 * dim, num_heads=2, num_layers=num_layers, in_dim=192, out_dim=192,
+                       text_dim=384, text_len=32)
     dits = {}
     for sampler in ("rcm", "teacher"):
         dits[sampler] = save_dit(WanDiT(cfg), folder / f"dit_{sampler}.safetensors")
     bundle = ModelBundle(
-        name="random-test", folder=folder, dits=dits,
+        name=name, folder=folder, dits=dits,
         autoencoder={"type": "space_to_depth", "spatial_stride": 4, "temporal_stride": 4, "mean": 0.0, "std": 0.5},
         text_encoder="minilm",
         defaults={"width": 32, "height": 32, "frames": 9, "fps": 8, "teacher_steps": 6, "guidance": 3.0},

@@ -1,6 +1,7 @@
 """The web app: Studio rules in plain Python, and the running Gradio app driven through gradio_client."""
 
 import re
+import shutil
 import socket
 import time
 import urllib.error
@@ -18,6 +19,7 @@ from alice_core.sampling import GenerationCancelled
 from alice_core.video_io import read_video, read_video_metadata
 from webui.app import serve
 from alice_core.cli.app import add_parser as add_app_parser
+from webui.feedback import ErrorNotes
 from webui.models import frame_presets, parse_size, size_multiples, size_presets
 from webui.studio import Job, Studio
 
@@ -164,7 +166,7 @@ def test_cli_parser_defaults_to_loopback_without_share():
 def test_generate_through_gradio_client_matches_the_library(studio, client, tmp_path):
     pipe = studio.pipeline("alice-tiny")
     width, height, frame_count, fps = (pipe.defaults[k] for k in ("width", "height", "frames", "fps"))
-    path, settings, seed, gallery = client.predict(
+    path, settings, seed, gallery, status = client.predict(
         model="alice-tiny", sampler="teacher", teacher_steps=4, prompt=PROMPT, seed=3, randomize_seed=False,
         size=f"{width}x{height}", frames=frame_count, fps=fps, api_name="/generate",
     )
@@ -173,7 +175,8 @@ def test_generate_through_gradio_client_matches_the_library(studio, client, tmp_
     meta = read_video_metadata(path)
     assert (meta["prompt"], meta["seed"], meta["steps"], meta["sampler"]) == (PROMPT, 3, 4, "teacher")
     assert seed == 3 and settings["file"] in videos_in(studio.output_dir) and settings["wall_time_s"] > 0
-    assert gallery[0]["caption"].startswith("teacher 4 steps, seed 3")
+    assert gallery[0]["caption"].startswith(f"{PROMPT} (teacher 4 steps, seed 3, ")  # the prompt first
+    assert status.startswith(f"**Done:** {settings['file']} in ")
     # The same video the library makes for these settings: encoding is deterministic, so the decoded frames of
     # the library's own file must match exactly, and another seed's must not.
     for other_seed, should_match in ((3, True), (4, False)):
@@ -193,6 +196,7 @@ def test_bad_input_is_an_error_message(studio, client):
          f"width must be a multiple of {mult_w}"),
         ({"frames": pipe.defaults["frames"] + 1}, f"frames must be {stride}k\\+1"),
         ({"model": "../../etc/passwd"}, "not in the list of choices"),
+        ({"seed": -1, "randomize_seed": False}, "Seed must be a whole number from 0 to 2147483647, got -1"),
     ]
     for change, message in cases:
         with pytest.raises(AppError, match=message):
@@ -202,8 +206,22 @@ def test_bad_input_is_an_error_message(studio, client):
     assert videos_in(studio.output_dir) == before
 
 
+def test_error_messages_name_no_server_paths(studio, models_dir):
+    broken = models_dir / "broken"
+    broken.mkdir()
+    (broken / "model.json").write_text('{"name": "broken", "dits": {"teacher": "missing.safetensors"}}')
+    try:
+        with pytest.raises(AliceError) as caught:
+            studio.pipeline("local/broken")
+        assert str(models_dir) in str(caught.value)  # the library names the file for the operator's log
+        shown = ErrorNotes(studio).public(str(caught.value))
+        assert str(models_dir) not in shown and "broken/" in shown, shown
+    finally:
+        shutil.rmtree(broken)
+
+
 def test_compare_through_the_app(client):
-    student, teacher, settings, _seed, gallery = client.predict(
+    student, teacher, settings, _seed, gallery, _status = client.predict(
         model="local/random-test", prompt=PROMPT, size="32x32", frames=9, student_steps=2, teacher_steps=3,
         api_name="/compare",
     )
@@ -213,7 +231,7 @@ def test_compare_through_the_app(client):
     assert read_video(student["value"])[0].shape == read_video(teacher["value"])[0].shape == (9, 32, 32, 3)
     assert (settings["student"]["steps"], settings["teacher"]["steps"]) == (2, 3)
     assert settings["student"]["seed"] == settings["teacher"]["seed"]
-    assert [g["caption"].split(",")[0] for g in gallery[:2]] == ["teacher 3 steps", "rcm 2 steps"]
+    assert [g["caption"].split(", seed")[0] for g in gallery[:2]] == [f"{PROMPT} (teacher 3 steps", f"{PROMPT} (rcm 2 steps"]
 
 
 def wait_for(condition, timeout=30.0):

@@ -5,20 +5,23 @@ Set ALICE_APP_SCREENSHOT=docs/app-screenshot.png to also write the README screen
 
 import os
 import socket
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from selenium import webdriver
-from selenium.common.exceptions import ElementClickInterceptedException
+from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
-from alice_core.video_io import read_video_metadata
-from webui.app import serve
+from alice_core.train.finetune import CHECKPOINT_NAME
+from alice_core.video_io import read_video_metadata, write_video
+from webui.app import EXAMPLE_PROMPT, serve
 from webui.models import size_multiples
-from webui.studio import Studio
+from webui.studio import MAX_FINETUNE_STEPS, Studio
 
 from tests.bundles import random_tiny_bundle
 
@@ -36,6 +39,8 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 def studio(tmp_path_factory):
     models = tmp_path_factory.mktemp("models")
     random_tiny_bundle(models / "random-test")  # a second model with a teacher and a student
+    # Steps slow enough to watch a run's progress and cancel it mid-way (about 0.1-0.2 s each on one CPU core).
+    random_tiny_bundle(models / "slow-test", dim=384, num_layers=6, name="slow-test")
     return Studio(tmp_path_factory.mktemp("out"), models_dir=models)
 
 
@@ -79,8 +84,15 @@ def wait_for_text(browser, text, timeout=30):
     WebDriverWait(browser, timeout).until(ec.text_to_be_present_in_element((By.TAG_NAME, "body"), text))
 
 
+def type_prompt(browser, url, text):
+    prompt = open_app(browser, url)
+    prompt.send_keys(Keys.CONTROL, "a")
+    prompt.send_keys(text or Keys.DELETE)
+    return prompt
+
+
 def test_empty_prompt_shows_an_error(browser, url, studio):
-    open_app(browser, url)
+    type_prompt(browser, url, "")
     click_generate(browser)
     wait_for_text(browser, "the prompt is empty")
     assert not list(studio.output_dir.glob("*.mp4"))
@@ -89,7 +101,7 @@ def test_empty_prompt_shows_an_error(browser, url, studio):
 def test_invalid_size_shows_an_error(browser, url, studio):
     pipe = studio.pipeline(studio.default_label)
     multiple = size_multiples(pipe)[0]
-    open_app(browser, url).send_keys("a red ball bouncing")
+    type_prompt(browser, url, "a red ball bouncing")
     pick(browser, "size", f"{pipe.defaults['width'] + multiple // 2}x{pipe.defaults['height']}")
     click_generate(browser)
     wait_for_text(browser, f"width must be a multiple of {multiple}")
@@ -99,7 +111,9 @@ def test_invalid_size_shows_an_error(browser, url, studio):
 def pick(browser, elem_id, text):
     """Type into a Gradio dropdown and commit the value."""
     box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input")
-    box.click()
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    WebDriverWait(browser, 30, ignored_exceptions=(ElementClickInterceptedException,)).until(
+        lambda _: box.click() is None)  # a loading overlay may cover it for a moment
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(text, Keys.ENTER)
     browser.find_element(By.TAG_NAME, "h1").click()  # leave the dropdown so it commits the typed value
@@ -120,8 +134,7 @@ def test_switching_model_updates_presets_and_teacher_vs_student(browser, url, st
 
 
 def test_prompt_to_video_in_the_browser(browser, url, studio, tmp_path):
-    prompt = open_app(browser, url)
-    prompt.send_keys("a red ball bouncing")
+    type_prompt(browser, url, "a red ball bouncing")
     teacher_steps = browser.find_elements(By.CSS_SELECTOR, "#teacher-steps input[type=number]")
     if teacher_steps:  # keep the test quick: a few teacher steps instead of the default 50
         teacher_steps[0].send_keys(Keys.CONTROL, "a")
@@ -151,3 +164,179 @@ def test_prompt_to_video_in_the_browser(browser, url, studio, tmp_path):
 
         with Image.open(shot) as image:  # a 256-colour palette keeps the README image small
             image.convert("RGB").quantize(256).save(target, optimize=True)
+
+
+# ---------------------------------------------------------------- what a person sees (issue 14)
+# "Seen" means what a person sees: the element shows text in a non-empty box inside the window, and what is on top
+# at its centre belongs to it (or to `scope`, e.g. the layers of one progress display), so it is neither clipped
+# away by a zero-height parent nor covered by another element.
+SEEN = """
+const e = arguments[0], scope = arguments[1] || e, r = e.getBoundingClientRect();
+if (r.width < 2 || r.height < 2) return false;
+const x = r.left + r.width / 2, y = r.top + r.height / 2;
+if (x < 0 || y < 0 || x >= innerWidth || y >= innerHeight) return false;
+const top = document.elementFromPoint(x, y);
+return top !== null && scope.contains(top);
+"""
+WINDOWS = [(1400, 1000), (420, 900)]
+
+
+def seen(browser, element, scope=None) -> bool:
+    has_content = element.text.strip() or element.tag_name in ("video", "button", "textarea", "input")
+    return bool(has_content) and bool(browser.execute_script(SEEN, element, scope))
+
+
+def seen_text(browser, css, text, timeout=60, scope=None):
+    """Wait until an element matching css is seen (within `scope`, a css) and shows `text`; returns it."""
+    def found(_):
+        for element in browser.find_elements(By.CSS_SELECTOR, css):
+            try:
+                within = browser.find_element(By.CSS_SELECTOR, scope) if scope else None
+                if text in element.text and seen(browser, element, within):
+                    return element
+            except StaleElementReferenceException:
+                pass
+        return False
+
+    return WebDriverWait(browser, timeout, poll_frequency=0.1).until(found, f"{css} showing {text!r} never seen")
+
+
+def sized(browser, url, size):
+    browser.set_window_size(*size)
+    return open_app(browser, url)
+
+
+def click(browser, element):
+    """As a person does: scroll it into view, then click (waiting out a toast that may cover it)."""
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", element)
+    WebDriverWait(browser, 30, ignored_exceptions=(ElementClickInterceptedException,)).until(
+        lambda _: element.click() is None)
+
+
+def choose_teacher(browser, steps):
+    label = next(e for e in browser.find_elements(By.CSS_SELECTOR, "label") if e.text.strip() == "teacher")
+    click(browser, label)
+    box = browser.find_element(By.CSS_SELECTOR, "#teacher-steps input[type=number]")
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(str(steps), Keys.TAB)
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("clips")
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        path = folder / f"clip{i}.mp4"
+        write_video(rng.integers(0, 255, (9, 32, 32, 3), dtype=np.uint8), path, fps=8)
+        paths.append(str(path))
+    return paths
+
+
+def open_finetune(browser, clips, lora_name, teacher_steps, student_steps):
+    tab = next(e for e in browser.find_elements(By.CSS_SELECTOR, "button[role=tab]") if e.text == "Finetune")
+    click(browser, tab)
+    pick(browser, "finetune-model", "local/random-test")
+    browser.find_element(By.CSS_SELECTOR, "#finetune-videos input[type=file]").send_keys("\n".join(clips))
+    seen_text(browser, "#finetune-videos", "clip1")  # the file list shows the uploads
+    browser.find_element(By.CSS_SELECTOR, "#finetune-captions textarea").send_keys("a ball rolling left")
+    name = browser.find_element(By.CSS_SELECTOR, "#finetune-lora-name textarea, #finetune-lora-name input")
+    name.send_keys(Keys.CONTROL, "a")
+    name.send_keys(lora_name)
+    click(browser, next(e for e in browser.find_elements(By.CSS_SELECTOR, "button") if "Training settings" in e.text))
+    for elem_id, value in (("finetune-teacher-steps", teacher_steps), ("finetune-student-steps", student_steps)):
+        box = WebDriverWait(browser, 10).until(ec.visibility_of_element_located(
+            (By.CSS_SELECTOR, f"#{elem_id} input[type=number]")))
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value), Keys.TAB)
+
+
+def test_the_first_view_has_a_real_prompt_and_generate_in_view(browser, url):
+    prompt = sized(browser, url, (1400, 1000))
+    assert prompt.get_attribute("value") == EXAMPLE_PROMPT and seen(browser, prompt)
+    assert browser.execute_script("return scrollY") == 0
+    generate = browser.find_element(By.CSS_SELECTOR, "#generate")
+    assert generate.text == "Generate" and seen(browser, generate)  # no scrolling needed
+
+
+@pytest.mark.parametrize("size", WINDOWS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_generation_progress_and_cancel_are_seen(browser, url, studio, size):
+    sized(browser, url, size)
+    pick(browser, "model", "local/slow-test")
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"), "slow-test:"))
+    choose_teacher(browser, 100)
+    before = sorted(studio.output_dir.glob("*.mp4"))
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#generate"))
+    seen_text(browser, "#generate-status .progress-level-inner", "teacher step")
+    seen_text(browser, "#generate-status .progress-text", "/100", scope="#generate-status")
+    browser.find_element(By.CSS_SELECTOR, "#cancel").click()  # next to Generate: in view without scrolling
+    seen_text(browser, "#generate-status", "Cancelled. No new video was made")
+    WebDriverWait(browser, 60).until(lambda _: not studio.busy())
+    assert sorted(studio.output_dir.glob("*.mp4")) == before
+
+
+@pytest.mark.parametrize("size", WINDOWS, ids=lambda s: f"{s[0]}x{s[1]}")
+def test_finetune_progress_with_the_loss_meaning_and_cancel_are_seen(browser, url, studio, clips, size):
+    sized(browser, url, size)
+    name = f"long{size[0]}"
+    open_finetune(browser, clips, name, teacher_steps=MAX_FINETUNE_STEPS, student_steps=2)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#finetune-start"))
+    progress = seen_text(browser, "#finetune-status .progress-level-inner", "teacher LoRA step", timeout=120)
+    assert "flow-matching loss" in progress.text
+    seen_text(browser, "#finetune-status .progress-text", "steps |", scope="#finetune-status")  # "2/5.0k steps | 3s"
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#finetune-cancel"))
+    status = seen_text(browser, "#finetune-status", "Cancelled at teacher LoRA step")
+    assert "press Start finetune again with the same videos, captions and settings to resume" in status.text
+    WebDriverWait(browser, 60).until(lambda _: not studio.busy())
+    assert (studio.models_dir / "finetune-work" / name / CHECKPOINT_NAME).is_file()
+
+
+def test_an_error_keeps_the_last_video_and_stays_readable_and_captions_show_the_prompt(browser, url, studio):
+    sized(browser, url, (1400, 1000))
+    click_generate(browser)  # the prefilled prompt, the bundled model's 4 steps
+    seen_text(browser, "#generate-status", "Done:")
+    video = WebDriverWait(browser, 30).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output-video video[src]")))
+    source = video.get_attribute("src")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});",
+                           browser.find_element(By.CSS_SELECTOR, "#gallery"))  # below the form: scroll to it
+    caption = seen_text(browser, "#gallery *", EXAMPLE_PROMPT[:20])  # the caption starts with the prompt
+    assert caption.text.startswith(EXAMPLE_PROMPT[:20])
+
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#random-seed input"))  # untick: the seed field counts
+    seed = browser.find_element(By.CSS_SELECTOR, "#seed input")
+    seed.send_keys(Keys.CONTROL, "a")
+    seed.send_keys("-1", Keys.TAB)
+    click_generate(browser)
+    message = "Seed must be a whole number from 0 to 2147483647, got -1"
+    seen_text(browser, "#generate-status", message)
+    time.sleep(12)  # longer than a toast stays: the message is still there
+    seen_text(browser, "#generate-status", message, timeout=1)
+    assert browser.find_element(By.CSS_SELECTOR, "#output-video video").get_attribute("src") == source
+    for elem_id in ("output-video", "seed", "gallery"):  # no error badge over the results or the seed
+        badges = browser.find_elements(By.CSS_SELECTOR, f"#{elem_id} .error")
+        assert not [b for b in badges if b.is_displayed()], elem_id
+    click(browser, seed)  # nothing covers the seed field: it takes the click and the typing
+    seed.send_keys(Keys.CONTROL, "a")
+    seed.send_keys("7")
+    assert seed.get_attribute("value") == "7"
+
+
+def test_a_finetune_is_one_lora_entry_and_zero_steps_are_refused(browser, url, studio, clips):
+    sized(browser, url, (1400, 1000))
+    open_finetune(browser, clips, "pair", teacher_steps=0, student_steps=0)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#finetune-start"))
+    seen_text(browser, "#finetune-status", "Teacher steps and Student steps are both 0, so nothing would be trained")
+
+    for elem_id, value in (("finetune-teacher-steps", 1), ("finetune-student-steps", 1)):
+        box = browser.find_element(By.CSS_SELECTOR, f"#{elem_id} input[type=number]")
+        box.send_keys(Keys.CONTROL, "a")
+        box.send_keys(str(value), Keys.TAB)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#finetune-start"))
+    saved = seen_text(browser, "#finetune-status", "Saved pair", timeout=180)
+    assert "flow-matching loss" in saved.text and "rCM loss" in saved.text and "->" in saved.text
+
+    open_app(browser, url)  # a fresh page lists the app's LoRAs
+    box = browser.find_element(By.CSS_SELECTOR, "#lora input")
+    click(browser, box)
+    options = WebDriverWait(browser, 10).until(lambda b: [o.text for o in b.find_elements(By.CSS_SELECTOR, "[role=option]")])
+    assert "pair.safetensors" in options and not any("teacher" in o for o in options), options

@@ -1,6 +1,7 @@
 """The app's Finetune tab and LoRA choice: Studio rules in plain Python, then the running app via gradio_client."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -61,7 +62,7 @@ def test_finetune_saves_loras_that_generation_applies_to_their_network(studio, v
     assert seen == [("teacher", 1, 2), ("teacher", 2, 2), ("student", 1, 2), ("student", 2, 2)]
     assert (result.student_lora.name, result.teacher_lora.name) == ("style.safetensors", "style.teacher.safetensors")
     assert result.student_lora.parent == studio.loras_dir == studio.models_dir / "loras"
-    assert studio.lora_names() == ["style.safetensors", "style.teacher.safetensors"]
+    assert studio.lora_names() == ["style.safetensors"]  # one entry per finetune: the app pairs the two files
     assert not (studio.models_dir / "finetune-work" / "style").exists()  # finished: no checkpoint left behind
     assert MODEL in [c.label for c in studio.choices()]  # the LoRA folder is not mistaken for a model bundle
     with safe_open(str(result.student_lora), framework="pt") as f:
@@ -86,11 +87,19 @@ def test_finetune_saves_loras_that_generation_applies_to_their_network(studio, v
         reference = read_video(pipe.save(video, tmp_path / f"library_{strength}.mp4"))[0]
         assert np.array_equal(frames, reference) == should_match
 
-    with pytest.raises(AliceError, match=r"LoRA style.safetensors is for the 4-step student \(rcm\); generate with "
-                                         "that sampler or pick the LoRA made for the teacher"):
-        studio.generate(Job(model=MODEL, prompt="a ball", sampler="teacher", steps=2, lora="style.safetensors"))
-    studio.generate(Job(model=MODEL, prompt="a ball", sampler="teacher", steps=2, lora="style.teacher.safetensors"))
-    for bad in ("../random-test/dit_rcm.safetensors", "missing.safetensors", "finetune-work"):
+    # The same entry on the teacher sampler applies the finetune's teacher file to the teacher.
+    made = studio.generate(Job(model=MODEL, prompt="a ball", seed=4, sampler="teacher", steps=2, lora="style.safetensors"))
+    pipe = load_pipeline(str(studio.models_dir / "random-test"))
+    apply_lora(pipe.dits["teacher"], result.teacher_lora)
+    video = pipe.generate(GenerationSettings("a ball", seed=4, sampler="teacher", steps=2))
+    assert np.array_equal(read_video(made.path)[0], read_video(pipe.save(video, tmp_path / "teacher.mp4"))[0])
+    shutil.copyfile(result.student_lora, studio.loras_dir / "solo.safetensors")  # a student LoRA without its pair
+    with pytest.raises(AliceError, match=r"LoRA solo.safetensors is for the 4-step student \(rcm\) and has no part "
+                                         "for the teacher; generate with the 4-step student's sampler"):
+        studio.generate(Job(model=MODEL, prompt="a ball", sampler="teacher", steps=2, lora="solo.safetensors"))
+    (studio.loras_dir / "solo.safetensors").unlink()
+    for bad in ("../random-test/dit_rcm.safetensors", "missing.safetensors", "finetune-work",
+                "style.teacher.safetensors"):
         with pytest.raises(AliceError, match="unknown LoRA"):
             studio.generate(Job(model=MODEL, prompt="a ball", sampler="rcm", steps=2, lora=bad))
     with pytest.raises(AliceError, match="a LoRA named style.safetensors exists; choose another name, or tick "
@@ -128,6 +137,8 @@ def test_finetune_input_errors_name_the_fix(studio, videos, tmp_path):
         (job([str(broken)], "x", captions="a ball"), "could not read .*broken.mp4 as a video"),
         (job(videos, "x", teacher_steps=MAX_FINETUNE_STEPS + 1), f"teacher steps is {MAX_FINETUNE_STEPS + 1}; this "
                                                                   f"app allows at most {MAX_FINETUNE_STEPS}"),
+        (job(videos, "x", teacher_steps=0, student_steps=0), "Teacher steps and Student steps are both 0, so nothing "
+                                                             "would be trained"),
     ]
     cases += [(job(videos, bad), "must be a plain file name") for bad in ("../x", "sub/x", ".hidden", "", "x.")]
     hub = FinetuneJob(model="hub/rcm-wan2.1-t2v-1.3b", videos=videos, captions="c", lora_name="x",
@@ -150,11 +161,12 @@ def finetune_args(videos, name: str, **settings) -> dict:
 def test_finetune_tab_trains_a_lora_that_the_generate_tab_offers(url, studio, videos, tmp_path):
     client = Client(url, verbose=False, download_files=str(tmp_path))
     status, loras = client.predict(**finetune_args(videos, "app_style"))
-    assert status.startswith("**Saved app_style.safetensors** (for the 4-step student) and "
-                             "app_style.teacher.safetensors (for the teacher)")
-    assert "last loss: teacher " in status and str(studio.models_dir) not in status  # no server paths shown
-    assert {"app_style.safetensors", "app_style.teacher.safetensors"} <= {value for _, value in loras["choices"]}
-    _, settings, _, _ = client.predict(model=MODEL, sampler="rcm", student_steps=2, prompt="a ball", seed=1,
+    assert status.startswith("**Saved app_style** in ")
+    assert "teacher LoRA loss " in status and "flow-matching loss" in status and "rCM loss" in status
+    assert str(studio.models_dir) not in status  # no server paths shown
+    choices = {value for _, value in loras["choices"]}
+    assert "app_style.safetensors" in choices and "app_style.teacher.safetensors" not in choices
+    _, settings, _, _, _ = client.predict(model=MODEL, sampler="rcm", student_steps=2, prompt="a ball", seed=1,
                                        randomize_seed=False, lora="app_style.safetensors", lora_strength=1.5,
                                        api_name="/generate")
     assert (settings["lora"], settings["lora_strength"]) == ("app_style.safetensors", 1.5)

@@ -25,6 +25,7 @@ from alice_core.errors import AliceError
 from alice_core.pipeline import DEFAULT_STEPS, PRECISIONS, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
+from .feedback import ErrorNotes, whole_number
 from .finetune_tab import build_finetune_tab, lora_choices
 from .models import default_frames, default_size, frame_presets, size_presets
 from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
@@ -33,10 +34,13 @@ SAMPLER_LABELS = {"rcm": "student (rCM, 1-4 steps)", "teacher": "teacher"}
 SAMPLERS_TEXT = {"rcm": "4-step student (rCM)", "teacher": "teacher"}
 GALLERY_LIMIT = 48
 MAX_SEED = 2**31 - 1
+EXAMPLE_PROMPT = "a red ball moving to the right"  # in alice-tiny's caption vocabulary
 # System fonts only: the default theme would fetch web fonts, and this app must work offline.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
+# The status blocks under the Start/Generate buttons carry the progress bar: they need room for it.
 CSS = """
 .alice-video video { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.alice-status { min-height: 4.5em; }
 """
 
 
@@ -93,11 +97,13 @@ class _Handlers:
         self.studio = studio
         self.ui = ui
         self.flags = CancelFlags()
+        self.errors = ErrorNotes(studio)
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
              fps, lora, lora_strength) -> Job:
-        if seed is None or randomize_seed:
+        if randomize_seed:
             seed = random.randint(0, MAX_SEED)
+        seed = whole_number("Seed", seed, 0, MAX_SEED)
         return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
                    frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision,
                    lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0))
@@ -112,8 +118,6 @@ class _Handlers:
                         flag.is_set)
         except GenerationCancelled:
             return None
-        except AliceError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
         finally:
             self.flags.finish(session, flag)
 
@@ -121,33 +125,34 @@ class _Handlers:
     def _history(history: list, results: list[Result]) -> list:
         for r in results:
             s = r.video.settings
-            caption = f"{s.sampler} {s.steps} steps, seed {s.seed}, {r.wall_s:.1f}s: {s.prompt[:60]}"
+            caption = f"{s.prompt[:80]} ({s.sampler} {s.steps} steps, seed {s.seed}, {r.wall_s:.1f} s)"
             history = [(str(r.path), caption), *history][:GALLERY_LIMIT]
         return history
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
                  randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
                  progress=gr.Progress()):
-        steps = student_steps if sampler == "rcm" else teacher_steps
-        job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
-                        frames, fps, lora, lora_strength)
-        result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
+        with self.errors.noted(request):
+            steps = student_steps if sampler == "rcm" else teacher_steps
+            job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
+                            frames, fps, lora, lora_strength)
+            result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
         if result is None:
-            gr.Warning("Generation cancelled")
-            return [gr.skip()] * 5
+            return [gr.skip()] * 5 + [CANCELLED_TEXT]
         history = self._history(history, [result])
-        return str(result.path), result.summary(), job.seed, history, history
+        done = f"**Done:** {result.path.name} in {result.wall_s:.1f} s."
+        return str(result.path), result.summary(), job.seed, history, history, done
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
                 randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
                 progress=gr.Progress()):
-        job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames, fps,
-                        lora, lora_strength)
-        pair = self._run(request.session_hash, progress,
-                         lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
+        with self.errors.noted(request):
+            job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
+                            fps, lora, lora_strength)
+            pair = self._run(request.session_hash, progress,
+                             lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
         if pair is None:
-            gr.Warning("Generation cancelled")
-            return [gr.skip()] * 6
+            return [gr.skip()] * 6 + [CANCELLED_TEXT]
         student, teacher = pair
         history = self._history(history, [student, teacher])
         return (
@@ -157,11 +162,16 @@ class _Handlers:
                       label=f"Teacher, {teacher.video.settings.steps} steps: {teacher.wall_s:.2f} s"),
             {"student": student.summary(), "teacher": teacher.summary()},
             job.seed, history, history,
+            f"**Done:** student {student.wall_s:.1f} s, teacher {teacher.wall_s:.1f} s (in **Teacher vs student**).",
         )
 
-    def cancel(self, request: gr.Request) -> None:
-        if self.flags.cancel(request.session_hash):
-            gr.Info("Cancelling after the current step")
+    def cancel(self, request: gr.Request) -> str:
+        """Shown at once: Gradio drops the cancelled event's own answer."""
+        self.flags.cancel(request.session_hash)
+        return CANCELLED_TEXT
+
+    def show_error(self, request: gr.Request) -> str:
+        return self.errors.text(request)
 
     def model_changed(self, model, precision) -> dict:
         ui = self.ui
@@ -173,7 +183,7 @@ class _Handlers:
                         ui.generate: gr.update(interactive=False), ui.compare: gr.update(interactive=False)}
             pipe = self.studio.pipeline(model, precision)
         except AliceError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(self.errors.public(str(exc)), print_exception=False) from None
         return {
             ui.model_info: _model_info(pipe), ui.download: gr.update(visible=False),
             ui.generate: gr.update(interactive=True),
@@ -203,9 +213,12 @@ class _Handlers:
         try:
             self.studio.download(model, report)
         except AliceError as exc:
-            raise gr.Error(str(exc), print_exception=False) from None
+            raise gr.Error(self.errors.public(str(exc)), print_exception=False) from None
         gr.Info(f"{model} downloaded")
         return gr.update(choices=_model_choices(self.studio), value=model)
+
+
+CANCELLED_TEXT = "**Cancelled.** No new video was made; the last one stays. Press **Generate** to start again."
 
 
 def _default_sampler(pipe: VideoPipeline) -> str:
@@ -228,11 +241,18 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    ui.prompt = gr.Textbox(label="Prompt", lines=2, placeholder="a red ball bouncing", elem_id="prompt")
+                    ui.prompt = gr.Textbox(label="Prompt", lines=2, value=defaults.get("prompt", EXAMPLE_PROMPT),
+                                           elem_id="prompt")
+                    with gr.Row():
+                        ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                        ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
+                    # Progress, the outcome and errors show here, next to the buttons, at any window size.
+                    ui.status = gr.Markdown("", elem_id="generate-status", elem_classes="alice-status")
                     ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.get("negative_prompt", ""))
                     with gr.Row():
-                        ui.seed = gr.Number(label="Seed", value=0, precision=0, minimum=0, maximum=MAX_SEED)
-                        ui.randomize_seed = gr.Checkbox(label="Random seed", value=True)
+                        # No min/max here: the handler's check names the field (Gradio's own does not).
+                        ui.seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
+                        ui.randomize_seed = gr.Checkbox(label="Random seed", value=True, elem_id="random-seed")
                     with gr.Row():
                         ui.size = gr.Dropdown(size_presets(pipe), value=size_presets(pipe)[0], label="Size (WxH)",
                                               allow_custom_value=True, elem_id="size")
@@ -246,7 +266,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                         ui.download = gr.Button("Download", scale=1, visible=False)
                         ui.precision = gr.Dropdown(list(PRECISIONS), value=precision, label="Precision", scale=2,
                                                    info="bf16/fp16: for GPUs")
-                    ui.model_info = gr.Markdown(_model_info(pipe))
+                    ui.model_info = gr.Markdown(_model_info(pipe), elem_id="model-info")
                     ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
                                           label="Sampler")
                     with gr.Row():
@@ -261,9 +281,6 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                                               elem_id="lora", info="made in the Finetune tab, or put in the app's "
                                                                    "LoRA folder")
                         ui.lora_strength = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
-                    with gr.Row():
-                        ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
-                        ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                 with gr.Column(scale=4):
                     ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
                                         elem_id="output-video", elem_classes="alice-video")
@@ -278,24 +295,29 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                     ui.teacher_video = gr.Video(label="Teacher", interactive=False, autoplay=True, loop=True,
                                                 elem_classes="alice-video")
             ui.gallery = gr.Gallery(label="This session's videos", columns=6, fit_columns=False, height=240,
-                                    object_fit="contain", preview=False, interactive=False)
-        with gr.Tab("Finetune", id="finetune"):
-            build_finetune_tab(studio, ui.lora, CancelFlags())  # its own flags: its Cancel stops no generation
-        history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
-
+                                    object_fit="contain", preview=False, interactive=False, elem_id="gallery")
         h = _Handlers(studio, ui)
+        with gr.Tab("Finetune", id="finetune"):
+            build_finetune_tab(studio, ui.lora, CancelFlags(), h.errors)  # own flags: its Cancel stops no generation
+        history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
         inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
                   ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, ui.lora, ui.lora_strength,
                   history]
-        # Generation and comparison share one queue slot: one job at a time on the device.
-        gen_event = ui.generate.click(h.generate, inputs, [ui.video, ui.settings, ui.seed, ui.gallery, history],
-                                      api_name="generate", concurrency_id="device", concurrency_limit=1)
-        cmp_event = ui.compare.click(
-            h.compare, inputs, [ui.student_video, ui.teacher_video, ui.settings, ui.seed, ui.gallery, history],
-            api_name="compare", concurrency_id="device", concurrency_limit=1,
+        # Generation and comparison share one queue slot: one job at a time on the device. Progress and errors show
+        # on the status block only, so an error leaves the last video, its settings and the gallery as they were.
+        gen_event = ui.generate.click(
+            h.generate, inputs, [ui.video, ui.settings, ui.seed, ui.gallery, history, ui.status], api_name="generate",
+            concurrency_id="device", concurrency_limit=1, show_progress_on=[ui.status],
         )
+        cmp_event = ui.compare.click(
+            h.compare, inputs,
+            [ui.student_video, ui.teacher_video, ui.settings, ui.seed, ui.gallery, history, ui.status],
+            api_name="compare", concurrency_id="device", concurrency_limit=1, show_progress_on=[ui.status],
+        )
+        for event in (gen_event, cmp_event):
+            event.failure(h.show_error, None, [ui.status], api_visibility="private", queue=False)
         # cancels= drops this session's waiting jobs; the flag stops a running one at the next step.
-        ui.cancel.click(h.cancel, None, None, api_name="cancel", cancels=[gen_event, cmp_event], queue=False)
+        ui.cancel.click(h.cancel, None, [ui.status], api_name="cancel", cancels=[gen_event, cmp_event], queue=False)
         model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
                          ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps]
         for control in (ui.model, ui.precision):

@@ -182,11 +182,12 @@ class Studio:
     ) -> Result:
         pipe = self.pipeline(job.model, job.precision)
         settings = self.settings(job, pipe)
-        targets = self._lora_targets(job, pipe)
+        targets = self._lora_files(job, pipe)
         if targets and settings.sampler not in targets:
+            have = next(iter(targets))
             raise AliceError(
-                f"LoRA {job.lora} is for the {NETWORK_NAMES[targets[0]]} ({targets[0]}); generate with that sampler "
-                f"or pick the LoRA made for the {NETWORK_NAMES[settings.sampler]}"
+                f"LoRA {job.lora} is for the {NETWORK_NAMES[have]} ({have}) and has no part for the "
+                f"{NETWORK_NAMES[settings.sampler]}; generate with the {NETWORK_NAMES[have]}'s sampler"
             )
         with self.device_slot():
             return self._run(self._with_lora(pipe, job), settings, progress, should_cancel, settings.sampler, job)
@@ -216,7 +217,7 @@ class Studio:
                 return None
             return lambda done, _total, _desc: progress(done_before + done, total, label)
 
-        self._lora_targets(job, pipe)  # a LoRA changes the network it is for; the other one stays the base model
+        self._lora_files(job, pipe)  # a LoRA changes the networks it is for; any other stays the base model
         with self.device_slot():
             pipe = self._with_lora(pipe, job)
             first = self._run(pipe, student, offset(0, "student"), should_cancel, "student", job)
@@ -241,35 +242,47 @@ class Studio:
         return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
 
     # -- LoRAs -------------------------------------------------------------------------------------------------
-    def lora_names(self) -> list[str]:
-        """The LoRA files the app offers: the .safetensors files directly in its LoRA folder."""
+    def _files_in_lora_folder(self) -> list[str]:
         if not self.loras_dir.is_dir():
             return []
         return sorted(p.name for p in self.loras_dir.glob(f"*{LORA_SUFFIX}") if p.is_file() and p.name[0] != ".")
+
+    def lora_names(self) -> list[str]:
+        """The LoRAs the app offers: the .safetensors files directly in its LoRA folder, a finetune's pair (X and
+        X.teacher) as one entry X, which the app applies to the right network itself."""
+        files = self._files_in_lora_folder()
+        return [name for name in files if _student_of(name) not in files]
 
     def lora_path(self, name: str) -> Path:
         if name not in self.lora_names():
             raise AliceError(f"unknown LoRA {name!r}; pick one from the LoRA list (finetuned LoRAs appear there)")
         return self.loras_dir / name
 
-    def _lora_targets(self, job: Job, pipe: VideoPipeline) -> list[str]:
-        """The networks the job's LoRA changes ([] without a LoRA): the one a finetuned LoRA names, else all."""
+    def _lora_files(self, job: Job, pipe: VideoPipeline) -> dict[str, Path]:
+        """{sampler: LoRA file} for the networks the job's LoRA changes ({} without a LoRA): for a finetune, its
+        student file on the 4-step student and its teacher file on the teacher; any other LoRA on every network."""
         if not job.lora:
-            return []
-        return lora_samplers(self.lora_path(job.lora), list(pipe.dits))
+            return {}
+        path = self.lora_path(job.lora)
+        files = {sampler: path for sampler in lora_samplers(path, list(pipe.dits))}
+        partner = teacher_lora_path(path)
+        if "teacher" in pipe.dits and "teacher" not in files and partner.is_file():
+            files.update({sampler: partner for sampler in lora_samplers(partner, list(pipe.dits))})
+        return files
 
     def _with_lora(self, pipe: VideoPipeline, job: Job) -> VideoPipeline:
         """The pipeline with the job's LoRA merged into copies of the networks it is for (the cached pipeline stays
         unpatched); the last patched pipeline is kept, so repeated generations with one LoRA copy nothing."""
         if not job.lora:
             return pipe
-        path = self.lora_path(job.lora)
-        key = (job.model, job.precision, job.lora, path.stat().st_mtime_ns, float(job.lora_strength))
+        files = self._lora_files(job, pipe)
+        key = (job.model, job.precision, job.lora, tuple((s, p.stat().st_mtime_ns) for s, p in files.items()),
+               float(job.lora_strength))
         if self._lora_pipe is not None and self._lora_pipe[0] == key:
             return self._lora_pipe[1]
         self._lora_pipe = None  # free the previous copy before making the next
         patched: dict = {}  # id(DiT) -> patched copy: one DiT serving both samplers is patched once
-        for sampler in self._lora_targets(job, pipe):
+        for sampler, path in files.items():
             dit = pipe.dits[sampler]
             if id(dit) not in patched:
                 patched[id(dit)] = copy.deepcopy(dit)
@@ -305,6 +318,9 @@ class Studio:
         for name, value, most in limits:
             if value > most:
                 raise AliceError(f"{name} is {value}; this app allows at most {most}")
+        if cfg.teacher_steps + cfg.student_steps == 0:
+            raise AliceError("Teacher steps and Student steps are both 0, so nothing would be trained; set at least "
+                             "one of them above 0")
         if not job.videos:
             raise AliceError("no videos uploaded; add the clips to learn from")
         captions = _captions(job.captions, len(job.videos))
@@ -332,6 +348,12 @@ class Studio:
                 raise
         shutil.rmtree(work, ignore_errors=True)  # complete: the LoRA files are the result
         return result
+
+
+def _student_of(name: str) -> str:
+    """'x.teacher.safetensors' -> 'x.safetensors' (the student half of a finetune's pair); other names unchanged."""
+    stem = name.removesuffix(LORA_SUFFIX)
+    return stem.removesuffix(".teacher") + LORA_SUFFIX if stem.endswith(".teacher") else ""  # "": in no list
 
 
 def _captions(text: str, count: int) -> list[str]:
