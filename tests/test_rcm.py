@@ -10,7 +10,8 @@ import torch.multiprocessing as mp
 from torch.func import jvp
 
 from alice_core.models.config import WanDiTConfig
-from alice_core.models.dit import WanDiT, math_attention
+from alice_core.models.attention import math_attention
+from alice_core.models.dit import WanDiT
 from alice_core.models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from alice_core.train.data import CachedTextEncoder, SyntheticVideoData
 from alice_core.train.distill import DistillConfig, Distiller

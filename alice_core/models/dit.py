@@ -2,7 +2,8 @@
 
 Module names follow the official Wan checkpoints (`blocks.N.self_attn.q`, `ffn.0`, `modulation`, `head.head`, ...),
 so official and rCM state dicts load without renaming; other layouts are converted in `alice_core.loading`.
-Layers come from an injected `ops` namespace (see `ops.py`) so fp8 / NF4 layers swap in.
+Layers come from an injected `ops` namespace (see `ops.py`) so fp8 / NF4 layers swap in; the attention kernel is
+injected the same way (an `AttentionBackend`, see `attention.py`).
 
 Image-to-video variants differ only in their inputs: the conditioning latent `y` (frame mask + image latent,
 in_dim - out_dim channels) is concatenated to the noisy latent before the patch embedding, and Wan2.1 I2V adds
@@ -12,7 +13,7 @@ TI2V-5B passes one timestep per token (t of shape [B, L]) so the first latent fr
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import math
 
 import torch
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AliceError
+from .attention import DEFAULT_ATTENTION, AttentionBackend
 from .config import WanDiTConfig
 from .ops import StandardOps, upcast
 
@@ -39,67 +41,52 @@ def rope_frequency_split(head_dim: int) -> tuple[int, int, int]:
     return (head_dim - 2 * hw) // 2, hw // 2, hw // 2
 
 
+@functools.lru_cache(maxsize=8)
 def rope_cos_sin(
     head_dim: int, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype = torch.float32
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token grid."""
-    tables = []
-    for n_pairs, size in zip(rope_frequency_split(head_dim), grid):
-        # Each axis uses the frequencies it would have as a 1D RoPE of 2*n_pairs channels (theta 1e4).
-        inv = 1.0 / torch.pow(10000.0, torch.arange(0, 2 * n_pairs, 2, dtype=torch.float64, device=device) / (2 * n_pairs))
-        tables.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), inv))
-    f, h, w = grid
-    angles = torch.cat(
-        [
-            tables[0][:, None, None, :].expand(f, h, w, -1),
-            tables[1][None, :, None, :].expand(f, h, w, -1),
-            tables[2][None, None, :, :].expand(f, h, w, -1),
-        ],
-        dim=-1,
-    ).reshape(f * h * w, -1)
-    return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+    """cos/sin tables [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token grid.
+
+    Built once per grid in float64 and cached: every forward of a generation (and every step) reuses them. Built
+    outside inference mode so tables first made under ComfyUI's inference_mode still serve a training step."""
+    with torch.inference_mode(False), torch.no_grad():
+        tables = []
+        for n_pairs, size in zip(rope_frequency_split(head_dim), grid):
+            # Each axis uses the frequencies it would have as a 1D RoPE of 2*n_pairs channels (theta 1e4).
+            exponent = torch.arange(0, 2 * n_pairs, 2, dtype=torch.float64, device=device) / (2 * n_pairs)
+            tables.append(torch.outer(torch.arange(size, dtype=torch.float64, device=device), 1.0 / 10000.0**exponent))
+        f, h, w = grid
+        angles = torch.cat(
+            [
+                tables[0][:, None, None, :].expand(f, h, w, -1),
+                tables[1][None, :, None, :].expand(f, h, w, -1),
+                tables[2][None, None, :, :].expand(f, h, w, -1),
+            ],
+            dim=-1,
+        ).reshape(f * h * w, -1)
+        return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (complex multiplication, as Wan does)."""
-    xf = upcast(x).unflatten(-1, (-1, 2))
-    real, imag = xf[..., 0], xf[..., 1]
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (complex multiplication, as Wan does).
+
+    The rotated pairs are written into the even/odd strided slices of one output: no stack + flatten copy."""
+    xf = upcast(x)
+    real, imag = xf[..., 0::2], xf[..., 1::2]
     cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    return torch.stack([real * cos - imag * sin, real * sin + imag * cos], dim=-1).flatten(-2)
-
-
-_MATH_ATTENTION = False
-
-
-@contextlib.contextmanager
-def math_attention():
-    """Use explicit softmax(QK^T)V attention inside this block: the fused SDPA kernels have no forward-mode AD,
-    which the rCM trainer's exact JVP (torch.func.jvp) needs."""
-    global _MATH_ATTENTION
-    previous, _MATH_ATTENTION = _MATH_ATTENTION, True
-    try:
-        yield
-    finally:
-        _MATH_ATTENTION = previous
-
-
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Multi-head attention on [B, L, heads, head_dim] tensors."""
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
-    if _MATH_ATTENTION:
-        weights = torch.softmax((q @ k.transpose(-1, -2)) * q.shape[-1] ** -0.5, dim=-1)
-        out = weights @ v
-    else:
-        out = F.scaled_dot_product_attention(q, k, v)
-    return out.transpose(1, 2).flatten(2)
+    out = torch.empty_like(xf)
+    out[..., 0::2] = real * cos - imag * sin
+    out[..., 1::2] = real * sin + imag * cos
+    return out
 
 
 class Attention(nn.Module):
     """q/k/v/o projections with RMSNorm on q and k over the full dim (across heads, not per head)."""
 
-    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: AttentionBackend | None = None) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
+        self.attention = attention or AttentionBackend()
         self.q = ops.Linear(cfg.dim, cfg.dim)
         self.k = ops.Linear(cfg.dim, cfg.dim)
         self.v = ops.Linear(cfg.dim, cfg.dim)
@@ -116,15 +103,15 @@ class SelfAttention(Attention):
         v = self.v(x)
         q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope).to(v.dtype)
         k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope).to(v.dtype)
-        return self.o(attention(q, k, self.heads(v)))
+        return self.o(self.attention(q, k, self.heads(v)))
 
 
 class CrossAttention(Attention):
     """Attention to the text tokens; no RoPE. With `image_dim` set (Wan2.1 I2V) the same queries also attend to
     the projected CLIP tokens through their own keys/values, and the two results are summed."""
 
-    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
-        super().__init__(cfg, ops)
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: AttentionBackend | None = None) -> None:
+        super().__init__(cfg, ops, attention)
         if cfg.image_dim is not None:
             self.k_img = ops.Linear(cfg.dim, cfg.dim)
             self.v_img = ops.Linear(cfg.dim, cfg.dim)
@@ -134,11 +121,11 @@ class CrossAttention(Attention):
         v = self.v(context)
         q = self.heads(self.norm_q(self.q(x)).to(v.dtype))
         k = self.heads(self.norm_k(self.k(context)).to(v.dtype))
-        out = attention(q, k, self.heads(v))
+        out = self.attention(q, k, self.heads(v))
         if image_context is not None:
             v_img = self.v_img(image_context)
             k_img = self.heads(self.norm_k_img(self.k_img(image_context)).to(v_img.dtype))
-            out = out + attention(q, k_img, self.heads(v_img))
+            out = out + self.attention(q, k_img, self.heads(v_img))
         return self.o(out)
 
 
@@ -165,13 +152,13 @@ class FeedForward(nn.Sequential):
 
 
 class WanBlock(nn.Module):
-    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: AttentionBackend | None = None) -> None:
         super().__init__()
         self.norm1 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
-        self.self_attn = SelfAttention(cfg, ops)
+        self.self_attn = SelfAttention(cfg, ops, attention)
         # norm3 (affine) sits before cross-attention; it is the only block norm with parameters.
         self.norm3 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=True) if cfg.cross_attn_norm else nn.Identity()
-        self.cross_attn = CrossAttention(cfg, ops)
+        self.cross_attn = CrossAttention(cfg, ops, attention)
         self.norm2 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.ffn = FeedForward(cfg, ops)
         self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
@@ -212,17 +199,19 @@ class WanDiT(nn.Module):
     x: [B, out_dim, F, H, W] noisy latents; t: [B] timesteps in Wan's 0..1000 units, or [B, L] one per token
     (TI2V); context: [B, L, text_dim] text states, L <= text_len (zero-padded here to text_len as Wan does).
     Image-to-video models also take y [B, in_dim - out_dim, F, H, W] (mask + image latent) and, when the config
-    has `image_dim`, clip_embedding [B, N, image_dim] (CLIP ViT-H penultimate states).
+    has `image_dim`, clip_embedding [B, N, image_dim] (CLIP ViT-H penultimate states). `attention` names the kernel
+    (sdpa, flash, sage).
     """
 
-    def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
+    def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: str = DEFAULT_ATTENTION) -> None:
         super().__init__()
         self.config = cfg
+        backend = AttentionBackend(attention)
         self.patch_embedding = ops.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.dim, cfg.dim))
         self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), ops.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(cfg.dim, cfg.dim * 6))
-        self.blocks = nn.ModuleList([WanBlock(cfg, ops) for _ in range(cfg.num_layers)])
+        self.blocks = nn.ModuleList([WanBlock(cfg, ops, backend) for _ in range(cfg.num_layers)])
         self.head = Head(cfg, ops)
         if cfg.image_dim is not None:
             self.img_emb = ImageProjection(cfg, ops)
@@ -241,6 +230,18 @@ class WanDiT(nn.Module):
                     nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
         return self
+
+    @property
+    def attention_backend(self) -> AttentionBackend:
+        return self.blocks[0].self_attn.attention if len(self.blocks) else AttentionBackend()
+
+    def set_attention(self, name: str) -> AttentionBackend:
+        """Switch every block to the named kernel (falling back to sdpa, with one logged line, if it is missing)."""
+        backend = AttentionBackend(name)
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.attention = backend
+        return backend
 
     @property
     def dtype(self) -> torch.dtype:

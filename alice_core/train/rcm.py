@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch.func import jvp
 
-from ..models.dit import math_attention
+from ..models.attention import math_attention
 
 Net = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
