@@ -16,6 +16,7 @@ import torch
 
 from alice_core.errors import AliceError
 from alice_core.hub import FOLDER_KINDS, ProgressCallback, standalone_folders
+from alice_core.preview import Previewer
 from alice_core.sampling import ProgressFn
 from alice_core.video_io import unique_path
 
@@ -25,6 +26,8 @@ try:  # present only when ComfyUI imports this package
     import folder_paths
 except ImportError:
     comfy_mm = comfy_utils = folder_paths = None
+
+PREVIEW_MAX_SIZE = 512  # ComfyUI's default --preview-size
 
 # What ComfyUI lists as model files (folder_paths.supported_pt_extensions), for the same lists outside it.
 MODEL_SUFFIXES = (".ckpt", ".pt", ".pt2", ".bin", ".pth", ".safetensors", ".pkl", ".sft")
@@ -88,13 +91,33 @@ def metadata_enabled() -> bool:
     return not args.disable_metadata
 
 
-def step_progress(total: int) -> ProgressFn | None:
-    """One progress-bar tick per sampling step. ComfyUI's progress hook also raises its interrupt exception when the
-    user pressed Cancel, so the bar doubles as the cancel check."""
+def previews_enabled() -> bool:
+    """False when ComfyUI runs with --preview-method none."""
+    try:
+        from comfy.cli_args import args
+    except ImportError:  # outside ComfyUI (or a host without its arguments): previews on
+        return True
+    return getattr(getattr(args, "preview_method", None), "value", "auto") != "none"
+
+
+def step_progress(total: int, previewer: Previewer | None = None) -> ProgressFn | None:
+    """One progress-bar tick per sampling step, with a preview image of the step's x0 estimate (ComfyUI shows it on
+    the node, as its own samplers' previews: a ("JPEG", PIL image, max size) triple). ComfyUI's progress hook also
+    raises its interrupt exception when the user pressed Cancel, so the bar doubles as the cancel check."""
     if comfy_utils is None:
         return None
     bar = comfy_utils.ProgressBar(total)
-    return lambda done, steps, x0: bar.update(1)
+    show = previewer if previewer is not None and previews_enabled() else None
+
+    def report(done: int, steps: int, x0: torch.Tensor) -> None:
+        preview = None
+        if show is not None:
+            from PIL import Image
+
+            preview = ("JPEG", Image.fromarray(show(x0)), PREVIEW_MAX_SIZE)
+        bar.update_absolute(done, steps, preview)
+
+    return report
 
 
 def download_progress() -> ProgressCallback | None:

@@ -8,7 +8,9 @@ from pathlib import Path
 from alice_core.bundle import bundled_models
 from alice_core.hub import load_catalogue, resolve_catalogue_model
 from alice_core.models.text_encoders import load_text_encoder
+from alice_core.models.vae import WanVAE
 from alice_core.pipeline import PRECISIONS
+from alice_core.preview import remember_wan_vae
 from alice_core.stages import MODEL_PRECISIONS, AliceModel, load_model, load_vae, resolve_precision, with_lora
 
 from . import host
@@ -125,7 +127,10 @@ class AliceVAELoader(AliceNode):
             source = host.model_path("diffusion_models", vae_name)
         else:
             source = host.model_path("vae", vae_name)
-        return (load_vae(source, precision, device),)
+        vae = load_vae(source, precision, device)
+        if isinstance(vae, WanVAE):
+            remember_wan_vae(vae)  # the sampler nodes preview Wan2.1 latents with factors fitted on it
+        return (vae,)
 
 
 class AliceLoraLoader(AliceNode):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from alice_core.models.interfaces import TextEncoder
 from alice_core.pipeline import GenerationSettings
+from alice_core.preview import previewer_for_space
 from alice_core.sampling import RCM_MAX_STEPS
 from alice_core.stages import AliceModel, Conditioning, encode_prompts, sample, to_comfy_latent
 
@@ -25,7 +26,8 @@ def _size_inputs() -> dict:
 def _run_sampler(model: AliceModel, conditioning: Conditioning, settings: GenerationSettings) -> tuple[dict]:
     latents = sample(
         model, conditioning, settings,
-        progress=host.step_progress(settings.steps), should_cancel=host.cancel_check(),
+        progress=host.step_progress(settings.steps, previewer_for_space(model.latent_space)),
+        should_cancel=host.cancel_check(),
     )
     return (to_comfy_latent(latents, model.latent_space),)
 

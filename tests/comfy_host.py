@@ -106,6 +106,7 @@ class ComfyHost:
         self.interrupted = False
         self.updates: list[tuple[str, int, int]] = []   # (node, value, total): every ProgressBar update of a node
         self.progress: list[tuple[str, int, int]] = []  # what the hook forwarded to the browser
+        self.previews: list[Any] = []                   # the preview each forwarded update carried (or None)
         self.texts: list[tuple[str, str, str]] = []     # (text, node, client) from send_progress_text
         self.cancel_value: int | None = None
         self.cancel_during_update = False
@@ -132,6 +133,7 @@ class ComfyHost:
         context = self._context.get()
         self._throw_if_interrupted()
         self.progress.append((node_id or (context.node_id if context else ""), value, total))
+        self.previews.append(preview)
 
     def _modules(self, disable_metadata: bool, device: torch.device) -> dict[str, Any]:
         host = self

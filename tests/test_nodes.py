@@ -309,6 +309,24 @@ def test_every_node_runs_under_the_executors_inference_mode(random_bundle):
     assert images.is_inference() and latent["samples"].is_inference()
 
 
+def test_sampler_sends_a_preview_of_x0_every_step(random_bundle):
+    """ComfyUI's progress bar receives ("JPEG", PIL image, max size) each step; for alice-tiny's latent the last
+    preview is the exact decode (by the VAE node) of the result's middle latent frame."""
+    comfy = ComfyHost(throttle=False)
+    _, latent = generate_with_nodes(random_bundle.entry, "rcm", comfy, seed=1, steps=3, width=32, height=32, frames=9,
+                                    sigma_max=80.0, mode="sde")
+    previews = [p for p in comfy.previews if p is not None]
+    assert comfy.updates == [("4", 1, 3), ("4", 2, 3), ("4", 3, 3)] and len(previews) == 3
+    assert all(p[0] == "JPEG" and p[1].size == (32, 32) and p[2] == 512 for p in previews)
+    assert len({p[1].tobytes() for p in previews}) == 3  # each step shows its own estimate
+    mid = latent["samples"].shape[2] // 2
+    vae = comfy.run("AliceVAELoader", vae_name=random_bundle.entry, precision="auto")[0]
+    frame = comfy.run("AliceVAEDecode", vae=vae, samples={"samples": latent["samples"][:, :, mid : mid + 1]},
+                      tiled=False, tile_size=256, overlap=64)[0][0]
+    expected = (frame.numpy() * 255).round().astype(np.uint8)
+    assert np.abs(np.asarray(previews[-1][1]).astype(int) - expected).max() <= 1
+
+
 # ---------------------------------------------------------------- saving
 
 

@@ -52,7 +52,9 @@ class CausalConv3d(nn.Conv3d):
                 time_pad -= prev.shape[2]
             # clone: a view would keep the whole chunk alive until the next one
             cache[self] = x[:, :, -CACHE_T:].clone()
-        return super().forward(F.pad(x, (*self.space_pad, time_pad, 0)))
+        # Rebinding frees the concatenated copy before the convolution runs (a lower encode/decode peak).
+        x = F.pad(x, (*self.space_pad, time_pad, 0))
+        return super().forward(x)
 
 
 class RMSNorm(nn.Module):
@@ -110,7 +112,8 @@ class AttentionBlock(nn.Module):
         b, c, t, h, w = x.shape
         frames = x.transpose(1, 2).reshape(b * t, c, h, w)
         qkv = self.to_qkv(self.norm(frames)).flatten(2).transpose(1, 2).unsqueeze(1)  # [bt, 1, hw, 3c]
-        out = F.scaled_dot_product_attention(*qkv.chunk(3, dim=-1))
+        # Contiguous q/k/v: strided slices of qkv would send SDPA to its slow math path.
+        out = F.scaled_dot_product_attention(*(t.contiguous() for t in qkv.chunk(3, dim=-1)))
         out = self.proj(out.squeeze(1).transpose(1, 2).reshape(b * t, c, h, w))
         return x + out.reshape(b, t, c, h, w).transpose(1, 2)
 

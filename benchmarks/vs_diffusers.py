@@ -1,0 +1,213 @@
+"""Alice's Wan DiT forward and VAE decode against diffusers' `WanTransformer3DModel` / `AutoencoderKLWan` on the
+same random weights: time (interleaved runs, ratio per pair, in one process) and peak memory (a fresh process
+per model and part, so each peak is its own). One table per part.
+
+    python benchmarks/vs_diffusers.py [--part dit|vae|both] [--device cpu|cuda] [--dtype fp32|bf16]
+                                      [--layers 2] [--latent 3x16x16] [--repeats 5] [--threads 2]
+
+CPU defaults: the Wan2.1 1.3B block shape (dim 1536, 12 heads, ffn 8960) at 2 blocks, a 3x16x16 latent; the VAE
+at its real width decoding 2 latent frames of 16x16. On a GPU: `--device cuda --dtype bf16 --layers 30
+--latent 21x60x104` is the 1.3B at 480p x 81 frames; the table then adds the forward's FLOP count and the time at
+the compute limit (790 TFLOP/s bf16). Goal: <= 0.9x diffusers' time and <= 1.0x its peak memory.
+Peak memory is CUDA's max_memory_allocated on a GPU, the process's peak RSS growth during the part on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
+
+from alice_core.loading.dit import build_dit  # noqa: E402
+from alice_core.loading.vae_keys import vae_diffusers_to_official  # noqa: E402
+from alice_core.models.vae import WanVAE  # noqa: E402
+
+TEXT_LEN = 512
+PEAK_TFLOPS_BF16 = 790.0
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def diffusers_dit(layers: int):
+    from diffusers import WanTransformer3DModel
+
+    torch.manual_seed(0)
+    model = WanTransformer3DModel(
+        num_layers=layers, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
+        in_channels=16, out_channels=16, freq_dim=256, patch_size=(1, 2, 2),
+    )
+    with torch.no_grad():
+        for p in model.parameters():  # diffusers zero-inits some tables: random everywhere, as trained weights are
+            p.copy_(torch.randn_like(p) * p.shape[-1] ** -0.5 if p.ndim > 1 else 0.02 * torch.randn_like(p))
+    return model.eval()
+
+
+def diffusers_vae():
+    from diffusers import AutoencoderKLWan
+
+    torch.manual_seed(0)
+    model = AutoencoderKLWan()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return model.eval()
+
+
+def build(part: str, which: str, layers: int, device: str, dtype: torch.dtype):
+    """(model, run) for one part and implementation; run() does one timed forward / decode."""
+    if part == "dit":
+        ref = diffusers_dit(layers)
+        model = ref if which == "diffusers" else build_dit(ref.state_dict())
+        return model.to(device, dtype)
+    ref = diffusers_vae()
+    if which == "diffusers":
+        return ref.to(device, dtype)
+    ours = WanVAE()
+    ours.load_state_dict(vae_diffusers_to_official(ref.state_dict()))
+    return ours.eval().to(device, dtype)
+
+
+def make_inputs(part: str, latent: tuple[int, int, int], device: str, dtype: torch.dtype):
+    g = torch.Generator().manual_seed(1)
+    f, h, w = latent
+    x = torch.randn(1, 16, f, h, w, generator=g).to(device, dtype)
+    if part == "dit":
+        return x, torch.tensor([900.0], device=device), torch.randn(1, TEXT_LEN, 4096, generator=g).to(device, dtype)
+    return (x,)
+
+
+def runner(part: str, which: str, model, inputs):
+    if part == "dit" and which == "diffusers":
+        x, t, ctx = inputs
+        return lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
+    if part == "dit":
+        return lambda: model(*inputs)
+    if which == "diffusers":
+        return lambda: model.decode(inputs[0], return_dict=False)[0]
+    return lambda: model.decode(inputs[0])
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def rss_bytes(field: str) -> int:
+    return int(re.search(rf"{field}:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+
+
+def dit_tflop(layers: int, latent: tuple[int, int, int], dim: int = 1536, ffn: int = 8960) -> float:
+    """Matmul FLOP of one DiT forward (2 per multiply-add): projections, attention scores and values, FFN."""
+    f, h, w = latent
+    tokens = f * (h // 2) * (w // 2)
+    per_block = (
+        2 * tokens * dim * dim * 4  # self-attention q, k, v, o
+        + 2 * 2 * tokens * tokens * dim  # self-attention QK^T and PV
+        + 2 * tokens * dim * dim * 2 + 2 * TEXT_LEN * dim * dim * 2  # cross-attention q, o and k, v
+        + 2 * 2 * tokens * TEXT_LEN * dim  # cross-attention QK^T and PV
+        + 2 * tokens * dim * ffn * 2  # FFN
+    )
+    return layers * per_block / 1e12
+
+
+def peak_worker(args) -> None:
+    """Fresh process: build one model, run once to warm up, then report the peak of a second run."""
+    dtype, device = DTYPES[args.dtype], args.device
+    model = build(args.part, args.worker, args.layers, device, dtype)
+    run = runner(args.part, args.worker, model, make_inputs(args.part, args.latent, device, dtype))
+    with torch.inference_mode():
+        run()
+        sync(device)
+        if device.startswith("cuda"):
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            base = rss_bytes("VmRSS")
+        run()
+        sync(device)
+        peak = torch.cuda.max_memory_allocated() - base if device.startswith("cuda") else rss_bytes("VmHWM") - base
+    print(json.dumps({"peak_bytes": peak}))
+
+
+def peak_of(args, which: str) -> int:
+    cmd = [sys.executable, __file__, "--worker", which, "--part", args.part, "--device", args.device,
+           "--dtype", args.dtype, "--layers", str(args.layers), "--latent", "x".join(map(str, args.latent)),
+           "--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+    return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
+
+
+def timed(part: str, args) -> dict[str, list[float]]:
+    dtype, device = DTYPES[args.dtype], args.device
+    runs = {}
+    for which in ("alice", "diffusers"):
+        model = build(part, which, args.layers, device, dtype)
+        runs[which] = runner(part, which, model, make_inputs(part, args.latent, device, dtype))
+    times: dict[str, list[float]] = {"alice": [], "diffusers": []}
+    with torch.inference_mode():
+        for run in runs.values():  # warm-up (kernels, caches)
+            run()
+        for _ in range(args.repeats):
+            for which, run in runs.items():  # interleaved: a drift in machine speed hits both
+                sync(device)
+                start = time.perf_counter()
+                run()
+                sync(device)
+                times[which].append(time.perf_counter() - start)
+    return times
+
+
+def table(part: str, args) -> str:
+    times = timed(part, args)
+    ratios = [a / d for a, d in zip(times["alice"], times["diffusers"])]
+    peaks = {which: peak_of(argparse.Namespace(**{**vars(args), "part": part}), which) for which in times}
+    what = f"DiT forward, {args.layers} blocks at 1.3B width" if part == "dit" else "VAE decode (Wan2.1, full width)"
+    lines = [
+        f"{what}, latent {'x'.join(map(str, args.latent))}, {args.dtype} on {args.device}, {args.repeats} interleaved runs",
+        "",
+        "| | median s | min s | peak MiB |",
+        "|---|---|---|---|",
+    ]
+    for which in ("alice", "diffusers"):
+        lines.append(f"| {which} | {statistics.median(times[which]):.4f} | {min(times[which]):.4f} | {peaks[which] / 2**20:.1f} |")
+    lines.append(f"| alice / diffusers | {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f}) | | "
+                 f"{peaks['alice'] / max(peaks['diffusers'], 1):.3f} |")
+    if part == "dit":
+        tflop = dit_tflop(args.layers, args.latent)
+        best = min(times["alice"])
+        lines.append(f"\n{tflop:.2f} TFLOP per forward: alice {tflop / best:.2f} TFLOP/s; at {PEAK_TFLOPS_BF16:g} "
+                     f"TFLOP/s a forward takes {tflop / PEAK_TFLOPS_BF16:.4f} s, 4 steps {4 * tflop / PEAK_TFLOPS_BF16:.3f} s "
+                     f"(alice: {4 * best:.3f} s, {best * PEAK_TFLOPS_BF16 / tflop:.1f}x the limit)")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=("dit", "vae", "both"), default="both")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--latent", type=lambda s: tuple(int(v) for v in s.split("x")), default=None,
+                   help="FxHxW latent size (default 3x16x16 for the DiT, 2x16x16 for the VAE)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--worker", choices=("alice", "diffusers"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        return peak_worker(args)
+    for part in ("dit", "vae") if args.part == "both" else (args.part,):
+        part_args = argparse.Namespace(**{**vars(args), "latent": args.latent or ((3, 16, 16) if part == "dit" else (2, 16, 16))})
+        print(table(part, part_args), end="\n\n", flush=True)
+
+
+if __name__ == "__main__":
+    main()
