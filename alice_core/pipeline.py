@@ -20,6 +20,7 @@ from .limits import (
 )
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
+from .models.runtime import DiTRuntime, prepare_dit
 from .models.vae import WanVAE
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
 
@@ -331,20 +332,27 @@ def load_pipeline(
     low_noise_model: str | None = None,
     boundary: float | None = None,
     defaults: dict | None = None,
+    runtime: DiTRuntime = DiTRuntime(),
 ) -> VideoPipeline:
     """A pipeline for a bundled model name, a bundle folder, a Wan checkpoint file (+ `vae` and `text_encoder`),
     or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`.
-    `defaults` are a checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...)."""
+    `defaults` are a checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...).
+    runtime: the DiT's attention kernel, block swap and compile (single DiTs; an expert pair keeps its own swap)."""
     from .loading.dit import load_dit
     from .loading.experts import find_expert_pair, load_expert_pair
     from .models.text_encoders import load_text_encoder
+
+    def dit_from(path) -> WanDiT:
+        # block swap: read into CPU memory, then K blocks go to the device
+        dit = load_dit(path, precision=precision, device="cpu" if runtime.blocks_on_device is not None else device)
+        return prepare_dit(dit, device, runtime)
 
     dtype = parse_precision(precision)
     bundle = resolve_bundle(model) if low_noise_model is None else None
     if bundle is not None:
         te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder), precision=precision)
         ae = load_autoencoder({"type": "wan_vae", "file": str(Path(vae).resolve())}, Path("."), dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
-        dits = {k: load_dit(p, precision=precision, device=device) for k, p in bundle.dits.items()}
+        dits = {k: dit_from(p) for k, p in bundle.dits.items()}
         return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
 
     # A single checkpoint or pair: the same weights serve whichever sampler the user picks. A single file's header
@@ -368,7 +376,7 @@ def load_pipeline(
     elif boundary is not None:
         raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
     else:
-        dit = load_dit(model, precision=precision, device=device)
+        dit = dit_from(model)
     te = load_text_encoder(text_encoder, precision=precision)
     return VideoPipeline(
         Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, defaults or {}, device

@@ -30,6 +30,7 @@ from .loading.quant import PRECISION_NAMES
 from .models.config import WanVAEConfig
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
+from .models.runtime import DiTRuntime, prepare_dit
 from .models.space_to_depth import SpaceToDepthAutoencoder
 from .models.vae import WanVAE
 from .pipeline import GenerationSettings, VideoPipeline, load_autoencoder
@@ -135,14 +136,16 @@ class AliceModel:
 
     @contextmanager
     def placed(self) -> Iterator[None]:
-        """Weights on the compute device for the duration; back to the offload device afterwards."""
-        for dit in self.dits.values():
+        """Weights on the compute device for the duration; back to the offload device afterwards. A block-swapped
+        DiT places itself, block by block."""
+        movable = [dit for dit in self.dits.values() if getattr(dit, "block_swap", None) is None]
+        for dit in movable:
             dit.to(self.device)
         try:
             yield
         finally:
             if self.offload_device is not None:
-                for dit in self.dits.values():
+                for dit in movable:
                     dit.to(self.offload_device)
 
 
@@ -164,10 +167,12 @@ def load_model(
     precision: str = "auto",
     device: str | torch.device = "cpu",
     offload_device: str | torch.device | None = None,
+    runtime: DiTRuntime = DiTRuntime(),
 ) -> AliceModel:
     """A bundled model name, a bundle folder (or its model.json), or a single Wan2.1 T2V DiT checkpoint.
 
-    precision: auto, fp32, bf16, fp16, or the quantised fp8_e4m3fn / fp8_e5m2 / nf4 (see loading/quant.py)."""
+    precision: auto, fp32, bf16, fp16, or the quantised fp8_e4m3fn / fp8_e5m2 / nf4 (see loading/quant.py).
+    runtime: attention kernel, block swap (K blocks on `device`, the rest streamed from CPU memory), compile."""
     from .loading.dit import load_dit
 
     device = torch.device(device)
@@ -185,7 +190,11 @@ def load_model(
     by_file: dict[Path, WanDiT] = {}  # load a file once even when several samplers share it
     for file in files.values():
         if file not in by_file:
-            dit = load_dit(file, precision=precision, device=offload or device)
+            # A swapped model is read into CPU memory, then K blocks go to the device; otherwise it is read where it
+            # waits between runs.
+            swapped = runtime.blocks_on_device is not None
+            dit = load_dit(file, precision=precision, device="cpu" if swapped else offload or device)
+            prepare_dit(dit, device if swapped else offload or device, runtime)
             if dit.config.in_dim != space.latent_channels:
                 raise AliceError(
                     f"{file}: the DiT takes {dit.config.in_dim} latent channels but the {space.name} has "

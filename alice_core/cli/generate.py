@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import AliceError
 from ..loading.quant import PRECISION_NAMES
+from ..models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
 
@@ -37,7 +38,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sigma-max", type=float, default=None, help="rCM starting sigma (default 80)")
     p.add_argument("--ode", action="store_true", help="rCM: deterministic ODE steps instead of re-noising")
     p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
-                   help="fp8_* and nf4 store weights quantised (nf4 needs bitsandbytes)")
+                   help="fp8_* and nf4 store weights quantised (nf4 needs bitsandbytes); on a CPU fp8 runs 2-3x slower "
+                        "than bf16 (each weight is upcast at every call): it saves memory, not time")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default=DEFAULT_ATTENTION,
+                   help="attention kernel; flash (flash-attn) and sage (sageattention) need their package and a GPU, "
+                        "else sdpa is used (one line says so)")
+    p.add_argument("--blocks-on-gpu", type=int, default=None, metavar="K",
+                   help="block swap: keep K DiT blocks on --device and stream the others from CPU memory")
+    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block (slow first step)")
     p.add_argument("--lora", action="append", default=[], metavar="PATH[:STRENGTH]",
                    help="apply a LoRA (kohya, PEFT/diffusers or lightx2v diff format); repeatable")
     p.add_argument("--device", default="cpu")
@@ -115,6 +123,11 @@ def run(args: argparse.Namespace) -> int:
         args.vae = args.vae or found["vae"]
         args.text_encoder = args.text_encoder or found["text_encoder"]
         args.low_noise_model = args.low_noise_model or found["low_noise_model"]
+    if args.blocks_on_gpu is not None and args.blocks_on_gpu < 1:
+        raise AliceError(f"--blocks-on-gpu {args.blocks_on_gpu}: give at least 1 block (or leave it out: all blocks)")
+    from ..models.runtime import DiTRuntime
+
+    runtime = DiTRuntime(args.attention, args.blocks_on_gpu, args.compile)
     image = _read_start_image(args.image) if args.image else None
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
@@ -126,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
               defaults)
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-                         args.boundary, defaults=defaults)
+                         args.boundary, defaults=defaults, runtime=runtime)
     for path, strength in loras:
         _apply_lora_arg(pipe, path, strength)
 

@@ -9,6 +9,7 @@ explicit softmax(QK^T)V, which forward-mode AD (rCM's exact JVP) needs: the fuse
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterator
 
@@ -101,6 +102,13 @@ class AttentionBackend:
     def __repr__(self) -> str:
         return f"AttentionBackend({self.name!r})" if self.name == self.requested else \
             f"AttentionBackend({self.requested!r} -> {self.name!r})"
+
+
+@functools.lru_cache(maxsize=None)
+def shared_backend(name: str) -> AttentionBackend:
+    """One backend per name for the whole process: the models of a pipeline (student and teacher) share it, so a
+    missing or failing kernel is reported once, not once per model."""
+    return AttentionBackend(name)
 
 
 def available_attention_backends() -> list[str]:

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AliceError
-from .attention import DEFAULT_ATTENTION, AttentionBackend
+from .attention import DEFAULT_ATTENTION, AttentionBackend, shared_backend
 from .config import WanDiTConfig
 from .ops import StandardOps, upcast
 
@@ -93,7 +93,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: AttentionBackend | None = None) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
-        self.attention = attention or AttentionBackend()
+        self.attention = attention or shared_backend(DEFAULT_ATTENTION)
         self.q = ops.Linear(cfg.dim, cfg.dim)
         self.k = ops.Linear(cfg.dim, cfg.dim)
         self.v = ops.Linear(cfg.dim, cfg.dim)
@@ -213,7 +213,7 @@ class WanDiT(nn.Module):
     def __init__(self, cfg: WanDiTConfig, ops=StandardOps, attention: str = DEFAULT_ATTENTION) -> None:
         super().__init__()
         self.config = cfg
-        backend = AttentionBackend(attention)
+        backend = shared_backend(attention)
         self.patch_embedding = ops.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.dim, cfg.dim))
         self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), ops.Linear(cfg.dim, cfg.dim))
@@ -238,13 +238,9 @@ class WanDiT(nn.Module):
         nn.init.zeros_(self.head.head.weight)
         return self
 
-    @property
-    def attention_backend(self) -> AttentionBackend:
-        return self.blocks[0].self_attn.attention if len(self.blocks) else AttentionBackend()
-
     def set_attention(self, name: str) -> AttentionBackend:
         """Switch every block to the named kernel (falling back to sdpa, with one logged line, if it is missing)."""
-        backend = AttentionBackend(name)
+        backend = shared_backend(name)
         for module in self.modules():
             if isinstance(module, Attention):
                 module.attention = backend
