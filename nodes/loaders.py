@@ -7,6 +7,8 @@ from pathlib import Path
 
 from alice_core.bundle import bundled_models
 from alice_core.hub import load_catalogue, resolve_catalogue_model
+from alice_core.models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
+from alice_core.models.runtime import DiTRuntime
 from alice_core.models.text_encoders import load_text_encoder
 from alice_core.models.vae import WanVAE
 from alice_core.pipeline import PRECISIONS
@@ -59,12 +61,21 @@ class AliceModelLoader(AliceNode):
         choices = [*bundled_models(), *_grouped_files("diffusion_models", BUNDLE_FILE), *_catalogue_entries()]
         return {"required": {
             "model_name": (choices, {"tooltip": "bundled model, file in models/diffusion_models, or catalogue entry"}),
-            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU"}),
+            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU. "
+                          "fp8 saves memory; on a CPU it runs 2-3x slower than bf16 (weights upcast every call)"}),
             "offload": ("BOOLEAN", {"default": False, "tooltip": "keep weights in CPU memory, on the GPU only while sampling"}),
             "download": ("BOOLEAN", {"default": False, "tooltip": "allow downloading a catalogue model that is not on disk"}),
+        }, "optional": {
+            "attention": (list(ATTENTION_BACKENDS), {"default": DEFAULT_ATTENTION, "tooltip":
+                          "flash / sage need flash-attn / sageattention and a GPU; when missing, sdpa is used"}),
+            "blocks_on_gpu": ("INT", {"default": 0, "min": 0, "max": 100, "tooltip":
+                              "block swap: keep this many DiT blocks on the GPU, stream the rest from CPU memory "
+                              "(0: all blocks on the GPU)"}),
+            "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each DiT block (slow first run)"}),
         }}
 
-    def execute(self, model_name: str, precision: str, offload: bool, download: bool) -> tuple[AliceModel]:
+    def execute(self, model_name: str, precision: str, offload: bool, download: bool, attention: str = DEFAULT_ATTENTION,
+                blocks_on_gpu: int = 0, compile: bool = False) -> tuple[AliceModel]:
         if model_name.startswith(CATALOGUE_PREFIX):
             files = resolve_catalogue_model(
                 model_name.removeprefix(CATALOGUE_PREFIX), download, host.download_progress(), host.model_folders()
@@ -76,7 +87,8 @@ class AliceModelLoader(AliceNode):
             source = host.model_path("diffusion_models", model_name)
         device = host.compute_device()
         offload_device = host.offload_device() if offload else None
-        return (load_model(source, precision, device, offload_device),)
+        runtime = DiTRuntime(attention, blocks_on_gpu or None, compile)
+        return (load_model(source, precision, device, offload_device, runtime),)
 
 
 class AliceTextEncoderLoader(AliceNode):

@@ -113,7 +113,8 @@ def to_ui(nodes: list[Node], mappings: dict) -> dict:
 
 # ---------------------------------------------------------------- the graphs
 
-MODEL = {"model_name": "alice-tiny", "precision": "auto", "offload": False, "download": False}
+MODEL = {"model_name": "alice-tiny", "precision": "auto", "offload": False, "download": False, "attention": "sdpa",
+         "blocks_on_gpu": 0, "compile": False}
 TEXT_ENCODER = {"text_encoder": "minilm", "precision": "auto", "device": "default"}
 VAE = {"vae_name": "alice-tiny", "precision": "auto"}
 DECODE = {"tiled": False, "tile_size": 256, "overlap": 64}
