@@ -22,6 +22,7 @@ import gradio as gr
 import torch
 
 from alice_core.errors import AliceError
+from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import DEFAULT_STEPS, PRECISIONS, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
@@ -343,17 +344,19 @@ def launch(
     device: str | None = None,
     output_dir: str | Path | None = None,
     models_dir: str | Path | None = None,
+    runtime: DiTRuntime = DiTRuntime(),
     block: bool = True,
     quiet: bool = False,
 ) -> gr.Blocks:
     """Start the app on host:port (loopback by default; a public share link only with share=True).
+    `runtime` sets how the DiTs run: attention kernel, block swap (blocks kept on the GPU), compile.
 
     `model` is the model selected at start (default: the bundled alice-tiny). With block=False it returns the
     running Blocks (call .close() to stop it).
     """
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     output_dir = Path(output_dir) if output_dir else Path(tempfile.mkdtemp(prefix="alice-app-"))
-    studio = Studio(output_dir, device=device, models_dir=models_dir, default_model=model)
+    studio = Studio(output_dir, device=device, models_dir=models_dir, default_model=model, runtime=runtime)
     if not quiet:
         print(f"alice app: videos are saved in {studio.output_dir}; models folder {studio.models_dir}")
     return serve(studio, precision, host=host, port=port, share=share, block=block, quiet=quiet)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from alice_core.bundle import bundled_models
 from alice_core.errors import AliceError
+from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import VideoPipeline, load_pipeline, parse_precision
 
 MODELS_DIR_ENV = "ALICE_MODELS_DIR"
@@ -92,9 +93,10 @@ def download_model(choice: ModelChoice, progress=None) -> Path:
 class PipelineCache:
     """Loaded pipelines keyed by (model source, precision); keeps the most recently used few in memory."""
 
-    def __init__(self, device: str, max_items: int = 2) -> None:
+    def __init__(self, device: str, max_items: int = 2, runtime: DiTRuntime = DiTRuntime()) -> None:
         self.device = device
         self.max_items = max_items
+        self.runtime = runtime  # the DiT's attention kernel, block swap and compile (app launch settings)
         self._pipes: OrderedDict[tuple[str, str], VideoPipeline] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -110,7 +112,7 @@ class PipelineCache:
             while len(self._pipes) >= self.max_items:
                 self._pipes.popitem(last=False)
             pipe = load_pipeline(choice.source, precision=precision, vae=choice.vae, text_encoder=choice.text_encoder,
-                                 device=self.device)
+                                 device=self.device, runtime=self.runtime)
             self._pipes[key] = pipe
             return pipe
 

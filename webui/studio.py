@@ -21,6 +21,7 @@ from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
 from alice_core.limits import APP_WORDS
 from alice_core.loading.lora import apply_lora, lora_samplers
+from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS
 from alice_core.train.finetune import (
@@ -101,11 +102,12 @@ class Studio:
         device: str = "cpu",
         models_dir: str | Path | None = None,
         default_model: str | None = None,
+        runtime: DiTRuntime = DiTRuntime(),
     ) -> None:
         self.output_dir = Path(output_dir).resolve()
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else default_models_dir()
-        self.pipelines = PipelineCache(device)
+        self.pipelines = PipelineCache(device, runtime=runtime)
         self._device_lock = threading.Lock()  # one job at a time on this device, whatever the queue does
         self.loras_dir = self.models_dir / "loras"  # inside the models folder: never served to the browser
         self._lora_pipe: tuple[tuple, VideoPipeline] | None = None  # the last LoRA-patched pipeline, reused

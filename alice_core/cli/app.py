@@ -8,6 +8,7 @@ import importlib
 
 from ..errors import AliceError
 from ..loading.quant import PRECISION_NAMES
+from ..models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -20,7 +21,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     p.add_argument("--model", default=None,
                    help="model selected at start: a bundled name (default alice-tiny), a bundle in the models "
                         "folder, or a bundle folder path")
-    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32")
+    p.add_argument("--precision", choices=PRECISION_NAMES, default="fp32",
+                   help="on a CPU fp8 runs 2-3x slower than bf16 (weights upcast every call): it saves memory, not time")
+    p.add_argument("--attention", choices=ATTENTION_BACKENDS, default=DEFAULT_ATTENTION,
+                   help="attention kernel of the DiTs (flash / sage fall back to sdpa when missing)")
+    p.add_argument("--blocks-on-gpu", type=int, default=None, metavar="K",
+                   help="block swap: keep K DiT blocks on the GPU, stream the others from CPU memory")
+    p.add_argument("--compile", action="store_true", help="torch.compile each DiT block")
     p.add_argument("--device", default=None, help="default: cuda when available, else cpu")
     p.add_argument("--models-dir", default=None,
                    help="folder of model bundles offered in the app (default: $ALICE_MODELS_DIR or "
@@ -37,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
         if exc.name not in ("webui", "gradio") and not str(exc.name).startswith(("webui.", "gradio.")):
             raise
         raise AliceError("`alice app` needs the app and its extra: from the repository, `pip install -e .[app]`") from None
+    if args.blocks_on_gpu is not None and args.blocks_on_gpu < 1:
+        raise AliceError(f"--blocks-on-gpu {args.blocks_on_gpu}: give at least 1 block (or leave it out: all blocks)")
+    from ..models.runtime import DiTRuntime
+
     launch(host=args.host, port=args.port, share=args.share, model=args.model, precision=args.precision,
-           device=args.device, output_dir=args.output_dir, models_dir=args.models_dir)
+           device=args.device, output_dir=args.output_dir, models_dir=args.models_dir,
+           runtime=DiTRuntime(args.attention, args.blocks_on_gpu, args.compile))
     return 0
