@@ -126,7 +126,9 @@ def previewer_for_space(space) -> Previewer | None:
     from .models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 
     if space.name.startswith("space-to-depth"):
-        config = SpaceToDepthConfig(space.spatial_stride, space.temporal_stride, space.mean[0], space.std[0])
+        transform = "haar" if space.name.endswith(" haar") else "none"  # latent_space_of names the block transform
+        mean, std = (v[0] if len(v) == 1 else v for v in (space.mean, space.std))
+        config = SpaceToDepthConfig(space.spatial_stride, space.temporal_stride, mean, std, transform)
         return exact_previewer(SpaceToDepthAutoencoder(config))
     vae = next((v for v in list(_LOADED_WAN_VAES) if v.latent_channels == space.latent_channels), None)
     return previewer_for(vae) if vae is not None else None

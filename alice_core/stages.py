@@ -91,7 +91,8 @@ def latent_space_of(autoencoder: VideoAutoencoder) -> LatentSpace:
     if isinstance(autoencoder, SpaceToDepthAutoencoder):
         c = autoencoder.config
         return LatentSpace(
-            f"space-to-depth {c.temporal_stride}x{c.spatial_stride}x{c.spatial_stride}", autoencoder.latent_channels,
+            f"space-to-depth {c.temporal_stride}x{c.spatial_stride}x{c.spatial_stride}"
+            + ("" if c.block_transform == "none" else f" {c.block_transform}"), autoencoder.latent_channels,
             c.temporal_stride, c.spatial_stride, (c.mean,), (c.std,),
         )
     if isinstance(autoencoder, WanVAE):

@@ -64,3 +64,9 @@ def test_wan_vae_factors_explain_its_decodes_on_new_clips():
     assert residual < 0.5 * baseline, (residual, baseline)  # the map explains most of the colour variance
     image = fitted(held_out)
     assert image.shape == (8, 8, 3) and image.dtype == np.uint8
+
+
+def test_exact_preview_from_the_latent_space_of_a_haar_latent():
+    ae = SpaceToDepthAutoencoder(SpaceToDepthConfig(mean=0.2, std=0.7, block_transform="haar"))
+    latents = world_latents(ae, clips=1, size=32)
+    assert np.array_equal(previewer_for_space(latent_space_of(ae))(latents), exact_previewer(ae)(latents))
