@@ -77,3 +77,13 @@ class FirstFrame:
         given = torch.zeros(frames, per_frame, device=x.device)
         given[: 1 if pt == 1 else 0] = 1.0  # with a temporal patch > 1 the first token frame mixes frames
         return t[:, None] * (1 - given.flatten())[None]
+
+
+@dataclass(frozen=True)
+class ImageCondition:
+    """What a video starting from an image gives the DiT: Wan's y, the CLIP tokens (Wan2.1 I2V), or TI2V's fixed
+    first frame."""
+
+    y: torch.Tensor | None = None
+    clip: torch.Tensor | None = None
+    first_frame: FirstFrame | None = None

@@ -14,6 +14,7 @@ import torch
 from . import __version__
 from .bundle import SAMPLERS, ModelBundle, resolve_bundle
 from .errors import AliceError
+from .conditioning import ImageCondition
 from .expert_swap import ExpertSwap, velocities
 from .limits import (
     CLI_WORDS, GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text,
@@ -95,6 +96,7 @@ class VideoPipeline:
         self.dits = dits
         self.defaults = defaults or {}
         self.device = torch.device(device)
+        self.image_encoder = None  # Wan2.1 I2V: the CLIP vision encoder (models/clip_vision.py)
         self.swaps = {
             sampler: ExpertSwap(pair, self.device) for sampler, pair in dits.items() if isinstance(pair, Experts)
         }
@@ -164,11 +166,6 @@ class VideoPipeline:
             raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
         if cfg.in_dim == cfg.out_dim != TI2V_CHANNELS and r.image is not None:
             raise AliceError(f"{self.name!r} is a text-to-video model: it takes no start image; drop --image")
-        if cfg.image_dim is not None:
-            raise AliceError(
-                f"{self.name!r} is a Wan2.1 image-to-video model, which needs the CLIP vision encoder; Alice does not "
-                "load it yet: use a Wan2.2 I2V-A14B model (no CLIP)"
-            )
         if cfg.out_dim != self.autoencoder.latent_channels:
             raise AliceError(
                 f"{self.name!r} makes {cfg.out_dim}-channel latents but the VAE has {self.autoencoder.latent_channels}; "
@@ -205,14 +202,11 @@ class VideoPipeline:
         context: torch.Tensor,
         negative_context: torch.Tensor | None,
         control: StepControl,
-        y: "torch.Tensor | FirstFrame | None" = None,
+        condition: ImageCondition | None = None,
     ) -> torch.Tensor:
-        """Latents for resolved settings `s`; y is the image conditioning (see `conditioning.py`): Wan's y tensor,
-        or TI2V's fixed first frame."""
-        from .conditioning import FirstFrame
-
-        first_frame = y if isinstance(y, FirstFrame) else None
-        y = None if first_frame is not None else y
+        """Latents for resolved settings `s`, starting from an image when `condition` is given."""
+        condition = condition or ImageCondition()
+        y, clip, first_frame = condition.y, condition.clip, condition.first_frame
         dits = self.dits[s.sampler]
         if isinstance(dits, Experts):
             dits = Experts(dits.high, dits.low, s.boundary)
@@ -224,19 +218,18 @@ class VideoPipeline:
         swap = self.swaps.get(s.sampler)
         generator = torch.Generator().manual_seed(s.seed)
         shape = self.latent_shape(s)
-        cond = velocities(dits, context, y, swap=swap, first_frame=first_frame)
+        cond = velocities(dits, context, y, clip, swap=swap, first_frame=first_frame)
         if s.sampler == "rcm":
             latents = sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
         else:
             uncond = None if negative_context is None else velocities(
-                dits, negative_context, y, swap=swap, first_frame=first_frame)
+                dits, negative_context, y, clip, swap=swap, first_frame=first_frame)
             latents = sample_flow_matching(
                 cond, uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
         return latents if first_frame is None else first_frame.apply(latents)
 
-    def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None):
-        """Wan's y for an image-to-video model, the fixed first latent frame (`FirstFrame`) for TI2V-5B given an
-        image, else None."""
+    def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None) -> ImageCondition | None:
+        """What the start image gives the DiT (see `conditioning.py`); None for text-to-video."""
         from .conditioning import FirstFrame, fit_image, image_condition
 
         cfg = dit_config(self.dits[s.sampler])
@@ -246,8 +239,11 @@ class VideoPipeline:
             return None
         start = fit_image(image, s.width, s.height).to(self.device)
         if cfg.in_dim == cfg.out_dim:
-            return FirstFrame.encode(self.autoencoder, start)
-        return image_condition(self.autoencoder, start, s.frames)
+            return ImageCondition(first_frame=FirstFrame.encode(self.autoencoder, start))
+        if cfg.image_dim is not None:
+            check_image_encoder(self.name, cfg.image_dim, self.image_encoder)
+        clip = self.image_encoder.encode(start) if cfg.image_dim is not None else None
+        return ImageCondition(y=image_condition(self.autoencoder, start, s.frames), clip=clip)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
@@ -276,13 +272,13 @@ class VideoPipeline:
         timings["text_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        y = self.image_condition(s, image)
-        if y is not None:
+        condition = self.image_condition(s, image)
+        if condition is not None:
             timings["image_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
         control = StepControl(progress=progress, should_cancel=should_cancel)
-        latents = self.sample(s, context, negative, control, y)
+        latents = self.sample(s, context, negative, control, condition)
         timings["sampling"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -333,11 +329,13 @@ def load_pipeline(
     boundary: float | None = None,
     defaults: dict | None = None,
     runtime: DiTRuntime = DiTRuntime(),
+    clip_vision: str | None = None,
 ) -> VideoPipeline:
     """A pipeline for a bundled model name, a bundle folder, a Wan checkpoint file (+ `vae` and `text_encoder`),
     or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`.
     `defaults` are a checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...).
-    runtime: the DiT's attention kernel, block swap and compile (single DiTs; an expert pair keeps its own swap)."""
+    runtime: the DiT's attention kernel, block swap and compile (single DiTs; an expert pair keeps its own swap).
+    clip_vision: the CLIP image encoder a Wan2.1 I2V model needs."""
     from .loading.dit import load_dit
     from .loading.experts import find_expert_pair, load_expert_pair
     from .models.text_encoders import load_text_encoder
@@ -378,9 +376,28 @@ def load_pipeline(
     else:
         dit = dit_from(model)
     te = load_text_encoder(text_encoder, precision=precision)
-    return VideoPipeline(
+    pipe = VideoPipeline(
         Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, defaults or {}, device
     )
+    if clip_vision is not None:
+        from .loading.clip_vision import load_clip_vision
+
+        pipe.image_encoder = load_clip_vision(clip_vision)
+    return pipe
+
+
+def check_image_encoder(name: str, image_dim: int, encoder) -> None:
+    """A Wan2.1 I2V model needs the CLIP vision encoder, with tokens as wide as its `img_emb` takes."""
+    if encoder is None:
+        raise AliceError(
+            f"{name!r} is a Wan2.1 image-to-video model: it needs the CLIP vision encoder; pass --clip-vision "
+            "PATH (ComfyUI's clip_vision_h.safetensors or a transformers CLIPVisionModel folder)"
+        )
+    if encoder.width != image_dim:
+        raise AliceError(
+            f"the CLIP vision encoder gives {encoder.width}-wide tokens but {name!r} takes {image_dim} "
+            "(CLIP ViT-H/14): pass the CLIP file Wan ships"
+        )
 
 
 def preflight(
@@ -392,6 +409,7 @@ def preflight(
     device: str = "cpu",
     low_noise_model: str | None = None,
     defaults: dict | None = None,
+    clip_vision: str | None = None,
 ) -> GenerationSettings | None:
     """Everything `load_pipeline` + `generate` would refuse that needs no weights: the settings against the model's
     architecture and latent space (read from headers and model.json), and the memory the generation needs against
@@ -423,6 +441,9 @@ def preflight(
     with torch.device("meta"):
         dits = {sampler: WanDiT(config) for sampler, config in configs.items()}
     resolved = VideoPipeline(name, None, space, dits, defaults, dev).resolve(settings)
+    image_dim = configs[resolved.sampler].image_dim
+    if image_dim is not None and clip_vision is None:
+        check_image_encoder(name, image_dim, None)
     shape = GenerationShape(
         dit=configs[resolved.sampler], dit_count=len(set(files.values())), other_weight_bytes=sum(map(_disk_bytes, others)),
         temporal_stride=space.temporal_stride, spatial_stride=space.spatial_stride, wan_vae=space.name.startswith("Wan"),

@@ -23,6 +23,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--boundary", type=float, default=None,
                    help="two-expert models: time (0..1) below which the low-noise expert runs (Wan: 0.875 T2V, 0.9 I2V)")
     p.add_argument("--image", default=None, metavar="START.png", help="image-to-video: the first frame")
+    p.add_argument("--clip-vision", default=None, metavar="PATH",
+                   help="Wan2.1 I2V: the CLIP vision encoder (clip_vision_h.safetensors or a transformers folder)")
     p.add_argument("--vae", default=None, help="Wan VAE file: Wan2.1, or Wan2.2 for TI2V-5B (for checkpoint files)")
     p.add_argument("--text-encoder", default=None, help="text encoder: 'minilm' or a umT5 folder")
     p.add_argument("--sampler", choices=("rcm", "teacher"), default=None, help="default: the model's (rcm for alice-tiny)")
@@ -137,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
     )
     defaults = found["defaults"] if found else None
     preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-              defaults)
+              defaults, args.clip_vision)
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-                         args.boundary, defaults=defaults, runtime=runtime)
+                         args.boundary, defaults=defaults, runtime=runtime, clip_vision=args.clip_vision)
     for path, strength in loras:
         _apply_lora_arg(pipe, path, strength)
 

@@ -1,0 +1,71 @@
+"""Loading the CLIP vision encoder of Wan2.1 I2V: a transformers folder (`config.json` + weights) or a single
+safetensors file in transformers' key names, as ComfyUI ships it (`clip_vision_h.safetensors`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import AliceError
+from ..models.clip_vision import VIT_H_14, ClipImageEncoder
+
+PREFIX = "vision_model."  # ComfyUI's file and transformers 4's names; transformers 5's CLIPVisionModel drops it
+
+
+def _vision_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The vision tower's tensors without the `vision_model.` prefix (projection and text keys dropped)."""
+    if any(k.startswith(PREFIX) for k in state):
+        return {k[len(PREFIX):]: v for k, v in state.items() if k.startswith(PREFIX)}
+    return {k: v for k, v in state.items() if k.startswith(("embeddings.", "encoder.", "pre_layrnorm.", "post_layernorm."))}
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor]):
+    from transformers import CLIPVisionConfig
+
+    try:
+        patch = state["embeddings.patch_embedding.weight"]
+        positions = state["embeddings.position_embedding.weight"].shape[0]
+        fc1 = state["encoder.layers.0.mlp.fc1.weight"]
+    except KeyError as exc:
+        raise AliceError(
+            f"not a CLIP vision checkpoint: missing {exc.args[0]!r} (expected transformers' `vision_model.*` keys, "
+            "e.g. ComfyUI's clip_vision_h.safetensors)"
+        ) from None
+    hidden, patch_size = patch.shape[0], patch.shape[-1]
+    layers = 1 + max(int(k.split(".")[2]) for k in state if k.startswith("encoder.layers."))
+    # ViT-H uses 80-wide heads, the smaller CLIPs 64
+    heads = hidden // 80 if hidden % 80 == 0 else hidden // 64
+    return CLIPVisionConfig(**{
+        **VIT_H_14, "hidden_size": hidden, "intermediate_size": fc1.shape[0], "num_hidden_layers": layers,
+        "num_attention_heads": heads, "patch_size": patch_size, "image_size": round((positions - 1) ** 0.5) * patch_size,
+    })
+
+
+def load_clip_vision(path: str | Path, dtype: torch.dtype = torch.float32) -> ClipImageEncoder:
+    """The CLIP image encoder from a transformers folder or a `vision_model.*` safetensors file."""
+    from transformers import CLIPVisionModel
+
+    from .checkpoint import read_state_dict
+
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise AliceError(f"CLIP vision encoder not found: {path}")
+    if path.is_dir():
+        return ClipImageEncoder(CLIPVisionModel.from_pretrained(path, torch_dtype=dtype))
+    state = _vision_keys(read_state_dict(path))
+    try:
+        config = _config_from_shapes(state)
+    except AliceError as exc:
+        raise AliceError(f"{path}: {exc}") from None
+    model = CLIPVisionModel(config)
+    if all(k.startswith(PREFIX) for k in model.state_dict()):  # transformers 4 keeps the prefix
+        state = {PREFIX + k: v for k, v in state.items()}
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if "position_ids" not in k]
+    if missing or result.unexpected_keys:
+        raise AliceError(
+            f"{path}: does not fit a CLIP vision model ({config.num_hidden_layers} layers, width "
+            f"{config.hidden_size}): missing {missing[:3]}, unexpected {result.unexpected_keys[:3]}"
+        )
+    return ClipImageEncoder(model.to(dtype))

@@ -1,0 +1,86 @@
+"""Wan2.1 I2V's CLIP vision encoder: loading transformers folders and ComfyUI-style single files, Wan's
+preprocessing (224 bicubic resize, CLIP mean/std, penultimate block), and a Wan2.1 I2V model through the CLI."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import WanTransformer3DModel
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from alice_core.cli import main
+from alice_core.errors import AliceError
+from alice_core.loading.clip_vision import load_clip_vision
+from alice_core.video_io import read_video_metadata
+from tests.test_dit_parity import official_key
+from tests.test_formats import write_variant
+from tests.test_text_encoders import tiny_umt5  # noqa: F401  (fixture: diffusers-layout umT5 folder)
+
+WIDTH = 160  # 2 heads of 80, as ViT-H's heads
+
+
+@pytest.fixture(scope="module")
+def clip_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("clip")
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                              image_size=28, patch_size=14, hidden_act="gelu")
+    model = CLIPVisionModel(config).eval()
+    model.save_pretrained(root / "folder")
+    # ComfyUI's clip_vision_h.safetensors spells the tower `vision_model.*` (transformers 4 names) and holds the
+    # projection too
+    state = {"vision_model." + k.removeprefix("vision_model."): v.contiguous() for k, v in model.state_dict().items()}
+    state["visual_projection.weight"] = torch.randn(16, WIDTH)
+    save_file(state, str(root / "clip_vision_tiny.safetensors"))
+    return root, model
+
+
+def reference_tokens(model, image: torch.Tensor) -> torch.Tensor:
+    """Wan's CLIP input written out here: [-1, 1] -> 224-style bicubic resize -> [0, 1] -> CLIP normalisation."""
+    x = F.interpolate(image, size=(28, 28), mode="bicubic", align_corners=False) * 0.5 + 0.5
+    mean = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
+    std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        states = model(pixel_values=(x - mean) / std, output_hidden_states=True).hidden_states
+    return states[len(states) - 2]  # after the second-to-last block
+
+
+def test_single_file_and_folder_give_wans_clip_tokens(clip_files):
+    root, model = clip_files
+    image = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    expected = reference_tokens(model, image)
+    for source in (root / "clip_vision_tiny.safetensors", root / "folder"):
+        encoder = load_clip_vision(source)
+        tokens = encoder.encode(image)
+        assert tokens.shape == (1, 5, WIDTH) and encoder.width == WIDTH
+        assert (tokens - expected).abs().max() < 1e-5
+
+
+def test_bad_clip_files_are_named(tmp_path):
+    save_file({"encoder.conv1.weight": torch.zeros(1)}, str(tmp_path / "vae.safetensors"))
+    with pytest.raises(AliceError, match="not a CLIP vision checkpoint"):
+        load_clip_vision(tmp_path / "vae.safetensors")
+    with pytest.raises(AliceError, match="CLIP vision encoder not found"):
+        load_clip_vision(tmp_path / "missing.safetensors")
+
+
+def test_wan21_i2v_through_the_cli(clip_files, tiny_umt5, tmp_path, capsys):  # noqa: F811
+    from alice_core.models.config import WanVAEConfig
+    from alice_core.models.vae import WanVAE
+
+    root, _ = clip_files
+    torch.manual_seed(2)
+    dit = WanTransformer3DModel(num_layers=1, num_attention_heads=1, attention_head_dim=128, ffn_dim=64, text_dim=32,
+                                in_channels=36, out_channels=16, image_dim=WIDTH, added_kv_proj_dim=128)
+    path, _ = write_variant({official_key(k): v for k, v in dit.state_dict().items()}, "official", tmp_path / "i2v")
+    torch.save(WanVAE(WanVAEConfig(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).state_dict(), tmp_path / "vae.pth")
+    Image.fromarray(np.full((32, 48, 3), 128, np.uint8)).save(tmp_path / "start.png")
+    base = ["generate", "a cat", "--model", str(path), "--vae", str(tmp_path / "vae.pth"), "--text-encoder",
+            str(tiny_umt5[0]), "--frames", "5", "--width", "48", "--height", "32", "--image", str(tmp_path / "start.png")]
+    assert main([*base, "-o", str(tmp_path / "no_clip.mp4")]) == 2
+    assert "needs the CLIP vision encoder; pass --clip-vision PATH" in capsys.readouterr().err
+    out = tmp_path / "i2v.mp4"
+    assert main([*base, "-o", str(out), "--clip-vision", str(root / "clip_vision_tiny.safetensors")]) == 0, capsys.readouterr().err
+    assert read_video_metadata(out)["image"] == "start.png"
