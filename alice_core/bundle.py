@@ -70,6 +70,11 @@ def bundled_models() -> list[str]:
     return sorted(p.parent.name for p in BUNDLED_DIR.glob("*/model.json"))
 
 
+def bundled_loras() -> dict[str, Path]:
+    """The example LoRAs shipped with the bundled models (`<model>/loras/*.safetensors`), by file name."""
+    return {p.name: p for p in sorted(BUNDLED_DIR.glob("*/loras/*.safetensors"))}
+
+
 def resolve_bundle(name_or_path: str | None) -> ModelBundle | None:
     """The bundle for a bundled model name or a bundle folder; None when the argument is a checkpoint file."""
     name_or_path = name_or_path or DEFAULT_MODEL

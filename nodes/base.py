@@ -7,6 +7,7 @@ from anywhere else (scripts, tests, another app) and catch wrong things arriving
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -51,10 +52,32 @@ class AliceNode:
         raise NotImplementedError
 
     def run(self, **inputs: Any) -> Any:
-        return self.execute(**check_inputs(self.DISPLAY_NAME, self.INPUT_TYPES(), inputs))
+        try:
+            return self.execute(**check_inputs(self.DISPLAY_NAME, self.INPUT_TYPES(), inputs))
+        except AliceError as exc:
+            raise AliceError(in_node_words(self.DISPLAY_NAME, str(exc), self.INPUT_TYPES())) from None
 
     def execute(self, **inputs: Any) -> Any:
         raise NotImplementedError
+
+
+# The library's errors name the fix as a CLI flag; in a node the same setting is an input (guidance is 'cfg').
+FLAG_INPUTS = {"guidance": "cfg", "sampler": None}
+_FLAG = re.compile(r"use --([a-z][a-z-]*) ([^;]+)$")
+
+
+def in_node_words(node: str, message: str, spec: dict) -> str:
+    """A library error as the node says it: the node named first, a `use --flag VALUE` fix as the input to set."""
+    inputs = {**spec.get("required", {}), **spec.get("optional", {})}
+    found = _FLAG.search(message)
+    if found:
+        setting, value = found.group(1).replace("-", "_"), found.group(2).strip()
+        name = FLAG_INPUTS.get(setting, setting)
+        if name in inputs:
+            message = f"{message[:found.start()]}set input '{name}' to {value}"
+        elif setting == "sampler":
+            message = f"{message[:found.start()]}use the Alice {'rCM' if value == 'rcm' else 'Teacher'} Sampler"
+    return message if message.startswith(f"{node}:") else f"{node}: {message}"
 
 
 def check_inputs(node: str, spec: dict, inputs: dict[str, Any]) -> dict[str, Any]:

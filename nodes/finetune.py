@@ -16,7 +16,7 @@ from typing import NoReturn
 
 import torch
 
-from alice_core.bundle import bundled_models, resolve_bundle
+from alice_core.bundle import BUNDLED_DIR, bundled_models, resolve_bundle
 from alice_core.errors import AliceError
 from alice_core.hub import alice_home
 from alice_core.train.finetune import (
@@ -55,11 +55,16 @@ def _bundle_source(model_name: str) -> str:
 
 
 def _clips_folder(text: str) -> Path:
-    """A relative folder is taken inside ComfyUI's input folder (the working folder outside ComfyUI)."""
+    """A relative folder is taken inside ComfyUI's input folder (the working folder outside ComfyUI), else among
+    the bundled models' files ('alice-tiny/example_clips': the clips the shared finetune workflow trains on)."""
     folder = Path(text.strip()).expanduser()
-    if not folder.is_absolute() and host.folder_paths is not None:
-        folder = Path(host.folder_paths.get_input_directory()) / folder
-    return folder
+    if folder.is_absolute():
+        return folder
+    inside = Path(host.folder_paths.get_input_directory()) / folder if host.folder_paths is not None else folder
+    shipped = BUNDLED_DIR / folder
+    if not inside.exists() and shipped.resolve().is_relative_to(BUNDLED_DIR.resolve()) and shipped.is_dir():
+        return shipped
+    return inside
 
 
 def _progress_text_sender() -> Callable[[str], None] | None:
@@ -134,7 +139,7 @@ class AliceFinetune(AliceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         d = FinetuneConfig()
-        steps = {"min": 0, "max": 100000, "tooltip": "0 skips the stage"}
+        steps = {"min": 0, "max": 100000}
         lr = {"min": 1e-6, "max": 1.0, "step": 1e-5}
         return {
             "required": {
@@ -145,14 +150,21 @@ class AliceFinetune(AliceNode):
                                        "tooltip": "caption of the image batch; for clips_folder, empty means each "
                                                   "video's .txt file, text means this caption for every clip"}),
                 "lora_name": ("STRING", {"default": "my_lora", "tooltip": "file name written into models/loras"}),
-                "rank": ("INT", {"default": d.rank, "min": 1, "max": 256}),
-                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 1024.0, "step": 0.5}),
-                "teacher_steps": ("INT", {"default": d.teacher_steps, **steps}),
-                "student_steps": ("INT", {"default": d.student_steps, **steps}),
-                "teacher_lr": ("FLOAT", {"default": d.teacher_lr, **lr}),
-                "student_lr": ("FLOAT", {"default": d.student_lr, **lr}),
-                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64}),
-                "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED}),
+                "rank": ("INT", {"default": d.rank, "min": 1, "max": 256,
+                                 "tooltip": "LoRA rank: larger learns more and makes a bigger file"}),
+                "alpha": ("FLOAT", {"default": d.alpha, "min": 0.01, "max": 1024.0, "step": 0.5,
+                                    "tooltip": "LoRA scale: the update is multiplied by alpha / rank"}),
+                "teacher_steps": ("INT", {"default": d.teacher_steps, **steps, "tooltip": "stage 1: the teacher "
+                                          "learns the clips (flow matching); 0 skips it"}),
+                "student_steps": ("INT", {"default": d.student_steps, **steps, "tooltip": "stage 2: the 4-step "
+                                          "student is distilled from the finetuned teacher (rCM); 0 keeps the "
+                                          "teacher's adapter as is"}),
+                "teacher_lr": ("FLOAT", {"default": d.teacher_lr, **lr, "tooltip": "stage 1 learning rate"}),
+                "student_lr": ("FLOAT", {"default": d.student_lr, **lr, "tooltip": "stage 2 learning rate"}),
+                "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64,
+                                       "tooltip": "clips per step: more is smoother and needs more memory"}),
+                "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED,
+                                 "tooltip": "the run's randomness: the same seed and inputs train the same LoRA"}),
                 "checkpoint_every": ("INT", {"default": d.checkpoint_every, "min": 1, "max": 100000,
                                              "tooltip": "steps between checkpoints (Cancel also writes one)"}),
                 "restart": ("BOOLEAN", {"default": False,
@@ -162,7 +174,9 @@ class AliceFinetune(AliceNode):
             "optional": {
                 "images": ("IMAGE", {"tooltip": "frames cut into clips of the model's frame count"}),
                 "clips_folder": ("STRING", {"default": "", "tooltip": "folder of videos with same-name .txt "
-                                                                      "captions (relative: inside ComfyUI/input)"}),
+                                                                      "captions (relative: inside ComfyUI/input; "
+                                                                      "alice-tiny/example_clips: the shipped "
+                                                                      "examples)"}),
             },
         }
 
@@ -171,6 +185,9 @@ class AliceFinetune(AliceNode):
                 checkpoint_every: int, restart: bool, images: torch.Tensor | None = None,
                 clips_folder: str = "") -> tuple[str, str]:
         stem = lora_stem(lora_name)
+        if teacher_steps + student_steps == 0:
+            raise AliceError("inputs 'teacher_steps' and 'student_steps' are both 0, so nothing would be trained; "
+                             "set teacher_steps to e.g. 100")
         source = _bundle_source(model_name)
         cfg = FinetuneConfig(rank=rank, alpha=alpha, teacher_steps=teacher_steps, student_steps=student_steps,
                              teacher_lr=teacher_lr, student_lr=student_lr, batch_size=batch_size, seed=seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from alice_core.bundle import bundled_models
+from alice_core.bundle import bundled_loras, bundled_models
 from alice_core.hub import load_catalogue, resolve_catalogue_model
 from alice_core.models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 from alice_core.models.runtime import DiTRuntime
@@ -127,7 +127,7 @@ class AliceVAELoader(AliceNode):
         choices = [*bundled_models(), *bundle_entries(), *host.model_files("vae")]
         return {"required": {
             "vae_name": (choices, {"tooltip": "use the entry of the model you sample with"}),
-            "precision": (VAE_PRECISIONS, {"default": "auto"}),
+            "precision": (VAE_PRECISIONS, {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU"}),
         }}
 
     def execute(self, vae_name: str, precision: str):
@@ -153,11 +153,28 @@ class AliceLoraLoader(AliceNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
-        return {"required": {
-            "model": ("ALICE_MODEL",),
-            "lora_name": (host.model_files("loras"), {"tooltip": "a LoRA file in models/loras"}),
-            "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01}),
-        }}
+        files = host.model_files("loras")
+        shipped = [name for name in bundled_loras() if name not in files]  # a file in models/loras wins
+        return {
+            "required": {
+                "model": ("ALICE_MODEL", {"tooltip": "the model to add the LoRA to (it stays unchanged itself)"}),
+                "lora_name": ([*files, *shipped], {"tooltip": "a LoRA file in models/loras, or an example LoRA "
+                                                              "shipped with a bundled model"}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
+                                       "tooltip": "how much of the LoRA to add: 1 as trained, 0 none, negative "
+                                                  "subtracts"}),
+            },
+            "optional": {
+                "trained_lora": ("STRING", {"forceInput": True, "tooltip": "connect Alice Finetune's lora_name to "
+                                                                          "use the LoRA it trains (instead of "
+                                                                          "lora_name)"}),
+            },
+        }
 
-    def execute(self, model: AliceModel, lora_name: str, strength: float):
+    def execute(self, model: AliceModel, lora_name: str, strength: float, trained_lora: str | None = None):
+        if trained_lora:
+            lora_name = trained_lora  # a name in models/loras, as the finetune node returns it
+        shipped = bundled_loras()
+        if lora_name in shipped and lora_name not in host.model_files("loras"):
+            return (with_lora(model, shipped[lora_name], strength),)
         return (with_lora(model, host.model_path("loras", lora_name), strength),)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+
+from alice_core.bundle import DEFAULT_MODEL, resolve_bundle
+from alice_core.loading.dit import stored_dit_config
 from alice_core.models.interfaces import TextEncoder
 from alice_core.pipeline import GenerationSettings
 from alice_core.preview import previewer_for_space
@@ -14,12 +18,28 @@ from .base import AliceNode
 MAX_SEED = 2**63 - 1  # the samplers seed a torch.Generator, which takes signed 64-bit seeds
 
 
+@functools.cache
+def default_model_settings() -> dict:
+    """The bundled default model's own numbers (model.json defaults, its size multiple = latent stride x patch, its
+    frame step = temporal stride): the widgets' defaults and steps come from the model, not from constants here."""
+    bundle = resolve_bundle(DEFAULT_MODEL)
+    patch = stored_dit_config(next(iter(bundle.dits.values()))).patch_size[1]
+    stride = bundle.autoencoder.get("spatial_stride", 8)  # a Wan VAE's is 8
+    return {**bundle.defaults, "size_multiple": stride * patch,
+            "frame_step": bundle.autoencoder.get("temporal_stride", 4)}
+
+
 def _size_inputs() -> dict:
-    # Multiples of 16 suit every Alice/Wan model (VAE stride 8 x patch 2); the defaults are alice-tiny's.
+    d = default_model_settings()
+    multiple, step = d["size_multiple"], d["frame_step"]
+    size = {"min": multiple, "max": 4096, "step": multiple}
+    note = (f"a multiple of the model's latent stride x patch ({multiple} for {DEFAULT_MODEL}, 16 for Wan); "
+            f"{DEFAULT_MODEL} was trained at {d['width']}x{d['height']}")
     return {
-        "width": ("INT", {"default": 32, "min": 16, "max": 4096, "step": 16}),
-        "height": ("INT", {"default": 32, "min": 16, "max": 4096, "step": 16}),
-        "frames": ("INT", {"default": 9, "min": 1, "max": 1001, "step": 4, "tooltip": "4k+1 frames"}),
+        "width": ("INT", {"default": d["width"], **size, "tooltip": f"video width in pixels: {note}"}),
+        "height": ("INT", {"default": d["height"], **size, "tooltip": f"video height in pixels: {note}"}),
+        "frames": ("INT", {"default": d["frames"], "min": 1, "max": 1001, "step": step,
+                           "tooltip": f"{step}k+1 frames (the model's temporal stride is {step})"}),
     }
 
 
@@ -41,9 +61,11 @@ class AliceTextEncode(AliceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "text_encoder": ("ALICE_TEXT_ENCODER",),
-            "positive": ("STRING", {"multiline": True, "default": "a red ball bouncing"}),
-            "negative": ("STRING", {"multiline": True, "default": ""}),
+            "text_encoder": ("ALICE_TEXT_ENCODER", {"tooltip": "from Alice Text Encoder Loader"}),
+            "positive": ("STRING", {"multiline": True, "default": "a red ball moving to the right",
+                                    "tooltip": "what the video shows"}),
+            "negative": ("STRING", {"multiline": True, "default": default_model_settings().get("negative_prompt", ""),
+                                    "tooltip": "what to steer away from (teacher sampler with cfg > 1 only)"}),
         }}
 
     def execute(self, text_encoder: TextEncoder, positive: str, negative: str) -> tuple[Conditioning]:
@@ -53,9 +75,10 @@ class AliceTextEncode(AliceNode):
 def _model_inputs() -> dict:
     """The inputs both samplers start with, in this order (workflow widget values depend on it)."""
     return {
-        "model": ("ALICE_MODEL",),
-        "conditioning": ("ALICE_CONDITIONING",),
-        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True}),
+        "model": ("ALICE_MODEL", {"tooltip": "from Alice Model Loader (or Alice LoRA Loader)"}),
+        "conditioning": ("ALICE_CONDITIONING", {"tooltip": "from Alice Prompt Encode"}),
+        "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
+                         "tooltip": "the starting noise: the same seed and settings make the same video"}),
     }
 
 
@@ -69,10 +92,12 @@ class AliceRCMSampler(AliceNode):
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
             **_model_inputs(),
-            "steps": ("INT", {"default": RCM_MAX_STEPS, "min": 1, "max": RCM_MAX_STEPS}),
+            "steps": ("INT", {"default": default_model_settings().get("rcm_steps", RCM_MAX_STEPS), "min": 1,
+                              "max": RCM_MAX_STEPS, "tooltip": "student steps: 4 is the distilled quality, 1 the "
+                                                               "fastest"}),
             **_size_inputs(),
-            "sigma_max": ("FLOAT", {"default": 80.0, "min": 1.0, "max": 1000.0, "step": 0.5,
-                                    "tooltip": "starting noise level of the rCM schedule"}),
+            "sigma_max": ("FLOAT", {"default": default_model_settings().get("sigma_max", 80.0), "min": 1.0,
+                                    "max": 1000.0, "step": 0.5, "tooltip": "starting noise level of the rCM schedule"}),
             "mode": (["sde", "ode"], {"default": "sde", "tooltip": "sde: fresh noise between steps; ode: deterministic"}),
         }}
 
@@ -91,11 +116,16 @@ class AliceTeacherSampler(AliceNode):
 
     @classmethod
     def INPUT_TYPES(cls) -> dict:
+        d = default_model_settings()
         return {"required": {
             **_model_inputs(),
-            "steps": ("INT", {"default": 50, "min": 1, "max": 1000}),
-            "cfg": ("FLOAT", {"default": 5.0, "min": 1.0, "max": 30.0, "step": 0.1, "tooltip": "1.0 turns CFG off"}),
-            "shift": ("FLOAT", {"default": 5.0, "min": 0.01, "max": 100.0, "step": 0.1, "tooltip": "flow shift"}),
+            "steps": ("INT", {"default": d.get("teacher_steps", 50), "min": 1, "max": 1000,
+                              "tooltip": "flow-matching steps: more is slower and closer to the teacher's best"}),
+            "cfg": ("FLOAT", {"default": d.get("guidance", 5.0), "min": 1.0, "max": 30.0, "step": 0.1,
+                              "tooltip": "classifier-free guidance scale; 1.0 turns CFG off (and the negative "
+                                         "prompt with it)"}),
+            "shift": ("FLOAT", {"default": d.get("shift", 5.0), "min": 0.01, "max": 100.0, "step": 0.1,
+                                "tooltip": "flow time shift: higher spends more steps at high noise"}),
             **_size_inputs(),
         }}
 

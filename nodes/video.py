@@ -13,6 +13,7 @@ from alice_core.video_io import write_video
 
 from . import host
 from .base import AliceNode
+from .sampling import default_model_settings
 
 VIDEO_FORMATS = ["mp4", "webm", "gif"]
 
@@ -26,8 +27,8 @@ class AliceVAEDecode(AliceNode):
     @classmethod
     def INPUT_TYPES(cls) -> dict:
         return {"required": {
-            "vae": ("ALICE_VAE",),
-            "samples": ("LATENT",),
+            "vae": ("ALICE_VAE", {"tooltip": "from Alice VAE Loader: the entry of the model that made the latent"}),
+            "samples": ("LATENT", {"tooltip": "a video latent from an Alice sampler (or any Wan2.1 latent)"}),
             "tiled": ("BOOLEAN", {"default": False, "tooltip": "Wan VAE: decode in tiles to save memory"}),
             "tile_size": ("INT", {"default": 256, "min": 64, "max": 4096, "step": 32, "tooltip": "pixels"}),
             "overlap": ("INT", {"default": 64, "min": 0, "max": 1024, "step": 16, "tooltip": "pixels"}),
@@ -49,11 +50,16 @@ class AliceSaveVideo(AliceNode):
     def INPUT_TYPES(cls) -> dict:
         return {
             "required": {
-                "images": ("IMAGE",),
-                "fps": ("INT", {"default": 16, "min": 1, "max": 120}),
-                "format": (VIDEO_FORMATS, {"default": "mp4"}),
+                "images": ("IMAGE", {"tooltip": "the frames, e.g. from Alice VAE Decode"}),
+                "fps": ("INT", {"default": default_model_settings().get("fps", 16), "min": 1, "max": 120,
+                                "tooltip": "frames per second of the file (the default is the bundled model's)"}),
+                "format": (VIDEO_FORMATS, {"default": "mp4", "tooltip": "mp4 (H.264) or webm (VP9): dropped on "
+                                                                        "ComfyUI they restore the workflow; gif: "
+                                                                        "ComfyUI reads no GIF comments, so a "
+                                                                        "dropped GIF does not"}),
                 "crf": ("INT", {"default": 19, "min": 0, "max": 63, "tooltip": "quality, lower is better (mp4: 0-51)"}),
-                "filename_prefix": ("STRING", {"default": "video/alice"}),
+                "filename_prefix": ("STRING", {"default": "video/alice", "tooltip": "file name in ComfyUI's output "
+                                                                                   "folder; a/b makes subfolder a"}),
             },
             "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"},
         }

@@ -116,17 +116,23 @@ def _checkpoint_stage(work: Path) -> tuple[str, int] | None:
     return state["stage"], state["distiller"]["step"] if state["stage"] == "student" else state["teacher_step"]
 
 
-def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(bundle, tmp_path):
+def test_killed_run_resumes_to_the_same_weights_as_an_uninterrupted_one(bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("ALICE_HOME", str(tmp_path / "home"))  # the subprocesses' checkpoint root
     clips = _write_clip_folder(tmp_path / "clips", _clips(3, seed=1))
-    whole = tmp_path / "whole.safetensors"
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    whole = loras / "whole.safetensors"
     subprocess.run(_cli(bundle, clips, whole), check=True, capture_output=True, cwd=Path(__file__).parents[1])
+    assert sorted(p.name for p in loras.iterdir()) == ["whole.safetensors", "whole.teacher.safetensors"]
 
-    resumed = tmp_path / "resumed.safetensors"
-    work = Path(f"{resumed}.work")
+    resumed = loras / "resumed.safetensors"
+    work = ft.default_work_folder(resumed, tmp_path / "home")
+    assert work.parent == tmp_path / "home" / "alice-finetune" and work.name.startswith("resumed-")
     _kill_when(_cli(bundle, clips, resumed), lambda: _checkpoint_stage(work) is not None)  # in stage 1
     assert not resumed.exists()
     _kill_when(_cli(bundle, clips, resumed), lambda: (_checkpoint_stage(work) or ("", 0))[0] == "student")
     assert not resumed.exists()
+    assert [p.name for p in loras.iterdir() if p.name.startswith("resumed")] == []  # the checkpoint is elsewhere
     done = subprocess.run(_cli(bundle, clips, resumed), capture_output=True, text=True, cwd=Path(__file__).parents[1])
     assert done.returncode == 0, done.stderr
 

@@ -13,7 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL
 from alice_core.errors import AliceError
+from alice_core.loading.dit import stored_dit_config
 from alice_core.loading.quant import is_quantized_linear
 from alice_core.models.config import WanDiTConfig, WanVAEConfig
 from alice_core.models.dit import WanDiT
@@ -102,7 +104,28 @@ def test_node_class_contract(node_type):
         else:
             assert kind in WIDGET_TYPES | SOCKET_TYPES, (name, kind)
     assert set(spec.get("hidden", {}).values()) <= {"PROMPT", "EXTRA_PNGINFO"}
+    for name, input_spec in {**spec["required"], **spec.get("optional", {})}.items():  # every input explained
+        assert len(input_spec) == 2 and input_spec[1].get("tooltip", "").strip(), f"{node_type}.{name} has no tooltip"
 
+
+def test_widget_defaults_and_steps_are_the_bundled_models_own():
+    """Not constants in the nodes: alice-tiny's model.json defaults, its size multiple (space-to-depth stride x
+    patch) and frame step (temporal stride), read here from the bundle files themselves."""
+    bundle = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "model.json").read_text())
+    d, ae = bundle["defaults"], bundle["autoencoder"]
+    patch = stored_dit_config(BUNDLED_DIR / DEFAULT_MODEL / bundle["dits"]["rcm"]).patch_size[1]
+    multiple = ae["spatial_stride"] * patch
+    nodes = load_pack().NODE_CLASS_MAPPINGS
+    teacher = nodes["AliceTeacherSampler"].INPUT_TYPES()["required"]
+    assert (teacher["cfg"][1]["default"], teacher["shift"][1]["default"], teacher["steps"][1]["default"]) == (
+        d["guidance"], d["shift"], d["teacher_steps"])
+    assert nodes["AliceSaveVideo"].INPUT_TYPES()["required"]["fps"][1]["default"] == d["fps"]
+    for node in ("AliceRCMSampler", "AliceTeacherSampler"):
+        spec = nodes[node].INPUT_TYPES()["required"]
+        for side in ("width", "height"):
+            assert (spec[side][1]["default"], spec[side][1]["step"], spec[side][1]["min"]) == (d[side], multiple, multiple)
+        assert (spec["frames"][1]["default"], spec["frames"][1]["step"]) == (d["frames"], ae["temporal_stride"])
+    assert multiple == 4  # the UI can enter every size alice-tiny takes
 
 # ---------------------------------------------------------------- errors
 
@@ -121,14 +144,15 @@ def test_bad_node_inputs_give_clear_errors(random_bundle):
         ({"seed": "42"}, "input 'seed' must be a whole number"),
         ({"model": "alice-tiny"}, "input 'model' must be an Alice model (from Alice Model Loader), got str"),
         ({"cfg": 3.0}, "unknown input(s) cfg"),
-        ({"frames": 10}, "frames must be 4k+1"),  # checked by the pipeline: names the nearest valid values
-        ({"width": 36}, "width must be a multiple of 8"),
+        # checked by the pipeline for this model: the node, the input and a valid value, no CLI flag
+        ({"frames": 10}, "Alice rCM Sampler (1-4 steps): frames must be 4k+1 (e.g. 17), got 10; set input 'frames' to 9"),
+        ({"width": 36}, "Alice rCM Sampler (1-4 steps): width must be a multiple of 8, got 36; set input 'width' to 32"),
     ]
     for change, message in cases:
         with pytest.raises(AliceError, match=None) as caught:
             run_node("AliceRCMSampler", **{**good, **change})
         assert message in str(caught.value), (change, str(caught.value))
-        assert "\n" not in str(caught.value)
+        assert "\n" not in str(caught.value) and "--" not in str(caught.value)
     with pytest.raises(AliceError, match="Alice rCM Sampler .*: input\\(s\\) conditioning missing"):
         run_node("AliceRCMSampler", **{k: v for k, v in good.items() if k != "conditioning"})
     with pytest.raises(AliceError, match="prompt is empty"):

@@ -4,15 +4,19 @@ through a small graph executor (ComfyUI's execution model) and writes a real vid
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
-from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL, ModelBundle
+from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL, ModelBundle, bundled_loras
 from alice_core.errors import AliceError
 from alice_core.loading.dit import stored_dit_config
+from alice_core.loading.lora import read_lora_metadata
 from alice_core.video_io import read_video, read_video_metadata
+from alice_core.world import attribute_probe_prompts
+from alice_core.world.detector import analyse_clip, check_colour
 
 from tests.bundles import random_tiny_bundle
 from tests.comfy_host import ComfyHost, load_pack, topological_order
@@ -21,10 +25,11 @@ from tests.test_nodes import write_lora
 WORKFLOWS = Path(__file__).resolve().parent.parent / "workflows"
 UI_FILES = sorted(WORKFLOWS.glob("*.json"))
 API_FILES = sorted((WORKFLOWS / "api").glob("*.json"))
-REQUIRED = ("alice_t2v_4step", "alice_teacher_vs_student", "alice_lora")
+REQUIRED = ("alice_t2v_4step", "alice_teacher_vs_student", "alice_lora", "alice_finetune")
 WIDGET_TYPES = ("INT", "FLOAT", "STRING", "BOOLEAN")
 SAMPLER_OF_NODE = {"AliceRCMSampler": "rcm", "AliceTeacherSampler": "teacher"}
 FAST_TEACHER_STEPS = 4  # the fast test caps teacher steps; the slow test runs the files as shipped
+FAST_FINETUNE = {"teacher_steps": 2, "student_steps": 1}
 
 
 @pytest.fixture
@@ -45,7 +50,8 @@ def declared(node_type: str) -> dict:
 
 
 def is_widget(input_spec: tuple) -> bool:
-    return isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES
+    options = input_spec[1] if len(input_spec) > 1 else {}
+    return (isinstance(input_spec[0], list) or input_spec[0] in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def expected_widget_values(node_type: str) -> list[str]:
@@ -97,8 +103,11 @@ def test_ui_workflow_is_consistent(path):
         for slot, output in enumerate(node["outputs"]):
             for link_id in output["links"]:
                 assert links[link_id][1:3] == [node["id"], slot]
+        required = mappings()[node["type"]].INPUT_TYPES()["required"]
         for slot, socket in enumerate(node["inputs"]):
-            assert socket["link"] is not None, f"node {node['id']}: input {socket['name']} is not connected"
+            if socket["link"] is None:  # only optional sockets may stay unconnected
+                assert socket["name"] not in required, f"node {node['id']}: input {socket['name']} is not connected"
+                continue
             assert links[socket["link"]][3:5] == [node["id"], slot]
 
     for link_id, source, source_slot, target, target_slot, kind in links.values():
@@ -114,10 +123,21 @@ def ui_to_api(workflow: dict) -> dict:
         names = expected_widget_values(node["type"])
         inputs = {n: v for n, v in zip(names, node["widgets_values"]) if not n.endswith(":control_after_generate")}
         for socket in node["inputs"]:
-            link = links[socket["link"]]
-            inputs[socket["name"]] = [str(link[1]), link[2]]
+            if socket["link"] is not None:
+                link = links[socket["link"]]
+                inputs[socket["name"]] = [str(link[1]), link[2]]
         prompt[str(node["id"])] = {"class_type": node["type"], "inputs": inputs}
     return prompt
+
+
+@pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
+def test_ui_nodes_do_not_overlap(path):
+    """Node boxes (a Save Video node's box includes its preview) stay apart, so no preview covers a node."""
+    boxes = [(n["id"], *n["pos"], n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+             for n in json.loads(path.read_text())["nodes"]]
+    for i, (a, ax0, ay0, ax1, ay1) in enumerate(boxes):
+        for b, bx0, by0, bx1, by1 in boxes[i + 1:]:
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"nodes {a} and {b} overlap"
 
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
@@ -161,11 +181,14 @@ def prepared(name: str, models: Path, fast: bool) -> tuple[dict, dict]:
         inputs = node["inputs"]
         if bundle.folder.parent != BUNDLED_DIR and node["class_type"] in ("AliceModelLoader", "AliceVAELoader"):
             inputs["model_name" if "model_name" in inputs else "vae_name"] = "random-test/model.json"
-        if node["class_type"] == "AliceLoraLoader":
+        if node["class_type"] == "AliceLoraLoader" and bundle.folder.parent != BUNDLED_DIR:
+            # the shipped example LoRA is for alice-tiny: a random bundle gets a random LoRA of its size
             dim = stored_dit_config(next(iter(bundle.dits.values()))).dim
             write_lora(models / "loras" / inputs["lora_name"], dim=dim, seed=0)
         if fast and node["class_type"] == "AliceTeacherSampler":
             inputs["steps"] = min(inputs["steps"], FAST_TEACHER_STEPS)
+        if fast and node["class_type"] == "AliceFinetune":
+            inputs.update(FAST_FINETUNE)
     return prompt, workflow
 
 
@@ -200,6 +223,39 @@ def test_api_workflow_runs_end_to_end_and_writes_videos(name, env):
     prompt, workflow = prepared(name, env.models, fast=True)
     outputs, ui = execute(prompt, {"workflow": workflow})
     check_videos(prompt, workflow, outputs, ui)
+    if name == "alice_finetune":  # the LoRA files only; the run's checkpoint lives outside the LoRA folder
+        assert sorted(p.name for p in (env.models / "loras").iterdir()) == [
+            "my_orange_lora.safetensors", "my_orange_lora.teacher.safetensors"]
+
+
+def test_the_example_lora_ships_for_the_bundled_model_and_makes_its_prompt_orange(env):
+    """alice_lora.json out of the box: its LoRA ships with alice-tiny (small), fits every key, and turns the
+    workflow's held-out orange prompt orange (SynthBench's colour check), which the base model does not."""
+    shipped = bundled_loras()["alice_example_lora.safetensors"]
+    assert shipped.stat().st_size <= 2 * 1024 * 1024
+    meta = read_lora_metadata(shipped)
+    assert (meta["base_model"], meta["applies_to"]) == (DEFAULT_MODEL, "rcm")
+    prompt, workflow = prepared("alice_lora", env.models, fast=True)
+    assert not (env.models / "loras").exists()  # nothing written: the shipped file is used
+    text = next(n["inputs"]["positive"] for n in prompt.values() if n["class_type"] == "AliceTextEncode")
+    assert text in attribute_probe_prompts("orange")  # never a training caption
+    outputs, ui = execute(prompt, {"workflow": workflow})
+    check_videos(prompt, workflow, outputs, ui)
+    save = next(nid for nid, n in prompt.items() if n["class_type"] == "AliceSaveVideo")
+    assert check_colour(analyse_clip(read_video(outputs[save][0])[0]), "orange")
+    lora = next(n for n in prompt.values() if n["class_type"] == "AliceLoraLoader")
+    lora["inputs"]["strength"] = 0.0  # the same graph without the LoRA's effect
+    outputs, _ = execute(prompt, {"workflow": workflow})
+    assert not check_colour(analyse_clip(read_video(outputs[save][0])[0]), "orange")
+
+
+@pytest.mark.slow
+def test_the_finetune_workflow_as_shipped_runs_on_the_bundled_model(env):
+    prompt, workflow = prepared("alice_finetune", env.models, fast=False)
+    start = time.perf_counter()
+    outputs, ui = execute(prompt, {"workflow": workflow})
+    check_videos(prompt, workflow, outputs, ui)
+    assert time.perf_counter() - start < 15 * 60  # minutes on a CPU
 
 
 def test_the_bundled_model_runs_through_the_t2v_graph(env):

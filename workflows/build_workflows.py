@@ -39,7 +39,9 @@ def load_node_mappings() -> dict:
 
 
 def is_widget(spec: tuple) -> bool:
-    return isinstance(spec[0], list) or spec[0] in WIDGET_TYPES
+    """A widget on the node, not a socket: a choice list or a plain value type (forceInput makes it a socket)."""
+    options = spec[1] if len(spec) > 1 else {}
+    return (isinstance(spec[0], list) or spec[0] in WIDGET_TYPES) and not options.get("forceInput")
 
 
 def declared_inputs(cls) -> dict:
@@ -56,12 +58,24 @@ def to_api(nodes: list[Node], mappings: dict) -> dict:
     return prompt
 
 
+PREVIEW_HEIGHT = 340  # a saved video's preview under the node: alice-tiny's square clips at the node's width
+
+
+def node_size(cls) -> list[int]:
+    """[width, height] as the frontend draws the node, its video preview included (the layout keeps them apart)."""
+    inputs = declared_inputs(cls)
+    height = 60 + 26 * (len(inputs) + len(cls.RETURN_TYPES))
+    return [320, height + (PREVIEW_HEIGHT if cls.__name__ == "AliceSaveVideo" else 0)]
+
+
 def to_ui(nodes: list[Node], mappings: dict) -> dict:
     links, incoming, outgoing = [], {}, {}
     for node in nodes:
         inputs = declared_inputs(mappings[node.type])
         sockets = [name for name, spec in inputs.items() if not is_widget(spec)]
         for slot, name in enumerate(sockets):
+            if name not in node.inputs:  # an optional socket left unconnected
+                continue
             source, out_slot = node.inputs[name]
             source_type = mappings[next(n.type for n in nodes if n.id == source)].RETURN_TYPES[out_slot]
             link_id = len(links) + 1
@@ -83,12 +97,12 @@ def to_ui(nodes: list[Node], mappings: dict) -> dict:
             "id": node.id,
             "type": node.type,
             "pos": list(node.pos),
-            "size": [320, 60 + 26 * (len(inputs) + len(cls.RETURN_TYPES))],
+            "size": node_size(cls),
             "flags": {},
             "order": order,
             "mode": 0,
             "inputs": [
-                {"name": name, "type": spec[0], "link": incoming[(node.id, name)]}
+                {"name": name, "type": spec[0], "link": incoming.get((node.id, name))}
                 for name, spec in inputs.items() if not is_widget(spec)
             ],
             "outputs": [
@@ -144,24 +158,26 @@ def teacher_vs_student() -> list[Node]:
         Node(3, "AliceTextEncode", {"text_encoder": (2, 0), "positive": prompt, "negative": ""}, (360, 200)),
         Node(4, "AliceTeacherSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 7, "steps": 50,
                                         "cfg": 3.0, "shift": 3.0, **SIZE}, (720, 0), "Teacher (50 steps, CFG)"),
-        Node(5, "AliceRCMSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 7, **RCM}, (720, 420),
+        Node(5, "AliceRCMSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 7, **RCM}, (720, 640),
              "Student (rCM, 4 steps)"),
-        Node(6, "AliceVAELoader", VAE, (720, 820)),
+        Node(6, "AliceVAELoader", VAE, (720, 1040)),
         Node(7, "AliceVAEDecode", {"vae": (6, 0), "samples": (4, 0), **DECODE}, (1080, 0)),
-        Node(8, "AliceVAEDecode", {"vae": (6, 0), "samples": (5, 0), **DECODE}, (1080, 420)),
+        Node(8, "AliceVAEDecode", {"vae": (6, 0), "samples": (5, 0), **DECODE}, (1080, 640)),
         Node(9, "AliceSaveVideo", {"images": (7, 0), **SAVE, "filename_prefix": "video/alice_teacher"}, (1440, 0)),
-        Node(10, "AliceSaveVideo", {"images": (8, 0), **SAVE, "filename_prefix": "video/alice_student"}, (1440, 420)),
+        Node(10, "AliceSaveVideo", {"images": (8, 0), **SAVE, "filename_prefix": "video/alice_student"}, (1440, 640)),
     ]
+
+
+EXAMPLE_LORA = "alice_example_lora.safetensors"  # ships with alice-tiny: alice-tiny learnt orange from 12 clips
+ORANGE_PROMPT = "an orange cube travels to the right"  # a SynthBench orange probe prompt, never a training caption
 
 
 def lora() -> list[Node]:
     return [
         Node(1, "AliceModelLoader", MODEL, (0, 0)),
-        Node(2, "AliceLoraLoader", {"model": (1, 0), "lora_name": "alice_example_lora.safetensors",
-                                    "strength": 1.0}, (360, 0)),
+        Node(2, "AliceLoraLoader", {"model": (1, 0), "lora_name": EXAMPLE_LORA, "strength": 1.0}, (360, 0)),
         Node(3, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 200)),
-        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": "a green triangle moving down",
-                                    "negative": ""}, (360, 200)),
+        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": ORANGE_PROMPT, "negative": ""}, (360, 200)),
         Node(5, "AliceRCMSampler", {"model": (2, 0), "conditioning": (4, 0), "seed": 42, **RCM}, (720, 0)),
         Node(6, "AliceVAELoader", VAE, (720, 380)),
         Node(7, "AliceVAEDecode", {"vae": (6, 0), "samples": (5, 0), **DECODE}, (1080, 0)),
@@ -169,10 +185,33 @@ def lora() -> list[Node]:
     ]
 
 
+# Small enough to run in a few minutes on a CPU; the shipped example LoRA had 100 + 30 steps on 12 clips.
+FINETUNE = {"model_name": "alice-tiny", "caption": "", "lora_name": "my_orange_lora", "rank": 4, "alpha": 4.0,
+            "teacher_steps": 40, "student_steps": 4, "teacher_lr": 1e-3, "student_lr": 1e-4, "batch_size": 2,
+            "seed": 0, "checkpoint_every": 20, "restart": False, "clips_folder": "alice-tiny/example_clips"}
+
+
+def finetune() -> list[Node]:
+    """Train a LoRA on a folder of clips, then sample with it: clips -> Finetune -> LoRA Loader -> sampler -> video."""
+    return [
+        Node(1, "AliceFinetune", FINETUNE, (0, 0), "Alice Finetune (clips folder: alice-tiny/example_clips)"),
+        Node(2, "AliceModelLoader", MODEL, (0, 560)),
+        Node(3, "AliceLoraLoader", {"model": (2, 0), "lora_name": EXAMPLE_LORA, "strength": 1.0,
+                                    "trained_lora": (1, 0)}, (400, 0)),
+        Node(4, "AliceTextEncoderLoader", TEXT_ENCODER, (400, 300)),
+        Node(5, "AliceTextEncode", {"text_encoder": (4, 0), "positive": ORANGE_PROMPT, "negative": ""}, (760, 300)),
+        Node(6, "AliceRCMSampler", {"model": (3, 0), "conditioning": (5, 0), "seed": 42, **RCM}, (1120, 0)),
+        Node(7, "AliceVAELoader", VAE, (1120, 420)),
+        Node(8, "AliceVAEDecode", {"vae": (7, 0), "samples": (6, 0), **DECODE}, (1480, 0)),
+        Node(9, "AliceSaveVideo", {"images": (8, 0), **SAVE, "filename_prefix": "video/alice_finetune"}, (1840, 0)),
+    ]
+
+
 WORKFLOWS = {
     "alice_t2v_4step": t2v_4step,
     "alice_teacher_vs_student": teacher_vs_student,
     "alice_lora": lora,
+    "alice_finetune": finetune,
 }
 
 

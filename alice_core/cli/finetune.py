@@ -18,7 +18,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clips", required=True, help="folder of videos; each video's caption in a .txt file of the same name")
     p.add_argument("--caption", default=None, help="one caption for every clip instead of the .txt files")
     p.add_argument("-o", "--output", required=True, help="student LoRA file (.safetensors); the teacher LoRA is written beside it")
-    p.add_argument("--work-dir", default=None, help="checkpoint folder (default: <output>.work); resumes from it")
+    p.add_argument("--work-dir", default=None, help="checkpoint folder, resumed from (default: one per output file "
+                                                    "in $ALICE_HOME/alice-finetune, never beside the LoRA: UIs list "
+                                                    "every file in a LoRA folder)")
     p.add_argument("--model", default=None, help="model bundle name or folder (default: alice-tiny)")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--alpha", type=float, default=d.alpha)
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..limits import check_output_location, parse_device
-    from ..train.finetune import FinetuneConfig, clips_from_folder, finetune
+    from ..train.finetune import FinetuneConfig, clips_from_folder, default_work_folder, finetune
 
     output = check_output_location(args.output, "-o")
     if args.device is not None:
@@ -61,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
         bars[stage].update(1)
         bars[stage].set_postfix(loss=f"{loss:.4f}")
 
-    work_dir = Path(args.work_dir) if args.work_dir else output.with_name(output.name + ".work")
+    work_dir = Path(args.work_dir) if args.work_dir else default_work_folder(output)
     try:
         result = finetune(args.model, clips, cfg, output, work_dir, device=args.device, threads=args.threads, progress=progress)
     finally:

@@ -255,6 +255,16 @@ def lora_file_stem(name: str, where: str = "LoRA name") -> str:
     return stem
 
 
+def default_work_folder(out_file: str | Path, root: str | Path | None = None) -> Path:
+    """Where a run for `out_file` keeps its checkpoint unless told otherwise: one folder per output file under
+    `root`/alice-finetune (root: $ALICE_HOME), never beside the LoRA (UIs offer every file in a LoRA folder)."""
+    from ..hub import alice_home
+
+    out_file = Path(out_file).resolve()
+    tag = hashlib.sha256(str(out_file).encode()).hexdigest()[:8]
+    return Path(root or alice_home()) / "alice-finetune" / f"{out_file.stem}-{tag}"
+
+
 def teacher_lora_path(out_file: str | Path) -> Path:
     out_file = Path(out_file)
     return out_file.with_name(f"{out_file.stem}.teacher{out_file.suffix}")
