@@ -140,9 +140,9 @@ SAVE = {"fps": 8, "format": "mp4", "crf": 19}
 def t2v_4step() -> list[Node]:
     return [
         Node(1, "AliceModelLoader", MODEL, (0, 0)),
-        Node(2, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 200)),
+        Node(2, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 320)),
         Node(3, "AliceTextEncode", {"text_encoder": (2, 0), "positive": "a red ball moving to the right",
-                                    "negative": ""}, (360, 200)),
+                                    "negative": ""}, (360, 320)),
         Node(4, "AliceRCMSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 42, **RCM}, (720, 0)),
         Node(5, "AliceVAELoader", VAE, (720, 380)),
         Node(6, "AliceVAEDecode", {"vae": (5, 0), "samples": (4, 0), **DECODE}, (1080, 0)),
@@ -154,8 +154,8 @@ def teacher_vs_student() -> list[Node]:
     prompt = "a blue square moving up"
     return [
         Node(1, "AliceModelLoader", MODEL, (0, 0)),
-        Node(2, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 200)),
-        Node(3, "AliceTextEncode", {"text_encoder": (2, 0), "positive": prompt, "negative": ""}, (360, 200)),
+        Node(2, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 320)),
+        Node(3, "AliceTextEncode", {"text_encoder": (2, 0), "positive": prompt, "negative": ""}, (360, 320)),
         Node(4, "AliceTeacherSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 7, "steps": 50,
                                         "cfg": 3.0, "shift": 3.0, **SIZE}, (720, 0), "Teacher (50 steps, CFG)"),
         Node(5, "AliceRCMSampler", {"model": (1, 0), "conditioning": (3, 0), "seed": 7, **RCM}, (720, 640),
@@ -176,8 +176,8 @@ def lora() -> list[Node]:
     return [
         Node(1, "AliceModelLoader", MODEL, (0, 0)),
         Node(2, "AliceLoraLoader", {"model": (1, 0), "lora_name": EXAMPLE_LORA, "strength": 1.0}, (360, 0)),
-        Node(3, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 200)),
-        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": ORANGE_PROMPT, "negative": ""}, (360, 200)),
+        Node(3, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 320)),
+        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": ORANGE_PROMPT, "negative": ""}, (360, 320)),
         Node(5, "AliceRCMSampler", {"model": (2, 0), "conditioning": (4, 0), "seed": 42, **RCM}, (720, 0)),
         Node(6, "AliceVAELoader", VAE, (720, 380)),
         Node(7, "AliceVAEDecode", {"vae": (6, 0), "samples": (5, 0), **DECODE}, (1080, 0)),
