@@ -13,6 +13,7 @@ never imports ComfyUI).
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -24,12 +25,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock, one download at a time is up to the user
+    fcntl = None
+
+from .bundle import ModelDefaults
 from .errors import AliceError
+from .loading.output import file_sha256, place
 
 FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras")
 MODEL_ROLES = ("dit", "dit_low", "vae", "text_encoder")  # dit_low: a Wan2.2 pair's low-noise expert
-PRESET_KEYS = ("sampler", "rcm_steps", "teacher_steps", "sigma_max", "boundary", "guidance", "shift", "frames", "fps",
-               "width", "height")
+PRESET_KEYS = tuple(f.name for f in dataclasses.fields(ModelDefaults))  # a preset is a model's typed defaults
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 # Left free on the disk beyond the downloads themselves, so a download never fills a disk to the last byte.
 DISK_HEADROOM = 256 * 1024**2
@@ -294,14 +301,6 @@ def git_blob_sha1(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(8 * 1024 * 1024):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _progress_bar_class(progress: ProgressCallback | None, label: str) -> type:
     """The part of tqdm's interface huggingface_hub's http_get uses, reporting to `progress` instead of a terminal."""
 
@@ -345,10 +344,6 @@ def download_file(
     for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.incomplete"):
         if stale != partial:  # a partial of an older version of the file
             stale.unlink(missing_ok=True)
-    done = partial.stat().st_size if partial.exists() else 0
-    if remote.size is not None and done > remote.size:
-        partial.unlink()
-        done = 0
     headers = build_hf_headers()  # HF_TOKEN (or the stored token) and the user agent
     if not remote.send_token:
         headers.pop("authorization", None)  # never hand the token to a CDN
@@ -360,40 +355,56 @@ def download_file(
             return "nothing was kept; run the download again"
         return kept
 
-    try:
-        with open(partial, "r+b" if done else "wb") as out:
-            out.seek(done)
+    with open(partial, "ab") as out:  # created when missing, never truncated by opening: a resume appends
+        _lock_or_refuse(out, file, dest)
+        done = out.tell()
+        if remote.size is not None and done > remote.size:
+            out.truncate(0)
+            done = 0
+        try:
             http_get(remote.url, out, resume_size=done, headers=headers, expected_size=remote.size,
                      displayed_filename=file.relative_path,
                      tqdm_class=_progress_bar_class(progress, file.relative_path))
-    except HfHubHTTPError as exc:
-        status = exc.response.status_code if exc.response is not None else None
-        raise HubUnreachable(f"the transfer of {file.filename} failed with HTTP {status}; {drop_if_empty()}") from exc
-    except _transport_errors() as exc:
-        raise HubUnreachable(f"the transfer of {file.filename} broke off ({type(exc).__name__}); {drop_if_empty()}") from exc
-    except OSError as exc:  # wrong length, full disk
-        partial.unlink(missing_ok=True)
-        raise AliceError(f"downloading {file.filename} failed ({exc}); the partial file was deleted") from exc
-    if not remote.sha256 and _GIT_BLOB.fullmatch(remote.etag):
-        # A non-LFS file's ETag is its git blob id: check the bytes against it (a pinned sha256 would go first).
-        actual = git_blob_sha1(partial)
-        if actual != remote.etag:
-            partial.unlink()
-            raise AliceError(
-                f"{file.filename} from {file.repo_id} does not match the Hub's git blob id ({actual[:12]}..., "
-                f"expected {remote.etag[:12]}...) and was deleted; download it again"
-            )
-    if remote.sha256:
-        actual = file_sha256(partial)
-        if actual != remote.sha256:
-            partial.unlink()
-            raise AliceError(
-                f"{file.filename} from {file.repo_id} failed its checksum (sha256 {actual[:12]}..., expected "
-                f"{remote.sha256[:12]}...) and was deleted; download it again, and if this repeats the catalogue "
-                f"entry {file.name!r} is out of date"
-            )
-    os.replace(partial, dest)
+        except HfHubHTTPError as exc:
+            status = exc.response.status_code if exc.response is not None else None
+            raise HubUnreachable(f"the transfer of {file.filename} failed with HTTP {status}; {drop_if_empty()}") from exc
+        except _transport_errors() as exc:
+            raise HubUnreachable(f"the transfer of {file.filename} broke off ({type(exc).__name__}); {drop_if_empty()}") from exc
+        except OSError as exc:  # wrong length, full disk
+            partial.unlink(missing_ok=True)
+            raise AliceError(f"downloading {file.filename} failed ({exc}); the partial file was deleted") from exc
+        out.flush()
+        if not remote.sha256 and _GIT_BLOB.fullmatch(remote.etag):
+            # A non-LFS file's ETag is its git blob id: check the bytes against it (a pinned sha256 would go first).
+            actual = git_blob_sha1(partial)
+            if actual != remote.etag:
+                partial.unlink()
+                raise AliceError(
+                    f"{file.filename} from {file.repo_id} does not match the Hub's git blob id ({actual[:12]}..., "
+                    f"expected {remote.etag[:12]}...) and was deleted; download it again"
+                )
+        if remote.sha256:
+            actual = file_sha256(partial)
+            if actual != remote.sha256:
+                partial.unlink()
+                raise AliceError(
+                    f"{file.filename} from {file.repo_id} failed its checksum (sha256 {actual[:12]}..., expected "
+                    f"{remote.sha256[:12]}...) and was deleted; download it again, and if this repeats the "
+                    f"catalogue entry {file.name!r} is out of date"
+                )
+        place(partial, dest)  # exclusive: a file that appeared at dest meanwhile is never replaced
     return dest
+
+
+def _lock_or_refuse(out, file: CatalogueFile, dest: Path) -> None:
+    """One transfer per partial file: a second run fetching the same file at once is the clear loser."""
+    if fcntl is None:
+        return
+    try:
+        fcntl.flock(out.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise AliceError(f"another download of {file.filename} into {dest.parent} is running; wait for it to "
+                         "finish, then run this again") from None
 
 
 def _check_free_space(plans: Sequence[tuple[CatalogueFile, Path, RemoteFile]]) -> None:

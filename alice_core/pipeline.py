@@ -1,136 +1,121 @@
-"""One straight path: prompt -> text embeddings -> latents -> frames -> file."""
+"""The one front door: prompt -> text embeddings -> latents -> frames -> file, in one call or in stages.
+
+`VideoPipeline` is used whole by the CLI and the app (`pipe(settings)` or `pipe.generate(settings)`) and in stages
+by node graphs, like diffusers' pipelines with `prompt_embeds` / `latents` / `output_type="latent"`:
+
+    conditioning = encode_prompts(text_encoder, prompt, negative)   # or pipe.encode_prompts(...)
+    latents = pipe.sample(settings, conditioning, latents=None)     # normalised latents [1, C, F, H, W]
+    frames = pipe.decode(latents)                                   # uint8 [F, H, W, 3]
+    pipe.save(GeneratedVideo(...), path)                            # records prompt, settings and LoRAs
+
+A pipeline may hold only its DiT(s) (a node graph loads the text encoder and the VAE separately): sampling needs
+only the latent geometry (`LatentSpace`). Host formats (ComfyUI's LATENT / IMAGE) are the hosts' business (nodes/).
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from . import __version__
-from .bundle import SAMPLERS, ModelBundle, resolve_bundle
+from .bundle import SAMPLERS, ModelDefaults, resolve_bundle
 from .errors import AliceError
 from .conditioning import ImageCondition
 from .expert_swap import ExpertSwap, velocities
-from .limits import (
-    CLI_WORDS, GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text,
+from .limits import CLI_WORDS, GenerationShape, check_bounds, check_finite, check_generation_memory, check_prompt_text
+from .generation import (
+    Conditioning, GeneratedVideo, GenerationSettings, decode_latents, dit_config, encode_prompts, frames_from_video,
 )
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
+from .models.latent_space import LatentSpace, latent_space_for, latent_space_of, wan21_latent_space
 from .models.runtime import DiTRuntime, prepare_dit
 from .models.vae import WanVAE
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
 
-# Precision name -> compute dtype. fp8_e4m3fn / fp8_e5m2 / nf4 store the DiT's and umT5's Linear weights quantised
-# (alice_core/loading/quant.py) and run everything else, the VAE included, in bf16.
-PRECISIONS = {
-    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-    "fp8_e4m3fn": torch.bfloat16, "fp8_e5m2": torch.bfloat16, "nf4": torch.bfloat16,
-}
-DEFAULT_STEPS = {"rcm": 4, "teacher": 50}
 TI2V_CHANNELS = 48  # Wan2.2 TI2V-5B's latent: text-to-video, or image-to-video with the image as first frame
 MAX_TEACHER_STEPS = 1000
-
-
-@dataclass
-class GenerationSettings:
-    """What to generate. None means "the model's default"."""
-
-    prompt: str
-    negative_prompt: str | None = None
-    seed: int = 0
-    sampler: str | None = None
-    steps: int | None = None
-    width: int | None = None
-    height: int | None = None
-    frames: int | None = None
-    fps: int | None = None
-    sigma_max: float | None = None
-    ode: bool = False
-    guidance: float | None = None
-    shift: float | None = None
-    boundary: float | None = None  # two-expert models: RF time where the low-noise expert takes over
-    image: str | None = None  # image-to-video: the start image's name (the picture itself goes to generate())
-
-
-@dataclass
-class GeneratedVideo:
-    frames: np.ndarray                 # uint8 [F, H, W, 3]
-    settings: GenerationSettings       # fully resolved
-    model_name: str
-    timings: dict[str, float] = field(default_factory=dict)
-    experts: list[str] = field(default_factory=list)  # two-expert models: "high" / "low" per step
-
-    def metadata(self) -> dict[str, str | int | float]:
-        meta = {k: v for k, v in dataclasses.asdict(self.settings).items() if v is not None}
-        meta.update(model=self.model_name, software=f"alice {__version__}")
-        if self.experts:
-            meta["experts"] = ",".join(self.experts)
-        return meta
-
-
-def dit_config(dit: WanDiT | Experts[WanDiT]):
-    """The architecture of a DiT or of an expert pair (both experts share it)."""
-    return (dit.high if isinstance(dit, Experts) else dit).config
+__all__ = ["Conditioning", "GeneratedVideo", "GenerationSettings", "VideoPipeline", "decode_latents", "encode_prompts",
+           "frames_from_video", "load_pipeline", "load_vae"]
 
 
 class VideoPipeline:
     def __init__(
         self,
         name: str,
-        text_encoder: TextEncoder,
-        autoencoder: VideoAutoencoder,
         dits: dict[str, WanDiT | Experts[WanDiT]],
-        defaults: dict | None = None,
+        latent_space: LatentSpace,
+        text_encoder: TextEncoder | None = None,
+        autoencoder: VideoAutoencoder | None = None,
+        defaults: ModelDefaults | None = None,
         device: torch.device | str = "cpu",
+        offload_device: torch.device | str | None = None,
+        loras: tuple[tuple[str, float], ...] = (),
+        lora_targets: tuple[tuple[str, ...], ...] = (),
     ) -> None:
         if not dits:
             raise AliceError(f"model {name!r} has no DiT weights")
         self.name = name
+        self.dits = dits
+        self.latent_space = latent_space
         self.text_encoder = text_encoder
         self.autoencoder = autoencoder
-        self.dits = dits
-        self.defaults = defaults or {}
+        self.defaults = defaults or ModelDefaults()
         self.device = torch.device(device)
+        self.offload_device = torch.device(offload_device) if offload_device is not None else None
+        self.loras = loras
+        self.lora_targets = lora_targets  # per LoRA, the samplers whose network it changed
         self.image_encoder = None  # Wan2.1 I2V: the CLIP vision encoder (models/clip_vision.py)
-        self.swaps = {
-            sampler: ExpertSwap(pair, self.device) for sampler, pair in dits.items() if isinstance(pair, Experts)
-        }
+        # two 14B experts: the one in use on the device, the other waiting in CPU memory
+        self.swaps = {sampler: ExpertSwap(pair, self.device) for sampler, pair in dits.items() if isinstance(pair, Experts)}
+
+    def replace(self, **changes) -> "VideoPipeline":
+        """A pipeline sharing this one's parts except `changes` (e.g. other DiTs)."""
+        parts = {k: getattr(self, k) for k in ("name", "dits", "latent_space", "text_encoder", "autoencoder",
+                                                "defaults", "device", "offload_device", "loras", "lora_targets")}
+        return VideoPipeline(**{**parts, **changes})
 
     # -- settings -----------------------------------------------------------------------------------------------
+    def size_multiples(self, sampler: str | None = None) -> tuple[int, int]:
+        """(width, height) must be multiples of these: the latent stride times the DiT's patch size (of `sampler`'s
+        network, or of every network the model has)."""
+        dits = [self.dits[sampler]] if sampler else list(self.dits.values())
+        stride = self.latent_space.spatial_stride
+        return (max(stride * dit_config(dit).patch_size[2] for dit in dits),
+                max(stride * dit_config(dit).patch_size[1] for dit in dits))
+
+    def nearest_frames(self, frames: int) -> int:
+        ts = self.latent_space.temporal_stride
+        return max(1, round((frames - 1) / ts)) * ts + 1
+
     def resolve(self, s: GenerationSettings) -> GenerationSettings:
-        """Fill defaults and validate, with errors that name the fix."""
+        """Fill the model's defaults and validate, with errors that name the fix."""
         d = self.defaults
         if not s.prompt or not s.prompt.strip():
             raise AliceError("the prompt is empty; describe the video, e.g. \"a red ball bouncing\"")
         check_prompt_text(s.prompt, "the prompt")
         check_prompt_text(s.negative_prompt, "the negative prompt")
-        s = dataclasses.replace(s, sampler=s.sampler or d.get("sampler", "rcm"))
-        if s.sampler not in SAMPLERS:
-            raise AliceError(f"unknown sampler {s.sampler!r}; use one of {', '.join(SAMPLERS)}")
-        if s.sampler not in self.dits:
+        sampler = s.sampler or d.sampler_for(self.dits)
+        if sampler not in SAMPLERS:
+            raise AliceError(f"unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}")
+        if sampler not in self.dits:
             raise AliceError(
-                f"model {self.name!r} has no weights for the {s.sampler!r} sampler; use --sampler "
-                f"{' or '.join(self.dits)}"
+                f"model {self.name!r} has no weights for the {sampler!r} sampler; use --sampler {' or '.join(self.dits)}"
             )
-        def pick(value, key: str, fallback):
-            return value if value is not None else d.get(key, fallback)
+
+        def pick(value, default):
+            return value if value is not None else default
 
         r = dataclasses.replace(
-            s,
-            negative_prompt=pick(s.negative_prompt, "negative_prompt", ""),
-            steps=pick(s.steps, f"{s.sampler}_steps", DEFAULT_STEPS[s.sampler]),
-            width=pick(s.width, "width", 832),
-            height=pick(s.height, "height", 480),
-            frames=pick(s.frames, "frames", 81),
-            fps=pick(s.fps, "fps", 16),
-            sigma_max=pick(s.sigma_max, "sigma_max", 80.0),
-            guidance=pick(s.guidance, "guidance", 5.0),
-            shift=pick(s.shift, "shift", 5.0),
+            s, sampler=sampler, negative_prompt=pick(s.negative_prompt, d.negative_prompt),
+            steps=pick(s.steps, d.steps(sampler)), width=pick(s.width, d.width), height=pick(s.height, d.height),
+            frames=pick(s.frames, d.frames), fps=pick(s.fps, d.fps), sigma_max=pick(s.sigma_max, d.sigma_max),
+            guidance=pick(s.guidance, d.guidance), shift=pick(s.shift, d.shift),
         )
         check_finite(r.guidance, "--guidance")
         check_finite(r.shift, "--shift", positive=True)
@@ -139,11 +124,12 @@ class VideoPipeline:
         max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
         if not 1 <= r.steps <= max_steps:
             raise AliceError(f"steps must be 1..{max_steps} for the {r.sampler} sampler, got {r.steps}")
-        ts = self.autoencoder.temporal_stride
+        ts = self.latent_space.temporal_stride
         if r.frames < 1 or (r.frames - 1) % ts:
-            raise AliceError(f"frames must be {ts}k+1 (e.g. {4 * ts + 1}), got {r.frames}; use --frames {self._nearest_frames(r.frames)}")
-        multiple = self.autoencoder.spatial_stride * dit_config(self.dits[r.sampler]).patch_size[1]
+            raise AliceError(f"frames must be {ts}k+1 (e.g. {4 * ts + 1}), got {r.frames}; use --frames {self.nearest_frames(r.frames)}")
+        multiples = dict(zip(("width", "height"), self.size_multiples(r.sampler)))
         for label, value in (("width", r.width), ("height", r.height)):
+            multiple = multiples[label]
             if value < multiple or value % multiple:
                 fixed = max(multiple, round(value / multiple) * multiple)
                 raise AliceError(f"{label} must be a multiple of {multiple}, got {value}; use --{label} {fixed}")
@@ -158,7 +144,8 @@ class VideoPipeline:
         dit = self.dits[r.sampler]
         cfg = dit_config(dit)
         if isinstance(dit, Experts):
-            r = dataclasses.replace(r, boundary=self.defaults.get("boundary", dit.boundary) if r.boundary is None else r.boundary)
+            preset = self.defaults.boundary if self.defaults.boundary is not None else dit.boundary
+            r = dataclasses.replace(r, boundary=preset if r.boundary is None else r.boundary)
             Experts(None, None, r.boundary)  # validates: one line naming the range
         elif r.boundary is not None:
             raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
@@ -166,9 +153,9 @@ class VideoPipeline:
             raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
         if cfg.in_dim == cfg.out_dim != TI2V_CHANNELS and r.image is not None:
             raise AliceError(f"{self.name!r} is a text-to-video model: it takes no start image; drop --image")
-        if cfg.out_dim != self.autoencoder.latent_channels:
+        if cfg.out_dim != self.latent_space.latent_channels:
             raise AliceError(
-                f"{self.name!r} makes {cfg.out_dim}-channel latents but the VAE has {self.autoencoder.latent_channels}; "
+                f"{self.name!r} makes {cfg.out_dim}-channel latents but the VAE has {self.latent_space.latent_channels}; "
                 f"use the {'Wan2.2 VAE (z_dim 48)' if cfg.out_dim == 48 else 'Wan2.1 VAE (z_dim 16)'} (--vae)"
             )
         return r
@@ -178,55 +165,96 @@ class VideoPipeline:
     ) -> dict[str, int]:
         """Refuse, naming what to lower, resolved settings whose sampling (and decoding) would not fit in the
         device's free memory; the weights are already loaded, so only what the run adds is counted."""
-        ae, dit = self.autoencoder, self.dits[s.sampler]
-        shape = GenerationShape(dit=dit_config(dit), dit_count=0, other_weight_bytes=0, temporal_stride=ae.temporal_stride,
-                                spatial_stride=ae.spatial_stride, wan_vae=isinstance(ae, WanVAE))
+        ls, dit = self.latent_space, self.dits[s.sampler]
+        wan_vae = isinstance(self.autoencoder, WanVAE) or (self.autoencoder is None and ls.name.startswith("Wan"))
+        shape = GenerationShape(dit=dit_config(dit), dit_count=0, other_weight_bytes=0, temporal_stride=ls.temporal_stride,
+                                spatial_stride=ls.spatial_stride, wan_vae=wan_vae)
         precision = "fp32" if (dit.high if isinstance(dit, Experts) else dit).dtype == torch.float32 else "bf16"
         return check_generation_memory(shape, precision, s.width, s.height, s.frames, self.device, decode, words)
 
-    def _nearest_frames(self, frames: int) -> int:
-        ts = self.autoencoder.temporal_stride
-        return max(1, round((frames - 1) / ts)) * ts + 1
-
-    # -- the path ------------------------------------------------------------------------------------------------
-    def encode_text(self, prompts: list[str]) -> torch.Tensor:
-        return self.text_encoder.encode(prompts).to(self.device)
-
     def latent_shape(self, s: GenerationSettings) -> tuple[int, int, int, int, int]:
-        ae = self.autoencoder
-        return (1, ae.latent_channels, 1 + (s.frames - 1) // ae.temporal_stride, s.height // ae.spatial_stride, s.width // ae.spatial_stride)
+        ls = self.latent_space
+        return (1, ls.latent_channels, 1 + (s.frames - 1) // ls.temporal_stride, s.height // ls.spatial_stride,
+                s.width // ls.spatial_stride)
+
+    # -- the stages ----------------------------------------------------------------------------------------------
+    def encode_prompts(self, prompt: str, negative_prompt: str | None = "") -> Conditioning:
+        if self.text_encoder is None:
+            raise AliceError(f"model {self.name!r} was loaded without its text encoder; encode the prompts with one")
+        return encode_prompts(self.text_encoder, prompt, negative_prompt)
+
+    @contextmanager
+    def placed(self) -> Iterator[None]:
+        """The DiTs on the compute device for the duration; back to the offload device afterwards."""
+        # pairs move by ExpertSwap; a block-swapped DiT places itself, block by block
+        single = [dit for dit in self.dits.values()
+                  if not isinstance(dit, Experts) and getattr(dit, "block_swap", None) is None]
+        for dit in single:
+            dit.to(self.device)
+        try:
+            yield
+        finally:
+            if self.offload_device is not None:
+                for dit in single:
+                    dit.to(self.offload_device)
 
     def sample(
         self,
-        s: GenerationSettings,
-        context: torch.Tensor,
-        negative_context: torch.Tensor | None,
-        control: StepControl,
+        settings: GenerationSettings,
+        conditioning: Conditioning,
+        latents: torch.Tensor | None = None,
+        progress: ProgressFn | None = None,
+        should_cancel: Callable[[], bool] | None = None,
         condition: ImageCondition | None = None,
+        memory_words: tuple[str, str, str] | None = None,
     ) -> torch.Tensor:
-        """Latents for resolved settings `s`, starting from an image when `condition` is given."""
+        """Normalised latents [1, C, F, H, W] for `settings` (the prompt texts come from `conditioning`).
+
+        `latents`: the starting noise (as diffusers' `latents=`); by default it is drawn from the seed. `condition`:
+        what a start image gives the DiT (see `image_condition`). `memory_words`: check
+        the memory sampling needs first, refusing in the host's words (limits.NODE_WORDS, ...)."""
+        if settings.sampler is not None and settings.sampler not in self.dits:
+            other = " or ".join(f"the {s} sampler" for s in self.dits)
+            raise AliceError(f"model {self.name!r} has no weights for the {settings.sampler} sampler; use {other}")
+        if memory_words is not None:
+            resolved = self.resolve(dataclasses.replace(settings, prompt=conditioning.prompt,
+                                                        negative_prompt=conditioning.negative_prompt))
+            self.check_memory(resolved, decode=False, words=memory_words)
+        return self._sample(settings, conditioning, latents, StepControl(progress=progress, should_cancel=should_cancel),
+                            condition)
+
+    def _sample(self, settings: GenerationSettings, conditioning: Conditioning, latents: torch.Tensor | None,
+                control: StepControl, condition: ImageCondition | None) -> torch.Tensor:
         condition = condition or ImageCondition()
         y, clip, first_frame = condition.y, condition.clip, condition.first_frame
+        s = self.resolve(dataclasses.replace(settings, prompt=conditioning.prompt,
+                                             negative_prompt=conditioning.negative_prompt))
+        shape = self.latent_shape(s)
+        if latents is not None and tuple(latents.shape) != shape:
+            raise AliceError(f"start latents have shape {tuple(latents.shape)}; these settings need {shape}")
+        guided = s.sampler == "teacher" and s.guidance != 1.0
+        if guided and conditioning.negative is None:
+            raise AliceError("the teacher's guidance needs the negative prompt encoded; encode it too, or use guidance 1")
         dits = self.dits[s.sampler]
         if isinstance(dits, Experts):
             dits = Experts(dits.high, dits.low, s.boundary)
-            dtype = dits.high.dtype
-        else:
-            dtype = dits.dtype
+        dtype = (dits.high if isinstance(dits, Experts) else dits).dtype
         if dtype in (torch.bfloat16, torch.float16):
             control.timestep_dtype = dtype
         swap = self.swaps.get(s.sampler)
+        positive = conditioning.positive.to(self.device)
+        cond = velocities(dits, positive, y, clip, swap=swap, first_frame=first_frame)
         generator = torch.Generator().manual_seed(s.seed)
-        shape = self.latent_shape(s)
-        cond = velocities(dits, context, y, clip, swap=swap, first_frame=first_frame)
-        if s.sampler == "rcm":
-            latents = sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control)
-        else:
-            uncond = None if negative_context is None else velocities(
-                dits, negative_context, y, clip, swap=swap, first_frame=first_frame)
-            latents = sample_flow_matching(
-                cond, uncond, shape, generator, s.steps, s.guidance, s.shift, self.device, control)
-        return latents if first_frame is None else first_frame.apply(latents)
+        with self.placed():
+            if s.sampler == "rcm":
+                result = sample_rcm(cond, shape, generator, s.steps, s.sigma_max, s.ode, self.device, control,
+                                    noise=latents)
+            else:
+                uncond = velocities(dits, conditioning.negative.to(self.device), y, clip, swap=swap,
+                                    first_frame=first_frame) if guided else None
+                result = sample_flow_matching(cond, uncond, shape, generator, s.steps, s.guidance, s.shift,
+                                              self.device, control, noise=latents)
+        return result if first_frame is None else first_frame.apply(result)
 
     def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None) -> ImageCondition | None:
         """What the start image gives the DiT (see `conditioning.py`); None for text-to-video."""
@@ -237,6 +265,8 @@ class VideoPipeline:
             if cfg.in_dim > cfg.out_dim:
                 raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
             return None
+        if self.autoencoder is None:
+            raise AliceError(f"model {self.name!r} was loaded without its autoencoder; a start image needs it")
         start = fit_image(image, s.width, s.height).to(self.device)
         if cfg.in_dim == cfg.out_dim:
             return ImageCondition(first_frame=FirstFrame.encode(self.autoencoder, start))
@@ -246,29 +276,36 @@ class VideoPipeline:
         return ImageCondition(y=image_condition(self.autoencoder, start, s.frames), clip=clip)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
-        with torch.inference_mode():
-            video = self.autoencoder.decode(latents)
-        return frames_from_video(video)[0]
+        """Normalised latents [1, C, F, H, W] -> frames uint8 [F, H, W, 3]."""
+        if self.autoencoder is None:
+            raise AliceError(f"model {self.name!r} was loaded without its autoencoder; decode with a VAE")
+        return frames_from_video(decode_latents(self.autoencoder, latents))[0]
 
-    def generate(
+    # -- the whole path --------------------------------------------------------------------------------------------
+    def __call__(
         self,
         settings: GenerationSettings,
+        conditioning: Conditioning | None = None,
+        latents: torch.Tensor | None = None,
+        output_type: str = "video",
         progress: ProgressFn | None = None,
         should_cancel: Callable[[], bool] | None = None,
         image: np.ndarray | torch.Tensor | None = None,
     ) -> GeneratedVideo:
-        """The video for `settings`; `image` is the start picture of an image-to-video model (uint8 [H, W, 3])."""
+        """Encode (unless `conditioning` is given), sample (from `latents` if given) and, for output_type "video",
+        decode. output_type "latent" stops after sampling (`.frames` is None, `.latents` holds the result).
+        `image` is the start picture of an image-to-video model (uint8 [H, W, 3])."""
+        if output_type not in ("video", "latent"):
+            raise AliceError(f"output_type must be 'video' or 'latent', got {output_type!r}")
         if image is not None and settings.image is None:
             settings = dataclasses.replace(settings, image="image")
         s = self.resolve(settings)
         self.check_memory(s)
         timings = {}
         start = time.perf_counter()
-        if s.sampler == "teacher" and s.guidance != 1.0:
-            both = self.encode_text([s.prompt, s.negative_prompt])
-            context, negative = both[:1], both[1:]
-        else:
-            context, negative = self.encode_text([s.prompt]), None
+        if conditioning is None:
+            guided = s.sampler == "teacher" and s.guidance != 1.0
+            conditioning = self.encode_prompts(s.prompt, s.negative_prompt if guided else None)
         timings["text_encoding"] = time.perf_counter() - start
 
         start = time.perf_counter()
@@ -278,112 +315,147 @@ class VideoPipeline:
 
         start = time.perf_counter()
         control = StepControl(progress=progress, should_cancel=should_cancel)
-        latents = self.sample(s, context, negative, control, condition)
+        result = self._sample(s, conditioning, latents, control, condition)
         timings["sampling"] = time.perf_counter() - start
 
-        start = time.perf_counter()
-        frames = self.decode(latents)
-        timings["decoding"] = time.perf_counter() - start
-        return GeneratedVideo(frames=frames, settings=s, model_name=self.name, timings=timings, experts=control.experts)
+        frames = None
+        if output_type == "video":
+            start = time.perf_counter()
+            frames = self.decode(result)
+            timings["decoding"] = time.perf_counter() - start
+        resolved = dataclasses.replace(s, prompt=conditioning.prompt, negative_prompt=conditioning.negative_prompt)
+        used = tuple(lora for lora, targets in zip(self.loras, self.lora_targets) if s.sampler in targets)
+        return GeneratedVideo(frames, resolved, self.name, timings, used, result, control.experts)
+
+    def generate(self, settings: GenerationSettings, progress: ProgressFn | None = None,
+                 should_cancel: Callable[[], bool] | None = None,
+                 image: np.ndarray | torch.Tensor | None = None) -> GeneratedVideo:
+        return self(settings, progress=progress, should_cancel=should_cancel, image=image)
 
     def save(self, video: GeneratedVideo, path: str | Path, crf: int = 19) -> Path:
+        """The video file, with its settings, model and LoRAs in the metadata (never over an existing file)."""
         from .video_io import write_video
 
+        if video.frames is None:
+            raise AliceError("this result holds latents only (output_type='latent'); decode them before saving")
         return write_video(video.frames, path, fps=video.settings.fps, metadata=video.metadata(), crf=crf)
 
+    # -- LoRAs ---------------------------------------------------------------------------------------------------
+    def with_lora(self, lora: str | Path, strength: float = 1.0, copy: bool = True, on_report=None) -> "VideoPipeline":
+        """A new pipeline with the LoRA applied to copies of the networks it is for (this one stays unchanged:
+        hosts keep using it; copy=False patches in place, for a caller that drops this pipeline); the videos it
+        makes record the LoRA. See `loading.lora.with_lora`."""
+        from .loading.lora import lora_samplers, with_lora
 
-def frames_from_video(video: torch.Tensor) -> np.ndarray:
-    """Decoded video [B, 3, F, H, W] in [-1, 1] -> uint8 frames [B, F, H, W, 3]."""
-    frames = ((video.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return frames.permute(0, 2, 3, 4, 1).cpu().numpy()
+        dits = with_lora(self.dits, lora, strength, copy=copy, on_report=on_report, model_name=repr(self.name))
+        changed = tuple(lora_samplers(lora, list(self.dits)))
+        return self.replace(dits=dits, loras=(*self.loras, (Path(lora).name, float(strength))),
+                            lora_targets=(*self.lora_targets, changed))
 
 
 # -- loading --------------------------------------------------------------------------------------------------------
-def parse_precision(precision: str) -> torch.dtype:
-    try:
-        return PRECISIONS[precision]
-    except KeyError:
-        raise AliceError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}") from None
-
-
-def load_autoencoder(spec: dict, folder: Path, dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
-    kind = spec.get("type")
-    if kind == "space_to_depth":
-        from .models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
-
-        return SpaceToDepthAutoencoder(SpaceToDepthConfig(**{k: v for k, v in spec.items() if k != "type"}))
-    if kind == "wan_vae":
-        from .loading.vae_keys import load_wan_vae
-
-        return load_wan_vae(folder / spec["file"], dtype=dtype)
-    raise AliceError(f"{folder / 'model.json'}: autoencoder.type must be 'space_to_depth' or 'wan_vae', got {kind!r}")
+PARTS = ("dits", "text_encoder", "autoencoder")
 
 
 def load_pipeline(
-    model: str | None = None,
+    model: str | Path | None = None,
     precision: str = "fp32",
-    vae: str | None = None,
-    text_encoder: str | None = None,
-    device: str = "cpu",
-    low_noise_model: str | None = None,
+    vae: str | Path | None = None,
+    text_encoder: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    low_noise_model: str | Path | None = None,
     boundary: float | None = None,
-    defaults: dict | None = None,
+    offload_device: str | torch.device | None = None,
+    parts: tuple[str, ...] = PARTS,
+    defaults: ModelDefaults | dict | None = None,
     runtime: DiTRuntime = DiTRuntime(),
     clip_vision: str | None = None,
 ) -> VideoPipeline:
-    """A pipeline for a bundled model name, a bundle folder, a Wan checkpoint file (+ `vae` and `text_encoder`),
-    or a Wan2.2 expert pair: an official / diffusers pipeline folder, or `model` (high noise) + `low_noise_model`.
-    `defaults` are a checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...).
+    """A pipeline for a bundled model name, a bundle folder (or its model.json), a single Wan DiT checkpoint
+    (+ `vae` and `text_encoder`, which also override a bundle's), or a Wan2.2 expert pair: an official / diffusers
+    pipeline folder, or `model` (high noise) + `low_noise_model`. `parts` leaves out what a host loads on its own
+    (a node graph loads only the DiTs here). precision: a name of loading/precision.py, "auto" included.
+    `defaults` are a single checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...).
     runtime: the DiT's attention kernel, block swap and compile (single DiTs; an expert pair keeps its own swap).
     clip_vision: the CLIP image encoder a Wan2.1 I2V model needs."""
-    from .loading.dit import load_dit
-    from .loading.experts import find_expert_pair, load_expert_pair
-    from .models.text_encoders import load_text_encoder
+    from .loading.precision import compute_dtype, resolve_precision
+    from .loading.text_encoders import load_text_encoder
+    from .loading.vae import load_autoencoder, load_wan_vae
 
-    def dit_from(path) -> WanDiT:
-        # block swap: read into CPU memory, then K blocks go to the device
-        dit = load_dit(path, precision=precision, device="cpu" if runtime.blocks_on_device is not None else device)
-        return prepare_dit(dit, device, runtime)
-
-    dtype = parse_precision(precision)
+    device = torch.device(device)
+    precision = resolve_precision(precision, device)
+    dtype = compute_dtype(precision)
     bundle = resolve_bundle(model) if low_noise_model is None else None
     if bundle is not None:
-        te = load_text_encoder(text_encoder or _bundle_path(bundle, bundle.text_encoder), precision=precision)
-        ae = load_autoencoder({"type": "wan_vae", "file": str(Path(vae).resolve())}, Path("."), dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
-        dits = {k: dit_from(p) for k, p in bundle.dits.items()}
-        return VideoPipeline(bundle.name, te, ae, dits, bundle.defaults, device)
+        name, defaults, space = bundle.name, bundle.defaults, latent_space_for(bundle.autoencoder)
+        dits = _load_bundle_dits(bundle.dits, precision, device, offload_device, runtime)
+        encoder_source = text_encoder or bundle.text_encoder_source
+    else:
+        from .loading.experts import find_expert_pair
+        from .loading.formats import inspect_checkpoint
 
-    # A single checkpoint or pair: the same weights serve whichever sampler the user picks. A single file's header
-    # says whether it is a DiT checkpoint (and which) before anything else is asked for or loaded.
-    from .loading.formats import inspect_checkpoint
+        # A single file's header says whether it is a DiT checkpoint (and which) before anything else is asked for.
+        if low_noise_model is None and find_expert_pair(model) is None:
+            inspect_checkpoint(model)
+        missing = [flag for flag, value, part in (("--vae PATH (Wan VAE)", vae, "autoencoder"),
+                                                   ("--text-encoder PATH (umT5 folder)", text_encoder, "text_encoder"))
+                   if value is None and part in parts]
+        if missing:
+            raise AliceError(f"{model} is a single DiT checkpoint: also pass {' and '.join(missing)}")
+        dit = _load_single_or_pair(model, low_noise_model, boundary, precision, device, offload_device, runtime)
+        # One network (or pair) serves whichever sampler the user picks.
+        if not isinstance(defaults, ModelDefaults):
+            defaults = ModelDefaults.from_dict(defaults or {}, f"{model}: defaults")
+        name, dits, space = Path(model).stem, {"rcm": dit, "teacher": dit}, wan21_latent_space()
+        encoder_source = text_encoder
 
-    if low_noise_model is None and find_expert_pair(model) is None:
-        inspect_checkpoint(model)
-    if vae is None or text_encoder is None:
-        raise AliceError(
-            f"{model} is a single DiT checkpoint: also pass --vae PATH (Wan VAE) and --text-encoder PATH (umT5 folder)"
-        )
-    from .loading.vae_keys import load_wan_vae
+    autoencoder = None
+    if "autoencoder" in parts:
+        autoencoder = load_wan_vae(vae, dtype=dtype) if vae else load_autoencoder(bundle.autoencoder, bundle.folder, dtype)
+        space = latent_space_of(autoencoder)
+    else:  # without the VAE nothing else checks this before sampling
+        for dit in {id(d): d for d in dits.values()}.values():
+            if dit_config(dit).out_dim != space.latent_channels:
+                raise AliceError(f"{name}: the DiT takes {dit_config(dit).out_dim} latent channels but the {space.name} "
+                                 f"has {space.latent_channels}; use a model made for that latent space")
+    encoder = load_text_encoder(encoder_source, precision=precision) if "text_encoder" in parts else None
+    pipe = VideoPipeline(name, dits, space, encoder, autoencoder, defaults, device, offload_device)
+    if clip_vision is not None:
+        from .loading.clip_vision import load_clip_vision
+
+        pipe.image_encoder = load_clip_vision(clip_vision)
+    return pipe
+
+
+def _load_dit(path, precision: str, device, offload_device, runtime: DiTRuntime) -> WanDiT:
+    from .loading.dit import load_dit
+
+    # A swapped model is read into CPU memory, then K blocks go to the device; otherwise it is read where it waits
+    # between runs.
+    swapped = runtime.blocks_on_device is not None
+    dit = load_dit(path, precision=precision, device="cpu" if swapped else offload_device or device)
+    return prepare_dit(dit, device if swapped else offload_device or device, runtime)
+
+
+def _load_bundle_dits(files: dict[str, Path], precision: str, device, offload_device, runtime) -> dict[str, WanDiT]:
+    by_file = {file: _load_dit(file, precision, device, offload_device, runtime)
+               for file in dict.fromkeys(files.values())}  # a file is loaded once even when samplers share it
+    return {sampler: by_file[file] for sampler, file in files.items()}
+
+
+def _load_single_or_pair(model, low_noise_model, boundary, precision: str, device, offload_device,
+                         runtime) -> WanDiT | Experts[WanDiT]:
+    from .loading.experts import find_expert_pair, load_expert_pair
 
     pair = find_expert_pair(model) if low_noise_model is None else None
     if low_noise_model is not None or pair is not None:
         high, low = (model, low_noise_model) if pair is None else (pair.high, pair.low)
         folder_boundary = pair.boundary if pair is not None else None
         # two 14B experts: both wait in CPU memory, the one in use moves to the device (ExpertSwap)
-        dit = load_expert_pair(high, low, precision, boundary if boundary is not None else folder_boundary, "cpu")
-    elif boundary is not None:
+        return load_expert_pair(high, low, precision, boundary if boundary is not None else folder_boundary, "cpu")
+    if boundary is not None:
         raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
-    else:
-        dit = dit_from(model)
-    te = load_text_encoder(text_encoder, precision=precision)
-    pipe = VideoPipeline(
-        Path(model).stem, te, load_wan_vae(vae, dtype=dtype), {"rcm": dit, "teacher": dit}, defaults or {}, device
-    )
-    if clip_vision is not None:
-        from .loading.clip_vision import load_clip_vision
-
-        pipe.image_encoder = load_clip_vision(clip_vision)
-    return pipe
+    return _load_dit(model, precision, device, offload_device, runtime)
 
 
 def check_image_encoder(name: str, image_dim: int, encoder) -> None:
@@ -400,79 +472,12 @@ def check_image_encoder(name: str, image_dim: int, encoder) -> None:
         )
 
 
-def preflight(
-    settings: GenerationSettings,
-    model: str | None = None,
-    precision: str = "fp32",
-    vae: str | None = None,
-    text_encoder: str | None = None,
-    device: str = "cpu",
-    low_noise_model: str | None = None,
-    defaults: dict | None = None,
-    clip_vision: str | None = None,
-) -> GenerationSettings | None:
-    """Everything `load_pipeline` + `generate` would refuse that needs no weights: the settings against the model's
-    architecture and latent space (read from headers and model.json), and the memory the generation needs against
-    what the device has free (`defaults`: a catalogue model's preset, as for `load_pipeline`). Returns the resolved
-    settings; None for expert pairs, which `generate` checks once loaded."""
-    from .limits import parse_device
-    from .loading.experts import find_expert_pair
-    from .loading.formats import inspect_checkpoint
-    from .stages import latent_space_for
+def load_vae(source: str | Path, precision: str = "fp32", device: str | torch.device = "cpu") -> VideoAutoencoder:
+    """A bundled model's autoencoder (by name, bundle folder or its model.json) or a Wan2.1 VAE file."""
+    from .loading.precision import compute_dtype, resolve_precision
+    from .loading.vae import load_autoencoder, load_wan_vae
 
-    parse_precision(precision)
-    dev = parse_device(device)
-    bundle = resolve_bundle(model) if low_noise_model is None else None
-    if bundle is None and (low_noise_model is not None or find_expert_pair(model) is not None):
-        return None
-    if bundle is not None:
-        files, defaults, name = dict(bundle.dits), bundle.defaults, bundle.name
-        others = [text_encoder or _bundle_path(bundle, bundle.text_encoder), vae or _bundle_vae_file(bundle)]
-    else:
-        if settings.boundary is not None:  # as load_pipeline says it, before any weight is read
-            raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
-        files, defaults, name = {"rcm": Path(model), "teacher": Path(model)}, defaults or {}, Path(model).stem
-        others = [text_encoder, vae]
-    configs = {sampler: inspect_checkpoint(file).config for sampler, file in files.items()}
-    if bundle is not None and not vae:
-        space = latent_space_for(bundle.autoencoder)
-    else:  # the Wan VAE the DiT is made for (the loaded pipeline checks the VAE actually given)
-        space = _wan_latent_space(next(iter(configs.values())).out_dim)
-    with torch.device("meta"):
-        dits = {sampler: WanDiT(config) for sampler, config in configs.items()}
-    resolved = VideoPipeline(name, None, space, dits, defaults, dev).resolve(settings)
-    image_dim = configs[resolved.sampler].image_dim
-    if image_dim is not None and clip_vision is None:
-        check_image_encoder(name, image_dim, None)
-    shape = GenerationShape(
-        dit=configs[resolved.sampler], dit_count=len(set(files.values())), other_weight_bytes=sum(map(_disk_bytes, others)),
-        temporal_stride=space.temporal_stride, spatial_stride=space.spatial_stride, wan_vae=space.name.startswith("Wan"),
-    )
-    check_generation_memory(shape, precision, resolved.width, resolved.height, resolved.frames, dev)
-    return resolved
-
-
-def _wan_latent_space(channels: int):
-    from .models.config import WAN22_VAE, WanVAEConfig
-    from .stages import LatentSpace
-
-    cfg = WAN22_VAE if channels == WAN22_VAE.z_dim else WanVAEConfig()
-    name = "Wan2.2 VAE" if cfg is WAN22_VAE else "Wan2.1 VAE"
-    return LatentSpace(name, cfg.z_dim, cfg.temporal_stride, cfg.spatial_stride, cfg.latents_mean, cfg.latents_std)
-
-
-def _bundle_vae_file(bundle: ModelBundle) -> str | None:
-    file = bundle.autoencoder.get("file")
-    return str(bundle.folder / file) if file else None
-
-
-def _disk_bytes(path: str | None) -> int:
-    """Bytes a weight file or folder holds on disk (0 for 'minilm', None or a missing path)."""
-    if not path or path == "minilm" or not Path(path).expanduser().exists():
-        return 0
-    p = Path(path).expanduser()
-    return p.stat().st_size if p.is_file() else sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
-
-
-def _bundle_path(bundle: ModelBundle, ref: str) -> str:
-    return ref if ref == "minilm" else str(bundle.folder / ref)
+    dtype = compute_dtype(resolve_precision(precision, device))
+    bundle = resolve_bundle(source)
+    autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder, dtype) if bundle else load_wan_vae(source, dtype)
+    return autoencoder.to(device) if isinstance(autoencoder, torch.nn.Module) else autoencoder

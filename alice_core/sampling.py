@@ -124,6 +124,17 @@ def seeded_noise(shape: Sequence[int], generator: torch.Generator, device: torch
     return torch.randn(tuple(shape), generator=generator, dtype=torch.float32).to(device)
 
 
+def _start_noise(noise: torch.Tensor | None, shape: Sequence[int], generator: torch.Generator, device) -> torch.Tensor:
+    """The seed's starting noise, or `noise` in its place; the seed's draw is made either way, so the noise of later
+    steps (rCM re-noising) is the same stream whether or not the start was given."""
+    seeded = seeded_noise(shape, generator, device)
+    if noise is None:
+        return seeded
+    if tuple(noise.shape) != tuple(shape):
+        raise AliceError(f"starting noise has shape {tuple(noise.shape)}, expected {tuple(shape)}")
+    return noise.float().to(device)
+
+
 def sample_rcm(
     velocity: VelocityFn | Experts[VelocityFn],
     shape: Sequence[int],
@@ -133,12 +144,14 @@ def sample_rcm(
     ode: bool = False,
     device: torch.device | str = "cpu",
     control: StepControl | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """rCM few-step sampling: x0 = x - s*v, then re-noise to the next time with fresh seeded noise
-    (or, with ode=True, a deterministic Euler step x <- x - (s - s_next) * v)."""
+    (or, with ode=True, a deterministic Euler step x <- x - (s - s_next) * v). `noise`: the starting noise
+    (default: drawn from `generator`)."""
     control = control or StepControl()
     times = rcm_timesteps(steps, sigma_max)
-    x = times[0] * seeded_noise(shape, generator, device)
+    x = times[0] * _start_noise(noise, shape, generator, device)
     for i, (s_cur, s_next) in enumerate(zip(times[:-1], times[1:])):
         control.check_cancel()
         v = control.velocity_at(velocity, s_cur)(x, control.timestep(s_cur, shape[0], x.device)).float()
@@ -162,16 +175,18 @@ def sample_flow_matching(
     device: torch.device | str = "cpu",
     control: StepControl | None = None,
     start: tuple[torch.Tensor, float] | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Euler flow-matching sampler with classifier-free guidance v = v_u + w (v_c - v_u) (the teacher's sampler).
 
     `start` = (latent, noise level s0 in (0, 1]) begins from that latent noised to s0 and runs only the steps at or
     below s0 (SDEdit): how much of a given video the model keeps, e.g. to find the noise level where it loses it.
     With two experts, `velocity_cond`, `velocity_uncond` and `guidance` may each be an `Experts` pair (Wan2.2 T2V
-    guides the high-noise expert with 4 and the low-noise one with 3)."""
+    guides the high-noise expert with 4 and the low-noise one with 3). `noise`: the starting noise (default: drawn
+    from `generator`)."""
     control = control or StepControl()
     times = flow_matching_timesteps(steps, shift)
-    x = seeded_noise(shape, generator, device)
+    x = _start_noise(noise, shape, generator, device)
     if start is not None:
         latent, level = start
         if not 0.0 < level <= 1.0:

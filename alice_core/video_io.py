@@ -8,12 +8,10 @@ mp4/webm (plus one tag per key, for tools that show tags), in the GIF comment ex
 from __future__ import annotations
 
 import functools
-import glob
 import json
 import math
 import os
 import re
-import secrets
 import subprocess
 import tempfile
 from contextlib import suppress
@@ -25,7 +23,8 @@ import torch
 from PIL import Image, ImageSequence
 
 from .errors import AliceError
-from .loading.leftovers import die_with_parent, holding, remove_stale
+from .loading.leftovers import die_with_parent
+from .loading.output import atomic_output, exists_message
 
 SUFFIXES = (".mp4", ".webm", ".gif")
 MAX_GIF_FPS = 50  # GIF delays are whole centiseconds and browsers slow down delays under 2 cs
@@ -63,22 +62,14 @@ def write_video(
     _check_crf(crf, suffix)
     metadata = _checked_metadata(metadata)
     if os.path.lexists(path):
-        raise AliceError(_exists_message(path))
+        raise AliceError(exists_message(path))
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale(path.parent, f".{glob.escape(path.stem)}.*.tmp{suffix}")  # left by a killed earlier run
-    # Dot-prefixed so it reads as hidden/in-progress; ends in the real suffix so tools see the format.
-    tmp = path.parent / f".{path.stem}.{secrets.token_hex(4)}.tmp{suffix}"
-    open(tmp, "xb").close()  # reserve the name; also surfaces permission errors before encoding starts
-    try:
-        with holding(tmp):  # marks the temp as in use until it is published or removed
-            if suffix == ".gif":
-                _write_gif(video, tmp, fps, metadata)
-            else:
-                _encode_with_ffmpeg(video, tmp, fps, metadata, crf, suffix)
-            _publish(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_output(path) as tmp:  # a hidden name ending in the real suffix, so ffmpeg sees the format
+        if suffix == ".gif":
+            _write_gif(video, tmp, fps, metadata)
+        else:
+            _encode_with_ffmpeg(video, tmp, fps, metadata, crf, suffix)
     return path
 
 
@@ -170,10 +161,6 @@ def _checked_metadata(metadata: Metadata | None) -> Metadata:
     return metadata
 
 
-def _exists_message(path: Path) -> str:
-    return f"{path} already exists; choose another output path or delete it"
-
-
 def _existing(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
@@ -190,27 +177,6 @@ def _json_object(text: str) -> dict | None:
 
 
 # ---------------------------------------------------------------- writing
-
-
-def _publish(tmp: Path, path: Path) -> None:
-    """Give the finished temp file its final name without ever replacing a file that appeared meanwhile."""
-    try:
-        os.link(tmp, path)  # atomic, and fails if path exists
-        return
-    except FileExistsError:
-        raise AliceError(_exists_message(path)) from None
-    except OSError:
-        pass  # no hard links on this filesystem (FAT, some network mounts)
-    # Claim the name exclusively, then replace our own empty placeholder.
-    try:
-        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        raise AliceError(_exists_message(path)) from None
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
 
 
 def _ffmpeg_exe() -> str:

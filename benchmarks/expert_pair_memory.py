@@ -27,7 +27,7 @@ GIB = 2**30
 
 
 def full_size_table(modes: list[str]) -> str:
-    from alice_core.loading.quant import planned_weight_bytes
+    from alice_core.loading.dit import planned_weight_bytes
 
     config = dit_preset("wan2.2-i2v-a14b")
     rows = ["| precision | one expert (GPU) | the pair (host) |", "|---|---|---|"]

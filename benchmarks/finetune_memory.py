@@ -26,13 +26,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alice_core.bundle import ModelBundle  # noqa: E402
-from alice_core.loading.dit import CONFIG_METADATA_KEY  # noqa: E402
-from alice_core.models.config import WanDiTConfig, dit_preset  # noqa: E402
-from alice_core.models.dit import WanDiT  # noqa: E402
-from alice_core.train import finetune as ft  # noqa: E402
+from alice_core.bundle import ModelBundle, ModelDefaults
+from alice_core.loading.dit import CONFIG_METADATA_KEY
+from alice_core.models.config import WanDiTConfig, dit_preset
+from alice_core.models.dit import WanDiT
+from alice_core.train import finetune as ft
 
 BLOCK = 8  # space-to-depth spatial stride: Wan's VAE compresses 8x in space
 
@@ -56,7 +55,7 @@ def random_bundle(folder: Path, cfg: WanDiTConfig, size: tuple[int, int], frames
     bundle = ModelBundle(
         name="random-finetune-bench", folder=folder, dits={"rcm": path, "teacher": path},
         autoencoder={"type": "space_to_depth", "spatial_stride": BLOCK, "temporal_stride": 4, "mean": 0.0, "std": 0.5},
-        text_encoder="minilm", defaults={"width": size[1], "height": size[0], "frames": frames, "shift": 5.0},
+        text_encoder="minilm", defaults=ModelDefaults(width=size[1], height=size[0], frames=frames, shift=5.0),
     )
     bundle.write()
     return bundle, params

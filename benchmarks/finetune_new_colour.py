@@ -17,18 +17,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from alice_core.loading.lora import apply_lora  # noqa: E402
-from alice_core.pipeline import GenerationSettings, load_pipeline  # noqa: E402
-from alice_core.train.finetune import FinetuneConfig, TrainingClip, finetune  # noqa: E402
-from alice_core.world import attribute_probe_prompts, format_table, render_attribute_clips, run_synthbench  # noqa: E402
+from alice_core.pipeline import GenerationSettings, load_pipeline
+from alice_core.train.clips import TrainingClip
+from alice_core.train.finetune import FinetuneConfig, finetune
+from alice_core.world import attribute_probe_prompts, format_table, render_attribute_clips, run_synthbench
 
 
 def score(lora: Path | None, seeds: list[int], colour: str):
     pipe = load_pipeline(None)
     if lora is not None:
-        apply_lora(pipe.dits["rcm"], lora)
+        pipe = pipe.with_lora(lora, copy=False)
     prompts = attribute_probe_prompts(colour)
     return run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames, prompts, seeds)
 

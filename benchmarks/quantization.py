@@ -23,11 +23,10 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from alice_core.loading.checkpoint import OutputTensor, write_safetensors  # noqa: E402
-from alice_core.models.config import dit_preset  # noqa: E402
-from alice_core.models.dit import WanDiT  # noqa: E402
+from alice_core.loading.output import OutputTensor, write_safetensors
+from alice_core.models.config import dit_preset
+from alice_core.models.dit import WanDiT
 
 DEFAULT_CHECKPOINT = Path("/tmp/alice-bench/wan2.1-1.3b-random-bf16.safetensors")
 DEFAULT_MODES = "bf16,fp8_e4m3fn,fp8_e5m2,nf4"

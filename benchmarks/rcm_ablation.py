@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,18 +30,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from alice_core.bundle import resolve_bundle  # noqa: E402
-from alice_core.errors import AliceError  # noqa: E402
-from alice_core.loading.checkpoint import read_safetensors_metadata  # noqa: E402
-from alice_core.loading.dit import load_dit  # noqa: E402
-from alice_core.pipeline import GenerationSettings, VideoPipeline, load_pipeline  # noqa: E402
-from alice_core.train.distill import MODES  # noqa: E402
-from alice_core.train.state import load_checkpoint  # noqa: E402
-from alice_core.train.teacher import export_dit  # noqa: E402
-from alice_core.world.captions import synthbench_prompts  # noqa: E402
-from alice_core.world.synthbench import ATTRIBUTES, ClipScore, SynthBenchResult, format_table, run_synthbench  # noqa: E402
+from alice_core.bundle import resolve_bundle
+from alice_core.errors import AliceError
+from alice_core.loading.checkpoint import read_safetensors_metadata
+from alice_core.loading.dit import load_dit
+from alice_core.loading.output import atomic_output, file_sha256
+from alice_core.pipeline import GenerationSettings, VideoPipeline, load_pipeline
+from alice_core.train.distill import MODES
+from alice_core.train.state import load_checkpoint
+from alice_core.train.teacher import export_dit
+from alice_core.world.captions import synthbench_prompts
+from alice_core.world.synthbench import ATTRIBUTES, ClipScore, SynthBenchResult, format_table, run_synthbench
 
 CACHE_VERSION = 1
 PLOT_ATTRIBUTES = ("colour", "shape", "direction", "persistence")
@@ -118,14 +116,6 @@ def parse_students(specs: list[str]) -> dict[str, Path]:
     return students
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def student_dit_file(mode: str, source: Path, cache: Path) -> Path:
     """The student's DiT file: as given, or the EMA weights of a distillation checkpoint exported into the cache."""
     if source.is_file() and source.suffix == ".safetensors":
@@ -134,7 +124,7 @@ def student_dit_file(mode: str, source: Path, cache: Path) -> Path:
     if checkpoint.suffix != ".pt" or not checkpoint.is_file():
         raise AliceError(f"--student {mode}={source}: expected a distillation run folder with checkpoint.pt, "
                          "a checkpoint.pt file, or a DiT .safetensors file")
-    exported = cache / "students" / f"{mode}-{sha256_of(checkpoint)[:12]}.safetensors"
+    exported = cache / "students" / f"{mode}-{file_sha256(checkpoint)[:12]}.safetensors"
     if not exported.exists():  # named by the checkpoint's hash: a retrained run gets a fresh export
         trained_mode = load_checkpoint(checkpoint)["config"].get("mode")
         if trained_mode != mode:
@@ -159,7 +149,7 @@ def cpu_name() -> str:
 def network_info(path: Path, dit: torch.nn.Module, source: Path | None = None) -> dict:
     meta = read_safetensors_metadata(path) if path.suffix == ".safetensors" else {}
     return {
-        "file": str(path), "sha256": sha256_of(path)[:16], "source": str(source or path),
+        "file": str(path), "sha256": file_sha256(path)[:16], "source": str(source or path),
         "parameters": sum(p.numel() for p in dit.parameters()),
         "layers": dit.config.num_layers, "width": dit.config.dim,
         "train_step": int(meta["step"]) if "step" in meta else None,
@@ -216,12 +206,12 @@ def compute_rows(rows: list[Row], teacher: str, students: dict[str, Path], promp
     student_files = {mode: student_dit_file(mode, students[mode], cache) for mode in {r.network for r in rows} - {"teacher"}}
     teacher_pipe = load_pipeline(str(bundle.folder))
     teacher_info = {"bundle": str(bundle.folder), "name": bundle.name,
-                    "teacher_sha256": sha256_of(bundle.dits["teacher"])[:16]}
+                    "teacher_sha256": file_sha256(bundle.dits["teacher"])[:16]}
     student_pipes = {}
     for mode, path in student_files.items():
         dit = load_dit(path)
-        student_pipes[mode] = (VideoPipeline(f"{bundle.name}-{mode}", teacher_pipe.text_encoder, teacher_pipe.autoencoder,
-                                             {"rcm": dit}, teacher_pipe.defaults), network_info(path, dit, students[mode]))
+        student_pipes[mode] = (teacher_pipe.replace(name=f"{bundle.name}-{mode}", dits={"rcm": dit}),
+                               network_info(path, dit, students[mode]))
     for row in rows:
         if row.network == "teacher":
             pipe, info = teacher_pipe, network_info(bundle.dits["teacher"], teacher_pipe.dits["teacher"])
@@ -235,17 +225,11 @@ def compute_rows(rows: list[Row], teacher: str, students: dict[str, Path], promp
 
 # -------------------------------------------------------------------------------------------------------- report
 def write_atomic(path: Path, payload: bytes) -> None:
-    """A unique temp file beside the target, then rename: parallel runs never see or leave half-written files."""
+    """Replaced atomically under a temp name of this run's own: parallel runs never see or leave half-written files
+    (the cache rows and the report are this benchmark's own files, rewritten on purpose)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_output(path, replace=True) as tmp:
+        tmp.write_bytes(payload)
 
 
 def load_cached_rows(cache: Path, prompts: list[str], seeds: list[int]) -> tuple[dict[str, dict], list[str]]:

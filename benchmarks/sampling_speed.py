@@ -38,7 +38,7 @@ def main() -> None:
             times.append(video.timings["sampling"])
         rows.append((f"{sampler} {steps} steps" + (" + CFG" if passes == 2 else ""), steps * passes, statistics.median(times)))
     base = rows[0][2]
-    print(f"model {pipe.name}, {pipe.defaults.get('width')}x{pipe.defaults.get('height')}x{pipe.defaults.get('frames')}, "
+    print(f"model {pipe.name}, {pipe.defaults.width}x{pipe.defaults.height}x{pipe.defaults.frames}, "
           f"torch threads {torch.get_num_threads()}")
     print("| run | network passes | s/video (sampling) | speed-up vs teacher 50 + CFG |")
     print("|---|---|---|---|")

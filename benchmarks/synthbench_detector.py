@@ -9,18 +9,15 @@ clips should fail motion; duplicated and flickering clips should fail persistenc
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 import zlib
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
-from alice_core.world.captions import parse_prompt, synthbench_prompts  # noqa: E402
-from alice_core.world.render import sample_clip_spec  # noqa: E402
-from alice_core.world.synthbench import CORRUPTIONS, format_table, render_corrupted, run_synthbench  # noqa: E402
+from alice_core.world.captions import parse_prompt, synthbench_prompts
+from alice_core.world.render import sample_clip_spec
+from alice_core.world.synthbench import CORRUPTIONS, format_table, render_corrupted, run_synthbench
 
 
 def corrupted_generator(corruption: str, size: int, frames: int):

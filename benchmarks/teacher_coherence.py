@@ -50,10 +50,10 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args.model)
     dit, d = pipe.dits["teacher"], pipe.defaults
-    size, frames = d.get("width", 32), d.get("frames", 9)
+    size, frames = d.width, d.frames
     clips, captions = straight_motion_clips(args.clips, size, frames, args.seed)
     latents = pipe.autoencoder.encode(clips_to_video(clips))
-    contexts, null = pipe.encode_text(captions), pipe.encode_text([""])
+    contexts, null = pipe.text_encoder.encode(captions), pipe.text_encoder.encode([""])
     truth = [analyse_clip(c) for c in clips]
 
     def velocity(ctx: torch.Tensor):
@@ -66,8 +66,8 @@ def main() -> None:
         for i, caption in enumerate(captions):
             with torch.inference_mode():
                 x = sample_flow_matching(velocity(contexts[i : i + 1]), velocity(null), latents[i : i + 1].shape,
-                                         torch.Generator().manual_seed(i), args.steps, d.get("guidance", 3.0),
-                                         d.get("shift", 3.0), start=(latents[i : i + 1], level))
+                                         torch.Generator().manual_seed(i), args.steps, d.guidance,
+                                         d.shift, start=(latents[i : i + 1], level))
             analysis = analyse_clip(pipe.decode(x))
             persistent += check_persistence(analysis)
             moving += check_direction(analysis, parse_prompt(caption).motion)

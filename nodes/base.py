@@ -15,7 +15,7 @@ import torch
 
 from alice_core.errors import AliceError
 from alice_core.models.interfaces import TextEncoder, VideoAutoencoder
-from alice_core.stages import AliceModel, Conditioning
+from alice_core.pipeline import Conditioning, VideoPipeline
 
 CATEGORY = "Alice"
 
@@ -30,7 +30,7 @@ def _is_image(value: Any) -> bool:
 
 # What may arrive on each wire type, and how to describe it in an error.
 SOCKET_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "ALICE_MODEL": (lambda v: isinstance(v, AliceModel), "an Alice model (from Alice Model Loader)"),
+    "ALICE_MODEL": (lambda v: isinstance(v, VideoPipeline), "an Alice model (from Alice Model Loader)"),
     "ALICE_TEXT_ENCODER": (lambda v: isinstance(v, TextEncoder), "a text encoder (from Alice Text Encoder Loader)"),
     "ALICE_CONDITIONING": (lambda v: isinstance(v, Conditioning), "encoded prompts (from Alice Prompt Encode)"),
     "ALICE_VAE": (lambda v: isinstance(v, VideoAutoencoder), "an autoencoder (from Alice VAE Loader)"),

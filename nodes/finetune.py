@@ -9,7 +9,6 @@ queueing the node again with the same inputs resumes from that checkpoint. The w
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
@@ -19,10 +18,9 @@ import torch
 from alice_core.bundle import BUNDLED_DIR, bundled_models, resolve_bundle
 from alice_core.errors import AliceError
 from alice_core.hub import alice_home
-from alice_core.train.finetune import (
-    CHECKPOINT_NAME, FinetuneCancelled, FinetuneConfig, TrainingClip, clips_from_folder, clips_from_images, finetune,
-    lora_file_stem, teacher_lora_path,
-)
+from alice_core.train.clips import TrainingClip, clips_from_folder, clips_from_images
+from alice_core.train.finetune import FinetuneCancelled, FinetuneConfig, lora_file_stem
+from alice_core.train.finetune_job import FinetuneOutputsExist, ForeignCheckpoint, run_finetune_job
 
 from . import host
 from .base import AliceNode
@@ -195,34 +193,27 @@ class AliceFinetune(AliceNode):
         clips = self._clips(source, images, clips_folder, caption)
 
         out_file = host.model_folders()["loras"][0] / f"{stem}{LORA_SUFFIX}"
-        work = work_folder(stem)
-        if restart:
-            shutil.rmtree(work, ignore_errors=True)
-        checkpoint = work / CHECKPOINT_NAME
-        existing = [p for p in (out_file, teacher_lora_path(out_file)) if p.exists()]
-        if existing and not checkpoint.exists() and not restart:
-            raise AliceError(f"{existing[0]} already exists; choose another lora_name, or turn on restart to train "
-                             "again and replace it")
         out_file.parent.mkdir(parents=True, exist_ok=True)
-
+        work = work_folder(stem)
         hooks = _ComfyHooks(cfg)
         try:
-            result = finetune(source, clips, cfg, out_file, work, device=str(host.compute_device()),
-                              progress=hooks.progress, should_cancel=hooks.should_cancel)
+            result = run_finetune_job(source, clips, cfg, out_file, work, restart=restart,
+                                      device=str(host.compute_device()), progress=hooks.progress,
+                                      should_cancel=hooks.should_cancel)
         except FinetuneCancelled as cancelled:
             hooks.raise_interrupt(cancelled)
-        except AliceError as exc:
-            if str(exc).startswith(str(checkpoint)):  # the checkpoint is another run's (other clips or settings)
-                raise AliceError(f"lora_name '{stem}' has an unfinished run with other clips, settings or base model "
-                                 f"({work}); turn on restart to discard it, or choose another lora_name") from None
-            raise
-        shutil.rmtree(work, ignore_errors=True)  # complete: the LoRA files are the result
+        except FinetuneOutputsExist as exc:
+            raise AliceError(f"{exc.path} already exists; choose another lora_name, or turn on restart to train "
+                             "again and replace it") from None
+        except ForeignCheckpoint:
+            raise AliceError(f"lora_name '{stem}' has an unfinished run with other clips, settings or base model "
+                             f"({work}); turn on restart to discard it, or choose another lora_name") from None
         return (result.student_lora.name, result.teacher_lora.name)
 
     @staticmethod
     def _clips(source: str, images: torch.Tensor | None, clips_folder: str, caption: str) -> list[TrainingClip]:
         bundle = resolve_bundle(source)
-        frames = bundle.defaults.get("frames", 17)
+        frames = bundle.defaults.frames
         clips: list[TrainingClip] = []
         if images is not None:
             if not caption.strip():

@@ -7,13 +7,13 @@ from pathlib import Path
 
 from alice_core.bundle import bundled_loras, bundled_models
 from alice_core.hub import load_catalogue, resolve_catalogue_model
+from alice_core.loading.precision import HOST_PRECISION_NAMES, resolve_precision
+from alice_core.loading.text_encoders import load_text_encoder
 from alice_core.models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 from alice_core.models.runtime import DiTRuntime
-from alice_core.models.text_encoders import load_text_encoder
 from alice_core.models.vae import WanVAE
-from alice_core.pipeline import PRECISIONS
+from alice_core.pipeline import VideoPipeline, load_pipeline, load_vae
 from alice_core.preview import remember_wan_vae
-from alice_core.stages import MODEL_PRECISIONS, AliceModel, load_model, load_vae, resolve_precision, with_lora
 
 from . import host
 from .base import AliceNode
@@ -21,7 +21,6 @@ from .base import AliceNode
 CATALOGUE_PREFIX = "catalogue/"
 BUNDLE_FILE = "model.json"  # a folder holding this is an Alice model bundle
 HF_CONFIG_FILE = "config.json"  # a folder holding this is a transformers model (umT5)
-VAE_PRECISIONS = ["auto", *PRECISIONS]
 
 
 def _grouped_files(folder: str, marker: str) -> list[str]:
@@ -61,7 +60,7 @@ class AliceModelLoader(AliceNode):
         choices = [*bundled_models(), *_grouped_files("diffusion_models", BUNDLE_FILE), *_catalogue_entries()]
         return {"required": {
             "model_name": (choices, {"tooltip": "bundled model, file in models/diffusion_models, or catalogue entry"}),
-            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU. "
+            "precision": (list(HOST_PRECISION_NAMES), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU. "
                           "fp8 saves memory; on a CPU it runs 2-3x slower than bf16 (weights upcast every call)"}),
             "offload": ("BOOLEAN", {"default": False, "tooltip": "keep weights in CPU memory, on the GPU only while sampling"}),
             "download": ("BOOLEAN", {"default": False, "tooltip": "allow downloading a catalogue model that is not on disk"}),
@@ -75,7 +74,7 @@ class AliceModelLoader(AliceNode):
         }}
 
     def execute(self, model_name: str, precision: str, offload: bool, download: bool, attention: str = DEFAULT_ATTENTION,
-                blocks_on_gpu: int = 0, compile: bool = False) -> tuple[AliceModel]:
+                blocks_on_gpu: int = 0, compile: bool = False) -> tuple[VideoPipeline]:
         if model_name.startswith(CATALOGUE_PREFIX):
             files = resolve_catalogue_model(
                 model_name.removeprefix(CATALOGUE_PREFIX), download, host.download_progress(), host.model_folders()
@@ -88,7 +87,8 @@ class AliceModelLoader(AliceNode):
         device = host.compute_device()
         offload_device = host.offload_device() if offload else None
         runtime = DiTRuntime(attention, blocks_on_gpu or None, compile)
-        return (load_model(source, precision, device, offload_device, runtime),)
+        return (load_pipeline(source, precision, device=device, offload_device=offload_device, parts=("dits",),
+                              runtime=runtime),)
 
 
 class AliceTextEncoderLoader(AliceNode):
@@ -102,7 +102,7 @@ class AliceTextEncoderLoader(AliceNode):
         choices = ["minilm", *_grouped_files("text_encoders", HF_CONFIG_FILE)]
         return {"required": {
             "text_encoder": (choices, {"tooltip": "minilm for alice-tiny; umT5 folder or Wan .pth for Wan models"}),
-            "precision": (list(MODEL_PRECISIONS), {"default": "auto", "tooltip": "minilm always runs in fp32"}),
+            "precision": (list(HOST_PRECISION_NAMES), {"default": "auto", "tooltip": "minilm always runs in fp32"}),
             "device": (["default", "cpu"], {"default": "default", "tooltip": "cpu keeps GPU memory for the DiT"}),
         }}
 
@@ -127,7 +127,7 @@ class AliceVAELoader(AliceNode):
         choices = [*bundled_models(), *bundle_entries(), *host.model_files("vae")]
         return {"required": {
             "vae_name": (choices, {"tooltip": "use the entry of the model you sample with"}),
-            "precision": (VAE_PRECISIONS, {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU"}),
+            "precision": (list(HOST_PRECISION_NAMES), {"default": "auto"}),
         }}
 
     def execute(self, vae_name: str, precision: str):
@@ -171,10 +171,10 @@ class AliceLoraLoader(AliceNode):
             },
         }
 
-    def execute(self, model: AliceModel, lora_name: str, strength: float, trained_lora: str | None = None):
+    def execute(self, model: VideoPipeline, lora_name: str, strength: float, trained_lora: str | None = None):
         if trained_lora:
             lora_name = trained_lora  # a name in models/loras, as the finetune node returns it
         shipped = bundled_loras()
         if lora_name in shipped and lora_name not in host.model_files("loras"):
-            return (with_lora(model, shipped[lora_name], strength),)
-        return (with_lora(model, host.model_path("loras", lora_name), strength),)
+            return (model.with_lora(shipped[lora_name], strength),)
+        return (model.with_lora(host.model_path("loras", lora_name), strength),)

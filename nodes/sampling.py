@@ -5,15 +5,16 @@ from __future__ import annotations
 import functools
 
 from alice_core.bundle import DEFAULT_MODEL, resolve_bundle
-from alice_core.loading.dit import stored_dit_config
+from alice_core.limits import NODE_WORDS
+from alice_core.loading.formats import inspect_checkpoint
 from alice_core.models.interfaces import TextEncoder
-from alice_core.pipeline import GenerationSettings
+from alice_core.pipeline import Conditioning, GenerationSettings, VideoPipeline, encode_prompts
 from alice_core.preview import previewer_for_space
 from alice_core.sampling import RCM_MAX_STEPS
-from alice_core.stages import AliceModel, Conditioning, encode_prompts, sample, to_comfy_latent
 
 from . import host
 from .base import AliceNode
+from .latents import to_comfy_latent
 
 MAX_SEED = 2**63 - 1  # the samplers seed a torch.Generator, which takes signed 64-bit seeds
 
@@ -23,9 +24,9 @@ def default_model_settings() -> dict:
     """The bundled default model's own numbers (model.json defaults, its size multiple = latent stride x patch, its
     frame step = temporal stride): the widgets' defaults and steps come from the model, not from constants here."""
     bundle = resolve_bundle(DEFAULT_MODEL)
-    patch = stored_dit_config(next(iter(bundle.dits.values()))).patch_size[1]
+    patch = inspect_checkpoint(next(iter(bundle.dits.values()))).config.patch_size[1]
     stride = bundle.autoencoder.get("spatial_stride", 8)  # a Wan VAE's is 8
-    return {**bundle.defaults, "size_multiple": stride * patch,
+    return {**bundle.defaults.to_dict(), "size_multiple": stride * patch,
             "frame_step": bundle.autoencoder.get("temporal_stride", 4)}
 
 
@@ -43,12 +44,10 @@ def _size_inputs() -> dict:
     }
 
 
-def _run_sampler(model: AliceModel, conditioning: Conditioning, settings: GenerationSettings) -> tuple[dict]:
-    latents = sample(
-        model, conditioning, settings,
-        progress=host.step_progress(settings.steps, previewer_for_space(model.latent_space)),
-        should_cancel=host.cancel_check(),
-    )
+def _run_sampler(model: VideoPipeline, conditioning: Conditioning, settings: GenerationSettings) -> tuple[dict]:
+    latents = model.sample(settings, conditioning, progress=host.step_progress(settings.steps, previewer_for_space(model.latent_space)),
+                          
+                           should_cancel=host.cancel_check(), memory_words=NODE_WORDS)
     return (to_comfy_latent(latents, model.latent_space),)
 
 
@@ -101,7 +100,7 @@ class AliceRCMSampler(AliceNode):
             "mode": (["sde", "ode"], {"default": "sde", "tooltip": "sde: fresh noise between steps; ode: deterministic"}),
         }}
 
-    def execute(self, model: AliceModel, conditioning: Conditioning, seed: int, steps: int, width: int,
+    def execute(self, model: VideoPipeline, conditioning: Conditioning, seed: int, steps: int, width: int,
                 height: int, frames: int, sigma_max: float, mode: str) -> tuple[dict]:
         settings = GenerationSettings(prompt="", seed=seed, sampler="rcm", steps=steps, width=width, height=height,
                                       frames=frames, sigma_max=sigma_max, ode=mode == "ode")
@@ -129,7 +128,7 @@ class AliceTeacherSampler(AliceNode):
             **_size_inputs(),
         }}
 
-    def execute(self, model: AliceModel, conditioning: Conditioning, seed: int, steps: int, cfg: float,
+    def execute(self, model: VideoPipeline, conditioning: Conditioning, seed: int, steps: int, cfg: float,
                 shift: float, width: int, height: int, frames: int) -> tuple[dict]:
         settings = GenerationSettings(prompt="", seed=seed, sampler="teacher", steps=steps, width=width,
                                       height=height, frames=frames, guidance=cfg, shift=shift)

@@ -8,11 +8,13 @@ import re
 import torch
 
 from alice_core.models.interfaces import VideoAutoencoder
-from alice_core.stages import decode_frames, from_comfy_latent, latent_space_of
+from alice_core.models.latent_space import latent_space_of
+from alice_core.pipeline import decode_latents
 from alice_core.video_io import write_video
 
 from . import host
 from .base import AliceNode
+from .latents import from_comfy_latent, to_comfy_image
 from .sampling import default_model_settings
 
 VIDEO_FORMATS = ["mp4", "webm", "gif"]
@@ -36,7 +38,7 @@ class AliceVAEDecode(AliceNode):
 
     def execute(self, vae: VideoAutoencoder, samples: dict, tiled: bool, tile_size: int, overlap: int):
         latents = from_comfy_latent(samples, latent_space_of(vae))
-        return (decode_frames(vae, latents, tiled, tile_size, overlap),)
+        return (to_comfy_image(decode_latents(vae, latents, tiled, tile_size, overlap)),)
 
 
 class AliceSaveVideo(AliceNode):

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from alice_core.bundle import ModelBundle
+from alice_core.bundle import ModelBundle, ModelDefaults
 from alice_core.loading.dit import CONFIG_METADATA_KEY
 from alice_core.models.config import WanDiTConfig
 from alice_core.models.dit import WanDiT
@@ -35,7 +35,7 @@ def random_tiny_bundle(folder: Path, seed: int = 0, dim: int = 32, num_layers: i
         name=name, folder=folder, dits=dits,
         autoencoder={"type": "space_to_depth", "spatial_stride": 4, "temporal_stride": 4, "mean": 0.0, "std": 0.5},
         text_encoder="minilm",
-        defaults={"width": 32, "height": 32, "frames": 9, "fps": 8, "teacher_steps": 6, "guidance": 3.0},
+        defaults=ModelDefaults(width=32, height=32, frames=9, fps=8, teacher_steps=6, guidance=3.0),
     )
     bundle.write()
     return bundle

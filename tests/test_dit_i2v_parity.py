@@ -9,7 +9,8 @@ import torch
 
 from alice_core.errors import AliceError
 from alice_core.loading.dit import build_dit
-from alice_core.loading.dit_keys import detect_dit_layout, diffusers_key_from_official, infer_dit_config
+from alice_core.loading.dit_keys import diffusers_key_from_official, infer_dit_config
+from alice_core.loading.formats import detect_format
 from alice_core.models.config import WanDiTConfig
 from tests.test_dit_parity import official_key, rel_err, tiny_diffusers_model
 
@@ -58,7 +59,8 @@ def test_i2v_parity_diffusers_and_official_layouts(clip):
     ref = run_diffusers(ref_model, x, y, t, ctx, image)
     state = ref_model.state_dict()
     official = {official_key(k): v for k, v in state.items()}
-    assert detect_dit_layout(state) == "diffusers" and detect_dit_layout(official) == "official"
+    cfg = i2v_config(clip)
+    assert detect_format(state, config=cfg).layout == "diffusers" and detect_format(official, config=cfg).layout == "official"
     # the architecture (in_dim 36, CLIP width) comes from the shapes alone
     inferred = infer_dit_config(official, num_heads=2, text_len=TEXT_LEN)
     assert (inferred.in_dim, inferred.out_dim, inferred.image_dim) == (36, 16, IMAGE_DIM if clip else None)

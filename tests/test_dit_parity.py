@@ -6,7 +6,8 @@ from diffusers import WanTransformer3DModel
 
 from alice_core.errors import AliceError
 from alice_core.loading.dit import build_dit
-from alice_core.loading.dit_keys import detect_dit_layout, infer_dit_config
+from alice_core.loading.dit_keys import infer_dit_config
+from alice_core.loading.formats import detect_format
 from alice_core.models.config import DIT_PRESETS, WanDiTConfig, dit_preset
 from alice_core.models.dit import WanDiT
 
@@ -98,7 +99,7 @@ CFG = WanDiTConfig(dim=48, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32, t
 def test_parity_from_diffusers_layout():
     ref_model = tiny_diffusers_model()
     state = ref_model.state_dict()
-    assert detect_dit_layout(state) == "diffusers"
+    assert detect_format(state, config=CFG).layout == "diffusers"
     ours = build_dit(state, CFG)
     x, t, ctx = inputs()
     with torch.no_grad():
@@ -111,7 +112,7 @@ def test_parity_from_diffusers_layout():
 def test_parity_from_official_and_rcm_layouts():
     ref_model = tiny_diffusers_model(seed=3)
     official = {official_key(k): v for k, v in ref_model.state_dict().items()}
-    assert detect_dit_layout(official) == "official"
+    assert detect_format(official, config=CFG).layout == "official"
     x, t, ctx = inputs()
     ref = diffusers_reference(ref_model, x, t, ctx)
     with torch.no_grad():
@@ -121,7 +122,7 @@ def test_parity_from_official_and_rcm_layouts():
     # rCM .pt: `net.` prefix and the patch embedding stored as a Linear weight [dim, in*1*2*2].
     rcm = {f"net.{k}": v for k, v in official.items()}
     rcm["net.patch_embedding.weight"] = official["patch_embedding.weight"].reshape(48, 64)
-    assert detect_dit_layout(rcm) == "rcm"
+    assert detect_format(rcm, config=CFG).layout == "rcm"
     with torch.no_grad():
         out_rcm = build_dit(rcm, CFG)(x, t, ctx)
     assert rel_err(out_rcm, ref) < 1e-5

@@ -3,6 +3,7 @@ a new colour taught to the shipped alice-tiny student."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -19,9 +20,12 @@ from safetensors.torch import load_file
 from alice_core.errors import AliceError
 from alice_core.loading.lora import apply_lora, lora_samplers, read_lora_metadata
 from alice_core.models.config import dit_preset
-from alice_core.stages import load_model, with_lora
+from alice_core.pipeline import GenerationSettings, load_pipeline
+from alice_core.train import clips as clips_module
 from alice_core.train import finetune as ft
-from alice_core.train.finetune import FinetuneCancelled, FinetuneConfig, TrainingClip, finetune
+from alice_core.train.clips import TrainingClip
+from alice_core.train.finetune import FinetuneCancelled, FinetuneConfig, ForeignCheckpoint, finetune
+from alice_core.train.finetune_job import FinetuneOutputsExist, run_finetune_job
 from alice_core.video_io import write_video
 from alice_core.world import make_training_batch
 from tests.bundles import random_tiny_bundle
@@ -63,19 +67,19 @@ def test_finetune_writes_student_and_teacher_loras_the_loader_reads(bundle, tmp_
     # Training moved the adapters away from their zero start, and the loader applies every key.
     weights = load_file(str(result.student_lora))
     assert all(weights[k].abs().max() > 0 for k in weights if k.endswith("lora_B.weight"))
-    model = load_model(bundle.folder)
+    model = load_pipeline(bundle.folder, parts=("dits",))
     report = apply_lora(model.dits["rcm"], result.student_lora)
     assert report.matched == report.total == len(weights) and not report.unmatched
 
 
 def test_student_lora_patches_only_the_student(bundle, tmp_path):
     result = finetune(bundle.folder, _clips(), FinetuneConfig(**SMALL), tmp_path / "s.safetensors", tmp_path / "w")
-    base = load_model(bundle.folder)
-    patched = with_lora(base, result.student_lora, 1.0)
+    base = load_pipeline(bundle.folder, parts=("dits",))
+    patched = base.with_lora(result.student_lora, 1.0)
     assert patched.dits["teacher"] is base.dits["teacher"]
     changed = [k for k, v in patched.dits["rcm"].state_dict().items() if not torch.equal(v, base.dits["rcm"].state_dict()[k])]
     assert changed and all(".self_attn." in k or ".cross_attn." in k or ".ffn." in k for k in changed)
-    teacher_patched = with_lora(base, result.teacher_lora, 1.0)
+    teacher_patched = base.with_lora(result.teacher_lora, 1.0)
     assert teacher_patched.dits["rcm"] is base.dits["rcm"] and teacher_patched.dits["teacher"] is not base.dits["teacher"]
 
 
@@ -185,8 +189,29 @@ def test_a_crash_between_the_stages_resumes_identically(bundle, tmp_path):
 def test_a_work_folder_of_another_run_is_refused(bundle, tmp_path):
     finetune(bundle.folder, _clips(), FinetuneConfig(**{**SMALL, "teacher_steps": 2, "student_steps": 0}),
              tmp_path / "a.safetensors", tmp_path / "work")
-    with pytest.raises(AliceError, match="other clips, settings or base model"):
+    with pytest.raises(ForeignCheckpoint, match="other clips, settings or base model") as caught:
         finetune(bundle.folder, _clips(), FinetuneConfig(**{**SMALL, "rank": 4}), tmp_path / "b.safetensors", tmp_path / "work")
+    assert caught.value.path == tmp_path / "work" / ft.CHECKPOINT_NAME
+
+
+def test_job_rules_resume_refuse_and_restart(bundle, tmp_path):
+    """The rules every front end shares (train/finetune_job.py), with typed errors the front ends re-word."""
+    cfg = FinetuneConfig(**{**SMALL, "teacher_steps": 2, "student_steps": 1})
+    out, work = tmp_path / "job.safetensors", tmp_path / "work"
+    with pytest.raises(FinetuneCancelled):
+        run_finetune_job(bundle.folder, _clips(), cfg, out, work, should_cancel=lambda: True)
+    assert (work / ft.CHECKPOINT_NAME).exists() and not out.exists()
+    with pytest.raises(ForeignCheckpoint):  # the same name with other settings: not resumed
+        run_finetune_job(bundle.folder, _clips(), FinetuneConfig(**{**SMALL, "rank": 4}), out, work)
+    result = run_finetune_job(bundle.folder, _clips(), cfg, out, work)  # resumes
+    assert not work.exists() and result.student_lora == out and result.teacher_lora.exists()
+    made = out.read_bytes(), result.teacher_lora.read_bytes()
+    with pytest.raises(FinetuneOutputsExist) as caught:
+        run_finetune_job(bundle.folder, _clips(), cfg, out, work)
+    assert caught.value.path == out and (out.read_bytes(), result.teacher_lora.read_bytes()) == made
+    restarted = run_finetune_job(bundle.folder, _clips(), dataclasses.replace(cfg, seed=1), out, work,
+                                 restart=True)
+    assert restarted.student_lora.read_bytes() != made[0] and not work.exists()
 
 
 def test_memory_estimate_and_refusal(bundle, tmp_path, monkeypatch):
@@ -224,25 +249,24 @@ def test_bad_input_names_the_fix(bundle, tmp_path):
         folder = tmp_path / "uncaptioned"
         folder.mkdir()
         write_video(_clips(1)[0].frames, folder / "a.gif", fps=8)
-        ft.clips_from_folder(folder)
+        clips_module.clips_from_folder(folder)
 
 
 def test_image_batches_become_clips_of_the_model_length():
     images = torch.rand(20, 40, 48, 3)
-    clips = ft.clips_from_images(images, "an orange ball", frames_per_clip=9)
+    clips = clips_module.clips_from_images(images, "an orange ball", frames_per_clip=9)
     assert len(clips) == 2 and clips[1].frames.shape == (9, 40, 48, 3) and clips[1].frames.dtype == np.uint8
     assert np.array_equal(clips[1].frames, (images[9:18].numpy() * 255).round().astype(np.uint8))
-    fitted = ft._fit_frames(clips[0].frames, (32, 32), 9, "clip")
+    fitted = clips_module.fit_frames(clips[0].frames, (32, 32), 9, "clip")
     assert fitted.shape == (9, 32, 32, 3)
     with pytest.raises(AliceError, match="needs 9"):
-        ft.clips_from_images(images[:5], "x", frames_per_clip=9)
+        clips_module.clips_from_images(images[:5], "x", frames_per_clip=9)
 
 
 @pytest.mark.slow
 def test_the_shipped_student_learns_a_colour_it_never_saw(tmp_path):
     """Orange never appears in alice-tiny's training data; a short finetune on orange clips must make the 4-step
     student draw orange for orange prompts, where without the LoRA it does not."""
-    from alice_core.pipeline import GenerationSettings, load_pipeline
     from alice_core.world import attribute_probe_prompts, render_attribute_clips, run_synthbench
 
     frames, captions = render_attribute_clips(np.random.default_rng(0), 24, size=32, frames=9, colour="orange")
@@ -252,10 +276,9 @@ def test_the_shipped_student_learns_a_colour_it_never_saw(tmp_path):
     prompts = attribute_probe_prompts("orange")
 
     def colour_accuracy(lora: Path | None) -> float:
-        model = load_model("alice-tiny")
         pipe = load_pipeline(None)
         if lora is not None:
-            pipe.dits["rcm"] = with_lora(model, lora, 1.0).dits["rcm"]
+            pipe = pipe.with_lora(lora, 1.0)
         bench = run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames,
                                prompts, [0, 1, 2])
         return bench.accuracy("colour")[0]

@@ -15,7 +15,8 @@ from safetensors.torch import load_file
 
 from alice_core.errors import AliceError
 from alice_core.loading.lora import LORA_METADATA_KEY
-from alice_core.train.finetune import CHECKPOINT_NAME, FinetuneConfig, clips_from_images, finetune
+from alice_core.train.clips import clips_from_images
+from alice_core.train.finetune import CHECKPOINT_NAME, FinetuneConfig, finetune
 from alice_core.video_io import write_video
 
 from tests.bundles import random_tiny_bundle

@@ -179,12 +179,14 @@ def test_full_disk_convert(tmp_path):
 
 
 def test_node_sampler_refuses_an_oversized_run_in_node_words(bundle):
-    from alice_core.stages import Conditioning, load_model, sample
+    from alice_core.limits import NODE_WORDS
+    from alice_core.pipeline import Conditioning, load_pipeline
 
-    model = load_model(str(bundle.folder))
+    model = load_pipeline(str(bundle.folder), parts=("dits",))
     cond = Conditioning("a ball", "", torch.zeros(1, 32, 384), torch.zeros(1, 32, 384))
     with pytest.raises(AliceError) as err:
-        sample(model, cond, GenerationSettings(prompt="a ball", sampler="rcm", width=4096, height=4096, frames=1025))
+        model.sample(GenerationSettings(prompt="a ball", sampler="rcm", width=4096, height=4096, frames=1025), cond,
+                     memory_words=NODE_WORDS)
     assert "width/height (now 4096x4096)" in str(err.value) and "--" not in str(err.value)
 
 

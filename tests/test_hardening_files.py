@@ -192,7 +192,7 @@ def encoder_folder_with_code(tmp_path, tiny_umt5, config_file: str):
 
 @pytest.mark.parametrize("config_file", ["config.json", "tokenizer_config.json"])
 def test_model_folder_code_never_runs_and_nothing_asks(tmp_path, tiny_umt5, config_file):
-    from alice_core.models.text_encoders import load_text_encoder
+    from alice_core.loading.text_encoders import load_text_encoder
 
     folder, marker = encoder_folder_with_code(tmp_path, tiny_umt5, config_file)
     with pytest.raises(AliceError, match="never"):
@@ -221,7 +221,7 @@ def test_transformers_itself_is_told_not_to_run_folder_code(tmp_path, tiny_umt5)
 def test_malicious_pytorch_model_bin_is_refused_by_name(tmp_path, tiny_umt5):
     import shutil
 
-    from alice_core.models.text_encoders import load_text_encoder
+    from alice_core.loading.text_encoders import load_text_encoder
 
     root, _, _ = tiny_umt5
     shutil.copytree(root, tmp_path / "enc")
@@ -235,7 +235,7 @@ def test_malicious_pytorch_model_bin_is_refused_by_name(tmp_path, tiny_umt5):
 
 
 def test_legacy_non_zip_wan_t5_checkpoint_loads(tmp_path, tiny_umt5):
-    from alice_core.models.text_encoders import UMT5TextEncoder
+    from alice_core.loading.text_encoders import load_umt5
     from tests.test_text_encoders import PROMPTS
 
     root, model, _ = tiny_umt5
@@ -249,13 +249,13 @@ def test_legacy_non_zip_wan_t5_checkpoint_loads(tmp_path, tiny_umt5):
         wan |= {f"blocks.{i}.{w}.weight": hf[f"encoder.block.{i}.layer.{h}.weight"] for w, h in names.items()}
     file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save(wan, file, _use_new_zipfile_serialization=False)
-    legacy = UMT5TextEncoder.from_pretrained(file, tokenizer_path=root / "tokenizer")
-    folder = UMT5TextEncoder.from_pretrained(root)
+    legacy = load_umt5(file, tokenizer_path=root / "tokenizer")
+    folder = load_umt5(root)
     torch.testing.assert_close(legacy.encode(PROMPTS), folder.encode(PROMPTS), atol=1e-6, rtol=1e-6)
 
 
 def test_vae_z_dim_advice_is_in_cli_words(tmp_path):
-    from alice_core.loading.vae_keys import load_wan_vae
+    from alice_core.loading.vae import load_wan_vae
     from alice_core.models.config import WanVAEConfig
     from alice_core.models.vae import WanVAE
 

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL
 from alice_core.errors import AliceError
-from alice_core.loading.dit import stored_dit_config
+from alice_core.loading.formats import inspect_checkpoint
 from alice_core.loading.quant import is_quantized_linear
 from alice_core.models.config import WanDiTConfig, WanVAEConfig
 from alice_core.models.dit import WanDiT
@@ -113,7 +113,7 @@ def test_widget_defaults_and_steps_are_the_bundled_models_own():
     patch) and frame step (temporal stride), read here from the bundle files themselves."""
     bundle = json.loads((BUNDLED_DIR / DEFAULT_MODEL / "model.json").read_text())
     d, ae = bundle["defaults"], bundle["autoencoder"]
-    patch = stored_dit_config(BUNDLED_DIR / DEFAULT_MODEL / bundle["dits"]["rcm"]).patch_size[1]
+    patch = inspect_checkpoint(BUNDLED_DIR / DEFAULT_MODEL / bundle["dits"]["rcm"]).config.patch_size[1]
     multiple = ae["spatial_stride"] * patch
     nodes = load_pack().NODE_CLASS_MAPPINGS
     teacher = nodes["AliceTeacherSampler"].INPUT_TYPES()["required"]
@@ -164,7 +164,7 @@ def test_bad_node_inputs_give_clear_errors(random_bundle):
 def test_a_model_without_student_weights_says_which_sampler_to_use(env):
     bundle = random_tiny_bundle(env.models / "diffusion_models" / "teacher-only")
     bundle.dits.pop("rcm")
-    bundle.write()
+    bundle.write(replace=True)
     model = run_node("AliceModelLoader", model_name="teacher-only/model.json", precision="auto", offload=False,
                      download=False)[0]
     assert set(model.dits) == {"teacher"}

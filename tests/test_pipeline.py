@@ -3,9 +3,11 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from alice_core.cli import main
 from alice_core.errors import AliceError
@@ -108,7 +110,6 @@ def test_cli_bad_input_one_line_nonzero_no_file(bundle, tmp_path, capsys, args, 
 
 def test_cli_wrong_architecture_file(tmp_path, capsys):
     from safetensors.torch import save_file
-    import torch
 
     bad = tmp_path / "vae_not_dit.safetensors"
     save_file({"encoder.conv1.weight": torch.zeros(4, 3, 3, 3, 3)}, str(bad))
@@ -150,3 +151,58 @@ def test_cli_lora_flag_changes_the_video_and_reports(bundle, tmp_path, capsys):
     assert not np.array_equal(read_video(plain)[0], read_video(styled)[0])
     assert main(["generate", "a ball", "-o", str(tmp_path / "x.gif"), "--model", str(bundle.folder), "--lora", f"{lora}:strong"]) == 2
     assert "strength must be a number" in capsys.readouterr().err
+    # Every video records its LoRAs, as the app's do.
+    meta = read_video_metadata(styled)
+    assert (meta["lora"], meta["lora_strength"]) == ("style.safetensors", 4.0)
+    assert "lora" not in read_video_metadata(plain)
+
+
+def test_cli_lora_that_matches_nothing_is_an_error(bundle, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    unrelated = tmp_path / "unrelated.safetensors"
+    save_file({"text_model.layer.0.lora_A.weight": torch.zeros(2, 4)}, str(unrelated))
+    out = tmp_path / "x.gif"
+    assert main(["generate", "a ball", "-o", str(out), "--model", str(bundle.folder), "--lora", str(unrelated)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"alice: error: {unrelated}: none of its 1 keys fit 'random-test'; use a LoRA made for this model "
+                   "(same Wan architecture and size)")
+    assert not out.exists()
+
+
+def test_one_front_door_whole_and_staged_give_the_same_video(bundle):
+    """diffusers-style stages: prompt embeddings, start latents, output_type="latent", then decode."""
+    pipe = load_pipeline(str(bundle.folder))
+    for sampler in ("rcm", "teacher"):
+        settings = GenerationSettings("a blue square moving left", seed=5, sampler=sampler, steps=2)
+        whole = pipe(settings)
+        # The whole path encodes the negative prompt only for the teacher's guidance, in one batch with the prompt.
+        conditioning = pipe.encode_prompts(settings.prompt, "" if sampler == "teacher" else None)
+        latents = pipe.sample(settings, conditioning)
+        assert torch.equal(latents, whole.latents)
+        assert np.array_equal(pipe.decode(latents), whole.frames)
+        only_latents = pipe(settings, conditioning=conditioning, output_type="latent")
+        assert only_latents.frames is None and torch.equal(only_latents.latents, latents)
+        # Start latents: the seed's own noise gives the same result; other noise another one.
+        noise = torch.randn(pipe.latent_shape(pipe.resolve(settings)), generator=torch.Generator().manual_seed(5))
+        assert torch.equal(pipe.sample(settings, conditioning, latents=noise), latents)
+        assert not torch.equal(pipe.sample(settings, conditioning, latents=noise * 0.5), latents)
+    with pytest.raises(AliceError, match="start latents have shape"):
+        pipe.sample(settings, conditioning, latents=noise[:, :, :1])
+    with pytest.raises(AliceError, match="output_type must be 'video' or 'latent'"):
+        pipe(settings, output_type="pil")
+
+
+def test_model_defaults_are_typed_and_checked(tmp_path):
+    from alice_core.bundle import ModelBundle, ModelDefaults
+
+    tiny = ModelBundle.read(Path(__file__).resolve().parents[1] / "alice_core" / "bundled" / "alice-tiny")
+    assert isinstance(tiny.defaults, ModelDefaults)
+    assert (tiny.defaults.width, tiny.defaults.frames, tiny.defaults.fps, tiny.defaults.shift) == (32, 9, 8, 3.0)
+    assert ModelDefaults().frames == 81 and ModelDefaults().sampler_for(["teacher"]) == "teacher"
+    with pytest.raises(AliceError, match=r"defaults: unknown key\(s\) frame; known keys: sampler"):
+        ModelDefaults.from_dict({"frame": 9})
+    with pytest.raises(AliceError, match="defaults.width must be int, got '32'"):
+        ModelDefaults.from_dict({"width": "32"})
+    with pytest.raises(AliceError, match="defaults.sampler must be one of rcm, teacher"):
+        ModelDefaults.from_dict({"sampler": "euler"})

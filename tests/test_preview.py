@@ -15,7 +15,7 @@ from alice_core.preview import (
     remember_wan_vae,
     world_latents,
 )
-from alice_core.stages import latent_space_of
+from alice_core.models.latent_space import latent_space_of
 
 
 def block_means(video: np.ndarray, t: int, s: int) -> np.ndarray:

@@ -17,11 +17,11 @@ from safetensors.torch import save_file
 from torch import nn
 
 import alice_core.loading.quant as quant
+from alice_core.loading.precision import FP8_PRECISIONS
 from alice_core.errors import AliceError
 from alice_core.loading.dit import load_dit
-from alice_core.loading.quant import (
-    Fp8Linear, fp8_ops, nf4_linear_class, planned_weight_bytes, quantize_fp8, weight_bytes,
-)
+from alice_core.loading.dit import planned_weight_bytes
+from alice_core.loading.quant import Fp8Linear, fp8_ops, nf4_linear_class, quantize_fp8, weight_bytes
 from alice_core.models.config import WanDiTConfig
 from tests.test_formats import random_state, write_variant
 
@@ -117,7 +117,7 @@ def test_precision_modes_store_what_they_say(checkpoint):
         model = load_dit(checkpoint, precision=precision)
         q, head = model.blocks[0].self_attn.q, model.text_embedding[0]
         if precision.startswith("fp8"):
-            assert isinstance(q, Fp8Linear) and q.weight.dtype == quant.FP8_PRECISIONS[precision]
+            assert isinstance(q, Fp8Linear) and q.weight.dtype == FP8_PRECISIONS[precision]
         if precision == "nf4":
             assert isinstance(q, nf4_linear_class()) and q.weight.dtype == torch.uint8
         assert head.weight.dtype == torch.bfloat16 and not quant.is_quantized_linear(head)  # embeddings stay bf16
@@ -211,12 +211,12 @@ def tiny_umt5(tmp_path_factory):
 
 @pytest.mark.parametrize("precision", ["fp8_e4m3fn", "nf4"])
 def test_umt5_quantised_modes(tiny_umt5, precision):
-    from alice_core.models.text_encoders import UMT5TextEncoder
+    from alice_core.loading.text_encoders import load_umt5
 
     prompts = ["a cat sits on the red mat", "waves crash on a rocky beach at sunset"]
-    reference = UMT5TextEncoder.from_pretrained(tiny_umt5, precision="fp32").encode(prompts)
+    reference = load_umt5(tiny_umt5, precision="fp32").encode(prompts)
     for source in (tiny_umt5, tiny_umt5 / "models_t5_umt5-xxl-enc-bf16.pth"):
-        enc = UMT5TextEncoder.from_pretrained(source, tokenizer_path=tiny_umt5 / "tokenizer", precision=precision)
+        enc = load_umt5(source, tokenizer_path=tiny_umt5 / "tokenizer", precision=precision)
         ffn = enc.model.encoder.block[0].layer[1].DenseReluDense
         assert quant.is_quantized_linear(enc.model.encoder.block[0].layer[0].SelfAttention.q)
         assert quant.is_quantized_linear(ffn.wi_0)
@@ -228,11 +228,11 @@ def test_umt5_quantised_modes(tiny_umt5, precision):
 
 
 def test_umt5_weights_that_do_not_fit_are_named(tiny_umt5, tmp_path):
-    from alice_core.models.text_encoders import UMT5TextEncoder
+    from alice_core.loading.text_encoders import load_umt5
 
     wan = torch.load(tiny_umt5 / "models_t5_umt5-xxl-enc-bf16.pth", weights_only=True)
     wan["blocks.1.attn.q.weight"] = torch.zeros(3, 64)
     bad = tmp_path / "enc.pth"
     torch.save(wan, bad)
     with pytest.raises(AliceError, match=r"shape mismatches.*encoder\.block\.1\.layer\.0\.SelfAttention\.q\.weight"):
-        UMT5TextEncoder.from_pretrained(bad, tokenizer_path=tiny_umt5 / "tokenizer", precision="fp8_e5m2")
+        load_umt5(bad, tokenizer_path=tiny_umt5 / "tokenizer", precision="fp8_e5m2")

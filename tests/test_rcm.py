@@ -118,10 +118,10 @@ def test_critic_and_dmd_losses_go_down_on_a_fixed_batch():
 
 
 def tiny_data(seed=0):
-    from alice_core.models.text_encoders import MiniLMTextEncoder
+    from alice_core.loading.text_encoders import load_minilm
 
     ae = SpaceToDepthAutoencoder(SpaceToDepthConfig(spatial_stride=8, temporal_stride=4, mean=-0.3, std=0.5))
-    text = CachedTextEncoder(MiniLMTextEncoder(), 16)
+    text = CachedTextEncoder(load_minilm(), 16)
     return SyntheticVideoData(ae, text, size=32, frames=9, rng=np.random.default_rng(seed)), text
 
 

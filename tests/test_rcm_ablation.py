@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +14,9 @@ from PIL import Image
 from scipy import stats
 
 from alice_core.train.distill import DistillConfig, distill
+from benchmarks import rcm_ablation as ablation
 from tests.bundles import random_tiny_bundle
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rcm_ablation.py"
 ROW_LABELS = {
     "teacher50": "teacher 50 steps + CFG", "teacher4": "teacher 4 steps + CFG", "scm4": "sCM-only 4 steps",
     "dmd4": "DMD-only 4 steps", "rcm1": "rCM 1 step", "rcm2": "rCM 2 steps", "rcm4": "rCM 4 steps",
@@ -26,15 +24,6 @@ ROW_LABELS = {
 COMMON = ["--limit", "2", "--seeds", "0,1"]
 
 
-def _load_script():
-    spec = importlib.util.spec_from_file_location("rcm_ablation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the script is executing
-    spec.loader.exec_module(module)
-    return module
-
-
-ablation = _load_script()
 
 
 def _sha16(path: Path) -> str:

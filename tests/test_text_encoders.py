@@ -12,12 +12,8 @@ import torch
 
 from alice_core.errors import AliceError
 from alice_core.models.interfaces import TextEncoder
-from alice_core.models.text_encoders import (
-    MiniLMTextEncoder,
-    UMT5TextEncoder,
-    clean_prompt,
-    load_text_encoder,
-)
+from alice_core.loading.text_encoders import load_minilm, load_text_encoder, load_umt5
+from alice_core.models.text_encoders import MiniLMTextEncoder, UMT5TextEncoder, clean_prompt
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a cat", "a red fox jumps over the lazy dog while waves crash on the beach at sunset"]
@@ -37,7 +33,7 @@ def valid_lengths(states: torch.Tensor) -> list[int]:
 
 @pytest.fixture(scope="module")
 def minilm() -> MiniLMTextEncoder:
-    return MiniLMTextEncoder()
+    return load_minilm()
 
 
 def test_minilm_shape_and_zeros_past_length(minilm):
@@ -60,12 +56,12 @@ def test_minilm_deterministic_batch_independent_and_prompt_dependent(minilm):
 
 
 def test_minilm_max_length_configurable_and_truncates():
-    enc = MiniLMTextEncoder(max_length=8)
+    enc = load_minilm(max_length=8)
     out = enc.encode(["one two three four five six seven eight nine ten"])
     assert out.shape == (1, 8, 384)
     assert valid_lengths(out) == [8]
     with pytest.raises(AliceError):
-        MiniLMTextEncoder(max_length=1)
+        load_minilm(max_length=1)
 
 
 def hf_minilm():
@@ -84,14 +80,14 @@ def test_minilm_token_states_equal_transformers(minilm, max_length):
     batch = tokenizer(prompts, padding="max_length", max_length=max_length, truncation=True, return_tensors="pt")
     with torch.no_grad():
         expected = model(**batch).last_hidden_state * batch["attention_mask"][..., None]
-    ours = MiniLMTextEncoder(max_length=max_length)
+    ours = load_minilm(max_length=max_length)
     ids, mask = ours.token_ids(prompts)
     assert torch.equal(ids, batch["input_ids"]) and torch.equal(mask, batch["attention_mask"])
     torch.testing.assert_close(ours.encode(prompts), expected, atol=2e-5, rtol=1e-5)
 
 
 def test_minilm_does_not_import_transformers():
-    code = "from alice_core.models.text_encoders import MiniLMTextEncoder as M; import sys; M().encode(['a']); " \
+    code = "from alice_core.loading.text_encoders import load_minilm as M; import sys; M().encode(['a']); " \
            "print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
@@ -185,7 +181,7 @@ def test_tokenizer_is_not_all_unk(tiny_umt5):
 
 def test_umt5_matches_transformers_on_valid_tokens(tiny_umt5):
     root, model, tokenizer = tiny_umt5
-    enc = UMT5TextEncoder.from_pretrained(root / "text_encoder")  # finds ../tokenizer
+    enc = load_umt5(root / "text_encoder")  # finds ../tokenizer
     assert isinstance(enc, TextEncoder) and enc.dim == 32
     out = enc.encode(PROMPTS)
     assert out.shape == (2, 512, 32) and out.dtype == torch.float32
@@ -228,23 +224,23 @@ def test_umt5_wan_checkpoint_file(tiny_umt5, tmp_path):
         }
     file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save(wan, file)
-    from_file = UMT5TextEncoder.from_pretrained(file, tokenizer_path=root / "tokenizer")
-    from_folder = UMT5TextEncoder.from_pretrained(root)
+    from_file = load_umt5(file, tokenizer_path=root / "tokenizer")
+    from_folder = load_umt5(root)
     torch.testing.assert_close(from_file.encode(PROMPTS), from_folder.encode(PROMPTS), atol=1e-6, rtol=1e-6)
 
 
 def test_umt5_errors_name_the_fix(tiny_umt5, tmp_path):
     root, _, _ = tiny_umt5
     with pytest.raises(AliceError, match="not found"):
-        UMT5TextEncoder.from_pretrained(tmp_path / "missing")
+        load_umt5(tmp_path / "missing")
     with pytest.raises(AliceError, match="config.json"):
-        UMT5TextEncoder.from_pretrained(tmp_path)
+        load_umt5(tmp_path)
     with pytest.raises(AliceError, match="tokenizer_path"):
-        UMT5TextEncoder.from_pretrained(root / "text_encoder", tokenizer_path=tmp_path)
+        load_umt5(root / "text_encoder", tokenizer_path=tmp_path)
     junk = tmp_path / "junk.pth"
     torch.save({"weight": torch.zeros(1)}, junk)
     with pytest.raises(AliceError, match="not Wan's umT5"):
-        UMT5TextEncoder.from_pretrained(junk)
+        load_umt5(junk)
 
 
 def test_both_load_with_hf_hub_offline(tiny_umt5, tmp_path):
@@ -252,7 +248,7 @@ def test_both_load_with_hf_hub_offline(tiny_umt5, tmp_path):
     root, _, _ = tiny_umt5
     code = textwrap.dedent(
         f"""
-        from alice_core.models.text_encoders import load_text_encoder
+        from alice_core.loading.text_encoders import load_text_encoder
         a = load_text_encoder("minilm").encode(["a cat"])
         b = load_text_encoder({str(root)!r}).encode(["a cat"])
         print(tuple(a.shape), tuple(b.shape))

@@ -9,7 +9,7 @@ from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanImag
 from alice_core.conditioning import fit_image, image_condition
 from alice_core.errors import AliceError
 from alice_core.loading.dit import build_dit
-from alice_core.loading.vae_keys import load_wan_vae
+from alice_core.loading.vae import load_wan_vae
 from alice_core.models.config import WanDiTConfig
 from alice_core.sampling import (
     Experts, StepControl, flow_matching_timesteps, sample_flow_matching, sample_rcm, seeded_noise,

@@ -10,7 +10,7 @@ from diffusers import AutoencoderKLWan
 from safetensors.torch import save_file
 
 from alice_core.errors import AliceError
-from alice_core.loading.vae_keys import (
+from alice_core.loading.vae import (
     detect_vae_layout,
     infer_vae_config,
     load_wan_vae,

@@ -10,7 +10,7 @@ import torch
 from diffusers import AutoencoderKLWan
 
 from alice_core.errors import AliceError
-from alice_core.loading.vae_keys import detect_vae_layout, infer_vae_config, load_wan_vae, vae_official_to_diffusers
+from alice_core.loading.vae import detect_vae_layout, infer_vae_config, load_wan_vae, vae_official_to_diffusers
 from alice_core.models.config import WAN22_LATENTS_MEAN, WAN22_LATENTS_STD, WAN22_VAE
 from alice_core.models.vae import WanVAE
 from tests.test_vae import PARITY_ATOL, randomise

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from alice_core import video_io
+from alice_core.loading import output
 from alice_core.errors import AliceError
 from alice_core.video_io import read_video, read_video_metadata, unique_path, write_video
 
@@ -132,15 +133,19 @@ def test_target_created_during_encoding_is_not_overwritten(tmp_path, monkeypatch
 
 
 def test_no_hardlink_filesystem_fallback(tmp_path, monkeypatch):
+    """Neither renameat2 nor hard links (FAT, some network mounts): the name is claimed exclusively, then filled."""
     def no_links(src, dst):
         raise PermissionError("hard links not supported")
 
-    monkeypatch.setattr(video_io.os, "link", no_links)
+    monkeypatch.setattr(output, "_rename_noreplace", lambda src, dst: False)
+    monkeypatch.setattr(output.os, "link", no_links)
     out = write_video(moving_square(3), tmp_path / "a.gif", fps=8)
     assert read_video(out)[0].shape[0] == 3
+    (tmp_path / "whatever").write_bytes(b"x")
     with pytest.raises(AliceError, match="already exists"):
-        video_io._publish(tmp_path / "whatever", out)
-    assert directory_names(tmp_path) == ["a.gif"]
+        output.place(tmp_path / "whatever", out)
+    assert read_video(out)[0].shape[0] == 3
+    assert directory_names(tmp_path) == ["a.gif", "whatever"]
 
 
 def test_ffmpeg_failure_leaves_nothing(tmp_path, monkeypatch):

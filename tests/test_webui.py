@@ -9,18 +9,19 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from gradio_client.utils import Status
 
+from alice_core.cli.app import add_parser as add_app_parser
 from alice_core.errors import AliceError
 from alice_core.pipeline import GenerationSettings
 from alice_core.sampling import GenerationCancelled
 from alice_core.video_io import read_video, read_video_metadata
 from webui.app import serve
-from alice_core.cli.app import add_parser as add_app_parser
 from webui.feedback import ErrorNotes
-from webui.models import frame_presets, parse_size, size_multiples, size_presets
+from webui.models import frame_presets, parse_size, size_presets
 from webui.studio import Job, Studio
 
 from tests.bundles import random_tiny_bundle
@@ -40,7 +41,7 @@ def models_dir(tmp_path_factory):
     random_tiny_bundle(folder / "random-test")  # teacher + student: the only way to exercise "teacher vs student"
     teacher_only = random_tiny_bundle(folder / "teacher-only")
     teacher_only.dits = {"teacher": teacher_only.dits["teacher"]}
-    teacher_only.write()
+    teacher_only.write(replace=True)
     return folder
 
 
@@ -89,12 +90,12 @@ def test_presets_follow_the_model(studio):
         parse_size("64", rand)
     # The bundled model: whatever it holds, its presets are valid for it and start at its defaults.
     tiny = studio.pipeline("alice-tiny")
-    mult_w, mult_h = size_multiples(tiny)
+    mult_w, mult_h = tiny.size_multiples()
     sizes = [parse_size(p, tiny) for p in size_presets(tiny)]
-    assert sizes[0] == (tiny.defaults["width"], tiny.defaults["height"])
+    assert sizes[0] == (tiny.defaults.width, tiny.defaults.height)
     assert all(w % mult_w == 0 and h % mult_h == 0 for w, h in sizes)
     stride = tiny.autoencoder.temporal_stride
-    assert tiny.defaults["frames"] in frame_presets(tiny)
+    assert tiny.defaults.frames in frame_presets(tiny)
     assert all((f - 1) % stride == 0 for f in frame_presets(tiny))
 
 
@@ -118,6 +119,24 @@ def test_cancel_between_steps_writes_nothing(studio):
         studio.generate(Job(model="local/random-test", prompt=PROMPT, sampler="teacher", steps=20),
                         progress=lambda done, total, label: steps.append(done), should_cancel=lambda: len(steps) >= 2)
     assert steps == [1, 2] and videos_in(studio.output_dir) == before and not studio.busy()
+
+
+def test_a_lora_is_recorded_and_one_that_matches_nothing_is_an_error(studio):
+    from safetensors.torch import save_file
+
+    from tests.test_nodes import write_lora
+
+    studio.loras_dir.mkdir(parents=True, exist_ok=True)
+    write_lora(studio.loras_dir / "fits.safetensors", dim=32, seed=4)
+    save_file({"text_model.layer.0.lora_A.weight": torch.zeros(2, 4)}, str(studio.loras_dir / "other.safetensors"))
+    made = studio.generate(Job(model="local/random-test", prompt=PROMPT, sampler="rcm", steps=1, lora="fits.safetensors",
+                               lora_strength=0.5))
+    assert (read_video_metadata(made.path)["lora"], read_video_metadata(made.path)["lora_strength"]) == (
+        "fits.safetensors", 0.5)
+    before = sorted(studio.output_dir.iterdir())
+    with pytest.raises(AliceError, match="LoRA other.safetensors: none of its 1 keys fit 'random-test'"):
+        studio.generate(Job(model="local/random-test", prompt=PROMPT, sampler="rcm", steps=1, lora="other.safetensors"))
+    assert sorted(studio.output_dir.iterdir()) == before
 
 
 def test_catalogue_download_only_on_request(tmp_path, monkeypatch):
@@ -165,7 +184,7 @@ def test_cli_parser_defaults_to_loopback_without_share():
 # -- the running app ------------------------------------------------------------------------------------------------
 def test_generate_through_gradio_client_matches_the_library(studio, client, tmp_path):
     pipe = studio.pipeline("alice-tiny")
-    width, height, frame_count, fps = (pipe.defaults[k] for k in ("width", "height", "frames", "fps"))
+    width, height, frame_count, fps = (getattr(pipe.defaults, k) for k in ("width", "height", "frames", "fps"))
     path, settings, seed, gallery, status = client.predict(
         model="alice-tiny", sampler="teacher", teacher_steps=4, prompt=PROMPT, seed=3, randomize_seed=False,
         size=f"{width}x{height}", frames=frame_count, fps=fps, api_name="/generate",
@@ -187,14 +206,14 @@ def test_generate_through_gradio_client_matches_the_library(studio, client, tmp_
 
 def test_bad_input_is_an_error_message(studio, client):
     pipe = studio.pipeline("alice-tiny")
-    mult_w, _ = size_multiples(pipe)
+    mult_w, _ = pipe.size_multiples()
     stride = pipe.autoencoder.temporal_stride
     before = videos_in(studio.output_dir)
     cases = [
         ({"prompt": "   "}, "the prompt is empty"),
-        ({"size": f"{pipe.defaults['width'] + mult_w // 2}x{pipe.defaults['height']}"},
+        ({"size": f"{pipe.defaults.width + mult_w // 2}x{pipe.defaults.height}"},
          f"width must be a multiple of {mult_w}"),
-        ({"frames": pipe.defaults["frames"] + 1}, f"frames must be {stride}k\\+1"),
+        ({"frames": pipe.defaults.frames + 1}, f"frames must be {stride}k\\+1"),
         ({"model": "../../etc/passwd"}, "not in the list of choices"),
         ({"seed": -1, "randomize_seed": False}, "Seed must be a whole number from 0 to 2147483647, got -1"),
     ]

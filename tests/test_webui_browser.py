@@ -20,7 +20,6 @@ from selenium.webdriver.support.ui import WebDriverWait
 from alice_core.train.finetune import CHECKPOINT_NAME
 from alice_core.video_io import read_video_metadata, write_video
 from webui.app import EXAMPLE_PROMPT, serve
-from webui.models import size_multiples
 from webui.studio import MAX_FINETUNE_STEPS, Studio
 
 from tests.bundles import random_tiny_bundle
@@ -100,9 +99,9 @@ def test_empty_prompt_shows_an_error(browser, url, studio):
 
 def test_invalid_size_shows_an_error(browser, url, studio):
     pipe = studio.pipeline(studio.default_label)
-    multiple = size_multiples(pipe)[0]
+    multiple = pipe.size_multiples()[0]
     type_prompt(browser, url, "a red ball bouncing")
-    pick(browser, "size", f"{pipe.defaults['width'] + multiple // 2}x{pipe.defaults['height']}")
+    pick(browser, "size", f"{pipe.defaults.width + multiple // 2}x{pipe.defaults.height}")
     click_generate(browser)
     wait_for_text(browser, f"width must be a multiple of {multiple}")
     assert not list(studio.output_dir.glob("*.mp4"))
@@ -147,7 +146,7 @@ def test_prompt_to_video_in_the_browser(browser, url, studio, tmp_path):
     # The browser can decode it: wait until it has a frame to show (readyState >= HAVE_CURRENT_DATA).
     WebDriverWait(browser, 30).until(lambda b: b.execute_script("return arguments[0].readyState", video) >= 2)
     pipe = studio.pipeline(studio.default_label)
-    assert browser.execute_script("return arguments[0].videoWidth", video) == pipe.defaults["width"]
+    assert browser.execute_script("return arguments[0].videoWidth", video) == pipe.defaults.width
     [written] = studio.output_dir.glob("*.mp4")
     meta = read_video_metadata(written)
     assert meta["prompt"] == "a red ball bouncing" and meta["model"] == pipe.name

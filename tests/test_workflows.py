@@ -12,7 +12,7 @@ import pytest
 
 from alice_core.bundle import BUNDLED_DIR, DEFAULT_MODEL, ModelBundle, bundled_loras
 from alice_core.errors import AliceError
-from alice_core.loading.dit import stored_dit_config
+from alice_core.loading.formats import inspect_checkpoint
 from alice_core.loading.lora import read_lora_metadata
 from alice_core.video_io import read_video, read_video_metadata
 from alice_core.world import attribute_probe_prompts
@@ -183,7 +183,7 @@ def prepared(name: str, models: Path, fast: bool) -> tuple[dict, dict]:
             inputs["model_name" if "model_name" in inputs else "vae_name"] = "random-test/model.json"
         if node["class_type"] == "AliceLoraLoader" and bundle.folder.parent != BUNDLED_DIR:
             # the shipped example LoRA is for alice-tiny: a random bundle gets a random LoRA of its size
-            dim = stored_dit_config(next(iter(bundle.dits.values()))).dim
+            dim = inspect_checkpoint(next(iter(bundle.dits.values()))).config.dim
             write_lora(models / "loras" / inputs["lora_name"], dim=dim, seed=0)
         if fast and node["class_type"] == "AliceTeacherSampler":
             inputs["steps"] = min(inputs["steps"], FAST_TEACHER_STEPS)

@@ -22,8 +22,9 @@ import gradio as gr
 import torch
 
 from alice_core.errors import AliceError
+from alice_core.loading.precision import PRECISION_NAMES
 from alice_core.models.runtime import DiTRuntime
-from alice_core.pipeline import DEFAULT_STEPS, PRECISIONS, VideoPipeline
+from alice_core.pipeline import VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
 from .feedback import ErrorNotes, whole_number
@@ -192,7 +193,7 @@ class _Handlers:
             ui.compare_note: _compare_note(pipe),
             ui.size: gr.update(choices=size_presets(pipe), value=size_presets(pipe)[0]),
             ui.frames: gr.update(choices=frame_presets(pipe), value=default_frames(pipe)),
-            ui.fps: gr.update(value=pipe.defaults.get("fps", 16)),
+            ui.fps: gr.update(value=pipe.defaults.fps),
             ui.sampler: gr.update(choices=[(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe)),
             ui.student_steps: gr.update(visible="rcm" in pipe.dits),
             ui.teacher_steps: gr.update(visible="teacher" in pipe.dits, value=_teacher_steps(pipe)),
@@ -223,11 +224,12 @@ CANCELLED_TEXT = "**Cancelled.** No new video was made; the last one stays. Pres
 
 
 def _default_sampler(pipe: VideoPipeline) -> str:
-    return pipe.defaults.get("sampler") if pipe.defaults.get("sampler") in pipe.dits else next(iter(pipe.dits))
+    sampler = pipe.defaults.sampler_for(pipe.dits)
+    return sampler if sampler in pipe.dits else next(iter(pipe.dits))
 
 
 def _teacher_steps(pipe: VideoPipeline) -> int:
-    return min(pipe.defaults.get("teacher_steps", DEFAULT_STEPS["teacher"]), MAX_TEACHER_STEPS_UI)
+    return min(pipe.defaults.teacher_steps, MAX_TEACHER_STEPS_UI)
 
 
 def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
@@ -242,14 +244,14 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
                 with gr.Column(scale=5):
-                    ui.prompt = gr.Textbox(label="Prompt", lines=2, value=defaults.get("prompt", EXAMPLE_PROMPT),
+                    ui.prompt = gr.Textbox(label="Prompt", lines=2, value=EXAMPLE_PROMPT,
                                            elem_id="prompt")
                     with gr.Row():
                         ui.generate = gr.Button("Generate", variant="primary", elem_id="generate")
                         ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     # Progress, the outcome and errors show here, next to the buttons, at any window size.
                     ui.status = gr.Markdown("", elem_id="generate-status", elem_classes="alice-status")
-                    ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.get("negative_prompt", ""))
+                    ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt)
                     with gr.Row():
                         # No min/max here: the handler's check names the field (Gradio's own does not).
                         ui.seed = gr.Number(label="Seed", value=0, precision=0, elem_id="seed")
@@ -259,19 +261,19 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                                               allow_custom_value=True, elem_id="size")
                         ui.frames = gr.Dropdown(frame_presets(pipe), value=default_frames(pipe), label="Frames",
                                                 allow_custom_value=True)
-                        ui.fps = gr.Slider(1, 60, value=defaults.get("fps", 16), step=1, label="FPS")
+                        ui.fps = gr.Slider(1, 60, value=defaults.fps, step=1, label="FPS")
                     with gr.Row():
                         ui.model = gr.Dropdown(_model_choices(studio), value=studio.default_label, label="Model",
                                                scale=4, elem_id="model")
                         ui.refresh = gr.Button("↻", scale=0, min_width=40)
                         ui.download = gr.Button("Download", scale=1, visible=False)
-                        ui.precision = gr.Dropdown(list(PRECISIONS), value=precision, label="Precision", scale=2,
+                        ui.precision = gr.Dropdown(list(PRECISION_NAMES), value=precision, label="Precision", scale=2,
                                                    info="bf16/fp16: for GPUs")
                     ui.model_info = gr.Markdown(_model_info(pipe), elem_id="model-info")
                     ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
                                           label="Sampler")
                     with gr.Row():
-                        ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.get("rcm_steps", RCM_MAX_STEPS),
+                        ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.rcm_steps,
                                                      step=1, label="Student steps", visible="rcm" in pipe.dits)
                         ui.teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS_UI, value=_teacher_steps(pipe), step=1,
                                                      label="Teacher steps", visible="teacher" in pipe.dits,

@@ -16,8 +16,9 @@ from pathlib import Path
 
 from alice_core.bundle import bundled_models
 from alice_core.errors import AliceError
+from alice_core.loading.precision import check_precision
 from alice_core.models.runtime import DiTRuntime
-from alice_core.pipeline import VideoPipeline, load_pipeline, parse_precision
+from alice_core.pipeline import VideoPipeline, load_pipeline
 
 MODELS_DIR_ENV = "ALICE_MODELS_DIR"
 LOCAL_PREFIX = "local/"
@@ -103,7 +104,7 @@ class PipelineCache:
     def get(self, choice: ModelChoice, precision: str) -> VideoPipeline:
         if not choice.available:
             raise AliceError(f"model {choice.label} is not downloaded yet; click Download first")
-        parse_precision(precision)
+        check_precision(precision)
         key = (choice.source, precision)
         with self._lock:  # also stops two sessions from loading the same weights twice
             if key in self._pipes:
@@ -118,21 +119,13 @@ class PipelineCache:
 
 
 # -- presets --------------------------------------------------------------------------------------------------------
-def size_multiples(pipe: VideoPipeline) -> tuple[int, int]:
-    """(width, height) must be multiples of these: autoencoder stride x DiT patch, for every DiT of the model."""
-    stride = pipe.autoencoder.spatial_stride
-    width = max(stride * dit.config.patch_size[2] for dit in pipe.dits.values())
-    height = max(stride * dit.config.patch_size[1] for dit in pipe.dits.values())
-    return width, height
-
-
 def default_size(pipe: VideoPipeline) -> tuple[int, int]:
-    return pipe.defaults.get("width", 832), pipe.defaults.get("height", 480)
+    return pipe.defaults.width, pipe.defaults.height
 
 
 def size_presets(pipe: VideoPipeline) -> list[str]:
     """The model's default size, half of it, and the 2:1 landscape / 1:2 portrait variants, as "WxH"."""
-    mult_w, mult_h = size_multiples(pipe)
+    mult_w, mult_h = pipe.size_multiples()
     width, height = default_size(pipe)
     candidates = [(width, height), (width // 2, height // 2), (width * 2, height), (width, height * 2)]
     presets = []
@@ -143,12 +136,12 @@ def size_presets(pipe: VideoPipeline) -> list[str]:
 
 
 def default_frames(pipe: VideoPipeline) -> int:
-    return pipe.defaults.get("frames", 81)
+    return pipe.defaults.frames
 
 
 def frame_presets(pipe: VideoPipeline) -> list[int]:
     """4k+1 frame counts (k per the autoencoder's temporal stride): shortest, half, default, double."""
-    stride = pipe.autoencoder.temporal_stride
+    stride = pipe.latent_space.temporal_stride
     default = default_frames(pipe)
     half = max(1, round((default - 1) / 2 / stride)) * stride + 1
     return sorted({stride + 1, half, default, 2 * (default - 1) + 1})
@@ -160,7 +153,7 @@ def parse_size(text: str, pipe: VideoPipeline) -> tuple[int, int]:
     if len(parts) != 2 or not all(p.isdigit() for p in parts):
         raise AliceError(f"size must look like WIDTHxHEIGHT, e.g. {size_presets(pipe)[0]}; got {text!r}")
     width, height = int(parts[0]), int(parts[1])
-    mult_w, mult_h = size_multiples(pipe)
+    mult_w, mult_h = pipe.size_multiples()
     max_w, max_h = (2 * d for d in default_size(pipe))
     if width < mult_w or height < mult_h or width % mult_w or height % mult_h:
         raise AliceError(
@@ -175,7 +168,7 @@ def parse_size(text: str, pipe: VideoPipeline) -> tuple[int, int]:
 
 
 def parse_frames(value: int | str, pipe: VideoPipeline) -> int:
-    stride = pipe.autoencoder.temporal_stride
+    stride = pipe.latent_space.temporal_stride
     try:
         frames = int(value)
     except (TypeError, ValueError):

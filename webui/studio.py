@@ -8,9 +8,7 @@ written only into the app's output and LoRA folders) are plain Python and testab
 from __future__ import annotations
 
 import contextlib
-import copy
 import dataclasses
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,15 +18,16 @@ from pathlib import Path
 from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
 from alice_core.limits import APP_WORDS
-from alice_core.loading.lora import apply_lora, lora_samplers
+from alice_core.loading.lora import lora_samplers
 from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS
+from alice_core.train.clips import clips_from_files
 from alice_core.train.finetune import (
-    CHECKPOINT_NAME, FinetuneConfig, FinetuneProgress, FinetuneResult, clips_from_files, finetune, lora_file_stem,
-    teacher_lora_path,
+    FinetuneConfig, FinetuneProgress, FinetuneResult, lora_file_stem, teacher_lora_path,
 )
-from alice_core.video_io import unique_path, write_video
+from alice_core.train.finetune_job import FinetuneOutputsExist, ForeignCheckpoint, run_finetune_job
+from alice_core.video_io import unique_path
 
 from .models import (
     LOCAL_PREFIX, ModelChoice, PipelineCache, default_models_dir, download_model, list_model_choices, parse_frames,
@@ -87,9 +86,7 @@ class Result:
 
     def summary(self) -> dict:
         """The settings shown next to the video (no server paths)."""
-        info = dict(self.video.metadata())
-        if self.lora:
-            info.update(lora=self.lora, lora_strength=self.lora_strength)
+        info = dict(self.video.metadata())  # with the LoRA and its strength, as the file records them
         info.update(file=self.path.name, wall_time_s=round(self.wall_s, 2),
                     **{f"{k}_s": round(v, 3) for k, v in self.video.timings.items()})
         return info
@@ -238,9 +235,7 @@ class Studio:
         start = time.perf_counter()
         report = (lambda done, total, _x0: progress(done, total, label)) if progress else None
         video = pipe.generate(settings, progress=report, should_cancel=should_cancel)
-        lora = {"lora": job.lora, "lora_strength": job.lora_strength} if job.lora else {}
-        path = write_video(video.frames, unique_path(self.output_dir, "alice", ".mp4"), fps=video.settings.fps,
-                           metadata={**video.metadata(), **lora})
+        path = pipe.save(video, unique_path(self.output_dir, "alice", ".mp4"))
         return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
 
     # -- LoRAs -------------------------------------------------------------------------------------------------
@@ -273,7 +268,7 @@ class Studio:
         return files
 
     def _with_lora(self, pipe: VideoPipeline, job: Job) -> VideoPipeline:
-        """The pipeline with the job's LoRA merged into copies of the networks it is for (the cached pipeline stays
+        """The pipeline with the job's LoRA on copies of the networks it is for (the cached pipeline stays
         unpatched); the last patched pipeline is kept, so repeated generations with one LoRA copy nothing."""
         if not job.lora:
             return pipe
@@ -283,16 +278,12 @@ class Studio:
         if self._lora_pipe is not None and self._lora_pipe[0] == key:
             return self._lora_pipe[1]
         self._lora_pipe = None  # free the previous copy before making the next
-        patched: dict = {}  # id(DiT) -> patched copy: one DiT serving both samplers is patched once
-        for sampler, path in files.items():
-            dit = pipe.dits[sampler]
-            if id(dit) not in patched:
-                patched[id(dit)] = copy.deepcopy(dit)
-                if apply_lora(patched[id(dit)], path, float(job.lora_strength)).matched == 0:
-                    raise AliceError(f"LoRA {job.lora}: none of its keys fit {pipe.name}; use a LoRA made for this "
-                                     "model (same architecture and size)")
-        dits = {sampler: patched.get(id(dit), dit) for sampler, dit in pipe.dits.items()}
-        result = VideoPipeline(pipe.name, pipe.text_encoder, pipe.autoencoder, dits, pipe.defaults, pipe.device)
+        result = pipe
+        for path in dict.fromkeys(files.values()):  # a finetune's two files, each on its own network
+            try:
+                result = result.with_lora(path, float(job.lora_strength))
+            except AliceError as exc:
+                raise AliceError(f"LoRA {job.lora}: {str(exc).removeprefix(str(path) + ': ')}") from None
         self._lora_pipe = (key, result)
         return result
 
@@ -330,26 +321,19 @@ class Studio:
 
         out_file = self.loras_dir / f"{stem}{LORA_SUFFIX}"
         work = self.models_dir / "finetune-work" / stem
-        checkpoint = work / CHECKPOINT_NAME
+        out_file.parent.mkdir(parents=True, exist_ok=True)
+        choice = self.choice(job.model)
         with self.device_slot():
-            if job.restart:
-                shutil.rmtree(work, ignore_errors=True)
-            if not checkpoint.exists() and not job.restart and any(
-                    p.exists() for p in (out_file, teacher_lora_path(out_file))):
-                raise AliceError(f"a LoRA named {out_file.name} exists; choose another name, or tick 'Start over' "
-                                 "to train again and replace it")
-            out_file.parent.mkdir(parents=True, exist_ok=True)
-            choice = self.choice(job.model)
             try:
-                result = finetune(choice.source, clips, cfg, out_file, work, device=str(self.pipelines.device),
-                                  progress=progress, should_cancel=should_cancel)
-            except AliceError as exc:
-                if str(exc).startswith(str(checkpoint)):  # the checkpoint belongs to a run with other clips/settings
-                    raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
-                                     "or model; tick 'Start over' to discard it, or choose another name") from None
-                raise
-        shutil.rmtree(work, ignore_errors=True)  # complete: the LoRA files are the result
-        return result
+                return run_finetune_job(choice.source, clips, cfg, out_file, work, restart=job.restart,
+                                        device=str(self.pipelines.device), progress=progress,
+                                        should_cancel=should_cancel)
+            except FinetuneOutputsExist:
+                raise AliceError(f"a LoRA named {out_file.name} exists; choose another name, or tick 'Start over' "
+                                 "to train again and replace it") from None
+            except ForeignCheckpoint:
+                raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
+                                 "or model; tick 'Start over' to discard it, or choose another name") from None
 
 
 def _student_of(name: str) -> str:

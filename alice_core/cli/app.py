@@ -7,7 +7,7 @@ import argparse
 import importlib
 
 from ..errors import AliceError
-from ..loading.quant import PRECISION_NAMES
+from ..loading.precision import PRECISION_NAMES
 from ..models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 
 

@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..errors import AliceError
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..train.finetune import FinetuneConfig
@@ -43,7 +45,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from ..limits import check_output_location, parse_device
-    from ..train.finetune import FinetuneConfig, clips_from_folder, default_work_folder, finetune
+    from ..train.clips import clips_from_folder
+    from ..train.finetune import FinetuneConfig, default_work_folder
+    from ..train.finetune_job import FinetuneOutputsExist, run_finetune_job
 
     output = check_output_location(args.output, "-o")
     if args.device is not None:
@@ -54,7 +58,6 @@ def run(args: argparse.Namespace) -> int:
         student_lr=args.student_lr, batch_size=args.batch_size, distill_mode=args.mode, seed=args.seed,
         checkpoint_every=args.checkpoint_every, sample_prompts=tuple(args.sample_prompt),
     )
-    clips = clips_from_folder(args.clips, args.caption)
     bars: dict[str, tqdm] = {}
 
     def progress(stage: str, step: int, total: int, loss: float) -> None:
@@ -65,7 +68,10 @@ def run(args: argparse.Namespace) -> int:
 
     work_dir = Path(args.work_dir) if args.work_dir else default_work_folder(output)
     try:
-        result = finetune(args.model, clips, cfg, output, work_dir, device=args.device, threads=args.threads, progress=progress)
+        result = run_finetune_job(args.model, lambda: clips_from_folder(args.clips, args.caption), cfg, output,
+                                  work_dir, device=args.device, threads=args.threads, progress=progress)
+    except FinetuneOutputsExist as exc:
+        raise AliceError(f"{exc.path} already exists; choose another -o path or delete it") from None
     finally:
         for bar in bars.values():
             bar.close()

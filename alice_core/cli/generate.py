@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AliceError
-from ..loading.quant import PRECISION_NAMES
+from ..loading.precision import PRECISION_NAMES
 from ..models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
 
 VIDEO_SUFFIXES = (".mp4", ".webm", ".gif")
@@ -87,14 +87,6 @@ def _parse_lora_arg(spec: str) -> tuple[str, float]:
     return str(file), value
 
 
-def _apply_lora_arg(pipe, path: str, value: float) -> None:
-    from ..loading.lora import apply_lora, lora_samplers
-
-    targets = [pipe.dits[name] for name in lora_samplers(path, list(pipe.dits))]
-    for dit in {id(d): d for d in targets}.values():  # a single checkpoint serves both samplers
-        print(apply_lora(dit, path, strength=value).summary(), file=sys.stderr)
-
-
 def _read_start_image(path: str):
     """--image: an RGB picture as uint8 [H, W, 3]."""
     import numpy as np
@@ -112,7 +104,8 @@ def _read_start_image(path: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..limits import parse_device
-    from ..pipeline import GenerationSettings, load_pipeline, preflight
+    from ..pipeline import GenerationSettings, load_pipeline
+    from ..preflight import preflight
     from .download import catalogue_pipeline_args
 
     # Everything that needs no weights is checked first: a bad flag costs no loading time.
@@ -143,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
                          args.boundary, defaults=defaults, runtime=runtime, clip_vision=args.clip_vision)
     for path, strength in loras:
-        _apply_lora_arg(pipe, path, strength)
+        # In place: nothing else uses the base networks in this process.
+        pipe = pipe.with_lora(path, strength, copy=False, on_report=lambda r: print(r.summary(), file=sys.stderr))
 
     from tqdm import tqdm
 

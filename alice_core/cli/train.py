@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 from ..errors import AliceError
+from ..loading.output import write_text
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -144,5 +143,5 @@ def run_bench(args: argparse.Namespace) -> int:
     table = format_bench_table(bench_pipeline(load_pipeline(args.model), runs, prompts, seeds))
     print(table)
     if args.out:
-        Path(args.out).write_text(table + "\n")
+        write_text(args.out, table + "\n")
     return 0

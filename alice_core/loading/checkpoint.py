@@ -3,15 +3,11 @@
 from __future__ import annotations
 
 import ctypes
-import glob
 import json
 import math
 import mmap
-import os
 import pickle
-import struct
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +16,6 @@ from safetensors import safe_open
 
 from ..errors import AliceError
 from .guards import check_entry_count, check_safetensors_header, check_tensor_sizes, file_kind_hint, refused_global
-from .leftovers import holding, remove_stale
 
 SAFETENSORS_SUFFIXES = (".safetensors",)
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -316,46 +311,11 @@ def open_checkpoint(path: str | Path) -> CheckpointReader:
                      "use a .safetensors, .pt or .pth checkpoint")
 
 
-@dataclass(frozen=True)
-class OutputTensor:
-    """One tensor of a file being written: its name, shape and dtype up front, its values made on demand."""
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: torch.dtype
-    make: Callable[[], torch.Tensor]
-
-
-def write_safetensors(path: str | Path, tensors: list[OutputTensor], metadata: dict[str, str] | None = None) -> Path:
-    """Write a safetensors file one tensor at a time (never the whole model in memory), atomically: the data goes
-    to a temporary file next to `path` that is renamed when complete. Refuses to overwrite."""
-    path = Path(path)
-    if path.exists():
-        raise AliceError(f"{path} already exists; choose another output path or delete it")
-    header: dict = {"__metadata__": dict(metadata)} if metadata else {}
-    offset = 0
-    for t in tensors:
-        if t.dtype not in SAFETENSORS_NAMES:
-            raise AliceError(f"cannot store {t.name} as {t.dtype} in safetensors")
-        nbytes = math.prod(t.shape) * t.dtype.itemsize
-        header[t.name] = {
-            "dtype": SAFETENSORS_NAMES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes],
-        }
-        offset += nbytes
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)  # keep tensor data 8-byte aligned
-    remove_stale(path.parent, f".{glob.escape(path.name)}.*.tmp")  # left by a killed earlier run
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+def read_training_state(path: str | Path) -> dict:
+    """A training checkpoint written by `output.save_training_state`, read without unpickling code."""
+    if not Path(path).exists():
+        raise AliceError(f"no training checkpoint at {path}; train first (alice train teacher/distill --out {Path(path).parent})")
     try:
-        with open(tmp, "wb") as f, holding(tmp):
-            f.write(struct.pack("<Q", len(encoded)))
-            f.write(encoded)
-            for t in tensors:
-                value = t.make()
-                if tuple(value.shape) != tuple(t.shape) or value.dtype != t.dtype:
-                    raise RuntimeError(f"{t.name}: made {tuple(value.shape)} {value.dtype}, declared {t.shape} {t.dtype}")
-                f.write(memoryview(value.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy()))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise AliceError(f"{path}: cannot read training checkpoint ({str(exc).splitlines()[0][:160]}); delete it to start over") from None

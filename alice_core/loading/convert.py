@@ -9,10 +9,8 @@ layout, one tensor at a time (a 14B model converts in a few GB of memory).
 
 from __future__ import annotations
 
-import glob
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,11 +18,10 @@ import torch
 
 from ..errors import AliceError
 from ..models.config import WanDiTConfig
-from .checkpoint import OutputTensor, open_checkpoint, write_safetensors
-from .leftovers import holding, remove_stale
-from .dit import CONFIG_METADATA_KEY
+from .checkpoint import open_checkpoint
 from .dit_keys import diffusers_key_from_official
 from .formats import (
+    CONFIG_METADATA_KEY,
     SCALED_FP8_MARKER,
     CheckpointFormat,
     TensorRecipe,
@@ -33,6 +30,7 @@ from .formats import (
     read_fp8_with_scale,
     stored_config,
 )
+from .output import OutputTensor, atomic_output, exists_message, write_safetensors
 from .quant import quantize_fp8
 
 TARGETS = ("diffusers", "official", "comfy-fp8")
@@ -133,8 +131,8 @@ def convert_checkpoint(
         raise AliceError(f"unknown target layout {to!r}; use --to {' or '.join(TARGETS)}")
     if dtype not in OUTPUT_DTYPES:
         raise AliceError(f"unknown --dtype {dtype!r}; use one of {', '.join(OUTPUT_DTYPES)}")
-    if dst.exists():
-        raise AliceError(f"{dst} already exists; choose another output path or delete it")
+    if os.path.lexists(dst):  # checked again, atomically, when the output is placed
+        raise AliceError(exists_message(dst))
     if not dst.parent.is_dir():
         raise AliceError(f"output folder {dst.parent} does not exist; create it first")
     if to != "diffusers" and dst.suffix != ".safetensors":
@@ -159,16 +157,8 @@ def convert_checkpoint(
 
 
 def _write_diffusers_folder(dst: Path, config: WanDiTConfig, outputs: list[OutputTensor]) -> Path:
-    """Write into a temporary sibling folder and rename it when complete (no half-written model folder)."""
-    remove_stale(dst.parent, f".{glob.escape(dst.name)}.*.tmp")  # left by a killed earlier run
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        with holding(tmp):
-            (tmp / "config.json").write_text(json.dumps(diffusers_config(config), indent=2) + "\n")
-            write_safetensors(tmp / DIFFUSERS_WEIGHTS, outputs)
-            os.replace(tmp, dst)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    """The folder appears complete or not at all, and never over an existing one (atomic_output)."""
+    with atomic_output(dst, folder=True) as tmp:
+        (tmp / "config.json").write_text(json.dumps(diffusers_config(config), indent=2) + "\n")
+        write_safetensors(tmp / DIFFUSERS_WEIGHTS, outputs)
     return dst

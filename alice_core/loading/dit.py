@@ -1,4 +1,5 @@
-"""Build a `WanDiT` from any supported checkpoint (file, diffusers folder, or an in-memory state dict)."""
+"""Build a `WanDiT` from any supported checkpoint (file, diffusers folder, or an in-memory state dict), in any
+precision, reading and converting (quantising) one tensor at a time."""
 
 from __future__ import annotations
 
@@ -10,51 +11,60 @@ import torch
 from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
-from .checkpoint import read_safetensors_metadata
+from ..models.ops import StandardOps
+from .checkpoint import open_checkpoint
+from .fill import fill_module
+from .output import save_tensors
+from .formats import CONFIG_METADATA_KEY, convert_state_dict, detect_format, materialize, read_fp8_with_scale, stored_config
+from .precision import FP8_PRECISIONS, check_precision, compute_dtype, precision_of_dtype
+from .quant import NF4_BLOCKSIZE, is_quantized_linear, keep_full_precision, quantized_ops
 
-# Alice's own files store their architecture in the safetensors header under this key.
-CONFIG_METADATA_KEY = "alice_dit_config"
-
-
-def stored_dit_config(path: Path) -> WanDiTConfig | None:
-    """The config stored with the checkpoint: safetensors metadata, or a diffusers folder's config.json."""
-    if path.is_file() and path.suffix == ".safetensors":
-        return config_from_metadata(read_safetensors_metadata(path), path)
-    for cfg_file in (path / "config.json", path / "transformer" / "config.json") if path.is_dir() else ():
-        if cfg_file.exists():
-            return _diffusers_config(cfg_file)
-    return None
+__all__ = ["CONFIG_METADATA_KEY", "build_dit", "build_empty_dit", "load_dit", "planned_weight_bytes", "stream_dit", "write_dit"]
 
 
-def _diffusers_config(cfg_file: Path) -> WanDiTConfig | None:
-    try:
-        d = json.loads(cfg_file.read_text())
-        if "attention_head_dim" not in d:
-            # official Wan2.2 folders' config.json (WanModel arguments): its model_type "i2v" does not tell
-            # Wan2.1's CLIP layers from Wan2.2's none, so the shapes decide (head_dim 128 gives num_heads)
-            return None
-        heads = d.get("num_attention_heads")
-        return WanDiTConfig(
-            dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
-            in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
-            patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
-            cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
-            image_dim=d.get("image_dim"),
-        )
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, AliceError) as exc:
-        raise AliceError(f"{cfg_file}: not a usable diffusers WanTransformer3DModel config "
-                         f"({type(exc).__name__}: {exc}); restore it from the model's original files") from None
+def build_empty_dit(config: WanDiTConfig, precision: str = "bf16", fast_fp8_matmul: bool = True) -> WanDiT:
+    """A meta-device WanDiT for `precision`: the transformer blocks' Linears are quantised; the embeddings and the
+    output head (2% of the weights, and the most precision-sensitive) stay in bf16."""
+    ops = quantized_ops(precision, fast_fp8_matmul)
+    with torch.device("meta"):
+        model = WanDiT(config, ops)
+    if ops is not StandardOps:
+        outside_blocks = [n for n, m in model.named_modules() if is_quantized_linear(m) and not n.startswith("blocks.")]
+        keep_full_precision(model, outside_blocks)
+    return model
 
 
-def config_from_metadata(metadata: dict[str, str], source: Path) -> WanDiTConfig | None:
-    """The architecture Alice stores in a safetensors header, or None; AliceError when it is unreadable."""
-    if CONFIG_METADATA_KEY not in metadata:
-        return None
-    try:
-        return WanDiTConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-    except (json.JSONDecodeError, AliceError) as exc:
-        raise AliceError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is unusable ({exc}); the file's header "
-                         "is damaged: re-export the file from its source") from None
+def stream_dit(
+    path: str | Path,
+    precision: str = "bf16",
+    config: WanDiTConfig | None = None,
+    device: torch.device | str = "cpu",
+    fast_fp8_matmul: bool = True,
+) -> WanDiT:
+    """Load any supported Wan DiT checkpoint in `precision`, reading and converting one tensor at a time."""
+    path = Path(path).expanduser()
+    check_precision(precision)
+    with open_checkpoint(path) as reader:
+        fmt = detect_format(reader.infos, str(path), config or stored_config(path, reader.metadata))
+        model = build_empty_dit(fmt.config, precision, fast_fp8_matmul)
+        fp8_dtype = FP8_PRECISIONS.get(precision)
+
+        def maker(key: str):
+            recipe = fmt.recipes[key]
+
+            def make():
+                owner = model.get_submodule(key.rpartition(".")[0])
+                if fp8_dtype is not None and key.endswith(".weight") and is_quantized_linear(owner):
+                    pair = read_fp8_with_scale(recipe, reader.read, fp8_dtype)
+                    if pair is not None:
+                        return pair
+                return materialize(recipe, reader.read)
+
+            return make
+
+        tensors = ((k, maker(k)) for k in fmt.ordered_keys(reader.keys()))
+        fill_module(model, tensors, compute_dtype(precision), device, str(path))
+    return model.eval().requires_grad_(False)
 
 
 def build_dit(
@@ -65,9 +75,6 @@ def build_dit(
     ops=None,
 ) -> WanDiT:
     """A WanDiT holding exactly `state` (any supported layout, see `formats.py`), cast to `dtype`."""
-    from .formats import convert_state_dict
-    from .quant import fill_module
-
     official, fmt = convert_state_dict(state, config, source)
     with torch.device("meta"):
         model = WanDiT(fmt.config) if ops is None else WanDiT(fmt.config, ops)
@@ -87,11 +94,38 @@ def load_dit(
     `precision` (fp32, bf16, fp16, fp8_e4m3fn, fp8_e5m2, nf4) overrides `dtype`. Tensors are read one at a time
     and converted (quantised) as they arrive, straight onto `device`.
     """
-    from .quant import precision_of_dtype, stream_dit
-
     path = Path(path).expanduser()
     try:
         return stream_dit(path, precision or precision_of_dtype(dtype), config, device)
     except AliceError as exc:
         msg = str(exc)
         raise AliceError(msg if msg.startswith(str(path)) else f"{path}: {msg}") from None
+
+
+def write_dit(path: str | Path, state: dict[str, torch.Tensor], config: WanDiTConfig,
+              metadata: dict[str, str] | None = None) -> Path:
+    """An Alice DiT file: official-layout weights with the architecture in the header (never over an existing file)."""
+    return save_tensors(path, state, {CONFIG_METADATA_KEY: json.dumps(config.to_dict()), **(metadata or {})})
+
+
+def planned_weight_bytes(config: WanDiTConfig, precision: str) -> int:
+    """The bytes `weight_bytes` reports once a DiT of this architecture is loaded in `precision`, worked out on
+    the meta device without allocating anything (for sizing the 14B experts of a pair on a small machine).
+
+    Loading stores every tensor in the compute dtype except fp8 weights (1 byte) with their fp32 scales; NF4
+    packs two weights per byte, and its double-quantised statistics add a byte per block of 64 weights and an
+    fp32 per 256 blocks (bitsandbytes' layout); the tests hold the estimate to the loaded model's bytes."""
+    element = torch.empty((), dtype=compute_dtype(precision)).element_size()
+    model = build_empty_dit(config, "bf16" if precision == "nf4" else precision)
+    total = 0
+    for name, tensor in model.state_dict().items():
+        n = tensor.numel()
+        if precision == "nf4" and name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
+            blocks = -(-n // NF4_BLOCKSIZE)
+            # + per layer: the 16-value NF4 and 256-value absmax code tables (fp32) and ~170 bytes of packed state
+            total += (n + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4 * (16 + 256) + 170
+        elif tensor.dtype in FP8_PRECISIONS.values() or name.endswith("weight_scale"):
+            total += n * tensor.element_size()
+        else:
+            total += n * element
+    return total

@@ -1,6 +1,5 @@
-"""DiT state-dict layouts: detection, conversion to the official Wan naming, and architecture from shapes.
-
-Alice's `WanDiT` uses the official Wan key names, so every other layout is converted to that one.
+"""DiT key names (diffusers <-> official Wan), the architecture from an official-layout state dict's shapes, and
+the check that a state dict fits an architecture. Layout detection and conversion: formats.py.
 """
 
 from __future__ import annotations
@@ -88,54 +87,6 @@ def official_key_from_diffusers(key: str) -> str:
 def diffusers_key_from_official(key: str) -> str:
     """`blocks.0.self_attn.q.weight` -> `blocks.0.attn1.to_q.weight`; keys without a rule are returned unchanged."""
     return _rename(key, _COMPILED_INVERSE)
-
-LAYOUTS = ("official", "rcm", "diffusers")
-
-
-def detect_dit_layout(state: dict[str, torch.Tensor]) -> str:
-    """'official' (Wan / ComfyUI / TurboDiffusion naming), 'rcm' (rCM .pt: `net.` prefix or 2-D patch embedding)
-    or 'diffusers'; raises if the keys fit none."""
-    keys = set(state)
-    if "head.modulation" in keys or "net.head.modulation" in keys:
-        patch = state.get("patch_embedding.weight", state.get("net.patch_embedding.weight"))
-        if any(k.startswith("net.") for k in keys) or (patch is not None and patch.ndim == 2):
-            return "rcm"
-        return "official"
-    if "scale_shift_table" in keys and "proj_out.weight" in keys:
-        return "diffusers"
-    sample = sorted(keys)[:6]
-    raise AliceError(
-        "not a Wan DiT checkpoint: expected `head.modulation` (official Wan / rCM) or `scale_shift_table` + "
-        f"`proj_out.weight` (diffusers); found keys like {sample}"
-    )
-
-
-def diffusers_to_official(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {official_key_from_diffusers(k): v for k, v in state.items()}
-
-
-def rcm_to_official(state: dict[str, torch.Tensor], patch_size: tuple[int, int, int] = (1, 2, 2)) -> dict[str, torch.Tensor]:
-    """Strip rCM's optional `net.` prefix and turn its Linear patch embedding [dim, C*kt*kh*kw] back into the Conv3d
-    weight [dim, C, kt, kh, kw] (rCM flattens it in (c, kt, kh, kw) order)."""
-    out = {(k[4:] if k.startswith("net.") else k): v for k, v in state.items()}
-    patch = out.get("patch_embedding.weight")
-    if patch is not None and patch.ndim == 2:
-        per_channel = math.prod(patch_size)
-        if patch.shape[1] % per_channel:
-            raise AliceError(
-                f"rCM patch_embedding.weight has shape {tuple(patch.shape)}; its second dim must be in_dim*{per_channel}"
-            )
-        out["patch_embedding.weight"] = patch.reshape(patch.shape[0], patch.shape[1] // per_channel, *patch_size)
-    return out
-
-
-def to_official_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    layout = detect_dit_layout(state)
-    if layout == "diffusers":
-        return diffusers_to_official(state)
-    if layout == "rcm":
-        return rcm_to_official(state)
-    return dict(state)
 
 
 def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = None, text_len: int = 512) -> WanDiTConfig:

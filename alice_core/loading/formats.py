@@ -15,6 +15,7 @@ Nothing here loads weights: detection works on anything with `.shape` and `.dtyp
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -26,8 +27,11 @@ import torch
 from ..errors import AliceError
 from ..models.config import DIT_PRESETS, WanDiTConfig
 from ..models.dit import WanDiT
+from .checkpoint import open_checkpoint
 from .dit_keys import check_state_matches, infer_dit_config, official_key_from_diffusers
 
+# Alice's own files store their architecture in the safetensors header under this key.
+CONFIG_METADATA_KEY = "alice_dit_config"
 LAYOUTS = ("official", "rcm", "turbodiffusion", "turbodiffusion-int8", "diffusers", "comfy-scaled-fp8")
 # Prefixes that wrap the model's own names: rCM's `net.`, ComfyUI full checkpoints, diffusers pipelines.
 PREFIXES = ("", "net.", "model.diffusion_model.", "diffusion_model.", "model.", "transformer.")
@@ -284,15 +288,47 @@ def convert_state_dict(state: dict[str, torch.Tensor], config: WanDiTConfig | No
 
 def inspect_checkpoint(path: str | Path, config: WanDiTConfig | None = None) -> CheckpointFormat:
     """Detect a file's (or diffusers folder's) format and architecture without loading its weights."""
-    from .checkpoint import open_checkpoint
-
     path = Path(path).expanduser()
     with open_checkpoint(path) as reader:
         return detect_format(reader.infos, str(path), config or stored_config(path, reader.metadata))
 
 
 def stored_config(path: Path, metadata: Mapping[str, str]) -> WanDiTConfig | None:
-    """The architecture stored with a checkpoint (Alice metadata, diffusers config.json), if any."""
-    from .dit import config_from_metadata, stored_dit_config
+    """The architecture stored with a checkpoint, if any: Alice's safetensors metadata (`metadata` is the file's
+    header metadata), or a diffusers folder's config.json."""
+    found = config_from_metadata(metadata, path)
+    for cfg_file in (path / "config.json", path / "transformer" / "config.json") if path.is_dir() and not found else ():
+        if cfg_file.exists():
+            return _diffusers_config(cfg_file)
+    return found
 
-    return config_from_metadata(metadata, path) or (stored_dit_config(path) if path.is_dir() else None)
+
+def _diffusers_config(cfg_file: Path) -> WanDiTConfig | None:
+    try:
+        d = json.loads(cfg_file.read_text())
+        if "attention_head_dim" not in d:
+            # official Wan2.2 folders' config.json (WanModel arguments): its model_type "i2v" does not tell
+            # Wan2.1's CLIP layers from Wan2.2's none, so the shapes decide (head_dim 128 gives num_heads)
+            return None
+        heads = d.get("num_attention_heads")
+        return WanDiTConfig(
+            dim=heads * d["attention_head_dim"], ffn_dim=d["ffn_dim"], num_heads=heads, num_layers=d["num_layers"],
+            in_dim=d["in_channels"], out_dim=d["out_channels"], text_dim=d["text_dim"], freq_dim=d["freq_dim"],
+            patch_size=tuple(d["patch_size"]), eps=d.get("eps", 1e-6), qk_norm=d.get("qk_norm") is not None,
+            cross_attn_norm=d.get("cross_attn_norm", True), text_len=d.get("text_len", 512),
+            image_dim=d.get("image_dim"),
+        )
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, KeyError, TypeError, AliceError) as exc:
+        raise AliceError(f"{cfg_file}: not a usable diffusers WanTransformer3DModel config "
+                         f"({type(exc).__name__}: {exc}); restore it from the model's original files") from None
+
+
+def config_from_metadata(metadata: dict[str, str], source: Path) -> WanDiTConfig | None:
+    """The architecture Alice stores in a safetensors header, or None; AliceError when it is unreadable."""
+    if CONFIG_METADATA_KEY not in metadata:
+        return None
+    try:
+        return WanDiTConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (json.JSONDecodeError, AliceError) as exc:
+        raise AliceError(f"{source}: its {CONFIG_METADATA_KEY!r} metadata is unusable ({exc}); the file's header "
+                         "is damaged: re-export the file from its source") from None

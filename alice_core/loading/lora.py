@@ -13,7 +13,9 @@ separate adapter evaluated in forward (re-quantising would add error and NF4 can
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Callable, Mapping
+from copy import deepcopy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from torch import nn
 
 from ..errors import AliceError
 from .checkpoint import read_state_dict
+from .output import save_tensors
 from .dit_keys import diffusers_key_from_official, official_key_from_diffusers
 from .quant import is_quantized_linear
 
@@ -40,6 +43,7 @@ LOW_RANK_SUFFIXES = {
 DIFF_SUFFIXES = {".diff": "diff", ".diff_b": "diff_b"}
 # safetensors metadata key of LoRAs made by `alice finetune`: JSON with the base model hash, rank, steps, prompts.
 LORA_METADATA_KEY = "alice_lora"
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,6 +159,61 @@ def lora_samplers(path: str | Path, samplers: list[str]) -> list[str]:
         raise AliceError(f"{path} is a LoRA for a model's {wanted!r} network and this model has only "
                          f"{', '.join(samplers)}; use the LoRA made for that network")
     return [wanted]
+
+
+def with_lora(
+    networks: Mapping[str, nn.Module],
+    lora: str | Path | Mapping[str, torch.Tensor],
+    strength: float = 1.0,
+    copy: bool = True,
+    merge: bool | None = None,
+    on_report: Callable[[LoraReport], None] | None = None,
+    model_name: str = "the model",
+) -> dict[str, nn.Module]:
+    """The one way a LoRA is applied to a model (CLI, nodes, app and training all come here).
+
+    `networks` maps sampler name ("rcm", "teacher") to its DiT. The LoRA goes to the networks it is for (an
+    `alice finetune` LoRA names one; others apply to all); a network serving several samplers is patched once. With
+    `copy` (the default) the given networks stay unchanged, because hosts keep using them (a node graph's other
+    branches, an app's cache) and the result holds patched copies; training patches in place (copy=False). A LoRA
+    that matches no key of a network it is for is an error. `on_report` receives each network's report; by default
+    unapplied keys are logged as a warning."""
+    path = lora if isinstance(lora, (str, Path)) else None
+    wanted = lora_samplers(path, list(networks)) if path is not None else list(networks)
+    patched: dict[int, nn.Module] = {}
+    for sampler, network in networks.items():
+        if id(network) in patched or sampler not in wanted:
+            continue
+        if not isinstance(network, nn.Module):  # a Wan2.2 expert pair: each expert takes its own LoRA
+            raise AliceError(f"{lora}: LoRAs on two-expert (Wan2.2 A14B) models are not supported yet; use one "
+                             "with a single-DiT model")
+        target = deepcopy(network) if copy else network
+        report = apply_lora(target, lora, strength, merge)
+        if report.matched == 0:
+            raise AliceError(f"{report.source}: none of its {report.total} keys fit {model_name}; use a LoRA made for "
+                             "this model (same Wan architecture and size)")
+        if on_report is not None:
+            on_report(report)
+        elif report.unmatched:
+            logger.warning(report.summary())
+        patched[id(network)] = target
+    return {sampler: patched.get(id(network), network) for sampler, network in networks.items()}
+
+
+def write_loras(files: list[tuple[Path, Mapping[str, torch.Tensor], dict]]) -> list[Path]:
+    """LoRA files with `alice_lora` metadata, each (path, state dict, metadata) placed exclusively; when one cannot be
+    (a file of that name appeared meanwhile), the ones already written are removed again: all or none."""
+    import json
+
+    written: list[Path] = []
+    try:
+        for path, state, metadata in files:
+            written.append(save_tensors(path, dict(state), {LORA_METADATA_KEY: json.dumps(metadata)}))
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
+    return written
 
 
 # -- matching keys to the model -----------------------------------------------------------------------------------

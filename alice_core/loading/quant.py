@@ -1,59 +1,23 @@
-"""Precision modes and streaming, quantise-as-you-read loading.
-
-Modes: fp32 / bf16 / fp16 (every tensor in that dtype), fp8_e4m3fn / fp8_e5m2 (Linear weights stored in fp8 with a
-per-tensor scale, computed in bf16) and nf4 (Linear weights as bitsandbytes NF4, computed in bf16).
-
-Quantised layers come in an `ops` namespace (the ComfyUI pattern): `WanDiT(cfg, ops)` builds them on the meta
-device, then `fill_module` reads the checkpoint one tensor at a time and quantises each Linear weight as it
-arrives, so a quantised load never holds a full-precision copy of the model.
+"""Quantised layer kinds: fp8 (per-tensor scale, optional fp8 matmul) and NF4 (bitsandbytes) Linears, and the ops
+namespaces that build them (the ComfyUI pattern: `WanDiT(cfg, ops)` builds quantised layers on the meta device and
+`fill.fill_module` quantises each weight as it is read). Which precision uses which kind: precision.py.
 """
 
 from __future__ import annotations
 
-import ctypes
 import functools
-import sys
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import AliceError
-from ..models.config import WanDiTConfig
-from ..models.dit import WanDiT
 from ..models.ops import StandardOps
-from .guards import check_finite
+from .precision import FP8_PRECISIONS, QUANTIZED_COMPUTE_DTYPE, check_precision
 
-FULL_PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-FP8_PRECISIONS: dict[str, torch.dtype] = {"fp8_e4m3fn": torch.float8_e4m3fn, "fp8_e5m2": torch.float8_e5m2}
-PRECISION_NAMES: tuple[str, ...] = (*FULL_PRECISIONS, *FP8_PRECISIONS, "nf4")
-QUANTIZED_COMPUTE_DTYPE = torch.bfloat16
 NF4_BLOCKSIZE = 64
 QUANTIZE_CHUNK_ELEMENTS = 1 << 20
-
-
-def check_precision(precision: str) -> str:
-    if precision not in PRECISION_NAMES:
-        raise AliceError(f"unknown precision {precision!r}; use one of {', '.join(PRECISION_NAMES)}")
-    return precision
-
-
-def is_quantized(precision: str) -> bool:
-    return check_precision(precision) not in FULL_PRECISIONS
-
-
-def compute_dtype(precision: str) -> torch.dtype:
-    """The dtype activations and non-quantised tensors use in this mode."""
-    return FULL_PRECISIONS.get(check_precision(precision), QUANTIZED_COMPUTE_DTYPE)
-
-
-def precision_of_dtype(dtype: torch.dtype) -> str:
-    for name, d in FULL_PRECISIONS.items():
-        if d == dtype:
-            return name
-    raise AliceError(f"unsupported model dtype {dtype}; use one of {', '.join(FULL_PRECISIONS)}")
 
 
 # -- fp8 ----------------------------------------------------------------------------------------------------------
@@ -243,135 +207,6 @@ def replace_linears(model: nn.Module, linear_class, select: Callable[[str], bool
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
 
 
-# -- streaming fill -----------------------------------------------------------------------------------------------
-def _load_libc_malloc_trim():
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL("libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # not glibc (e.g. musl)
-        return None
-
-
-_MALLOC_TRIM = _load_libc_malloc_trim()
-
-
-def _return_freed_memory() -> None:
-    """Quantising a weight frees float temporaries several times its size; glibc keeps freed blocks in per-thread
-    heaps, which measured up to 2.5 GB of dead memory after an NF4 load of the 1.3B model. Trimming after each
-    weight keeps the process at the size of what it holds."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
-
-
-def fill_module(
-    model: nn.Module,
-    tensors: Iterable[tuple[str, Callable[[], torch.Tensor | tuple[torch.Tensor, torch.Tensor]]]],
-    dtype: torch.dtype,
-    device: torch.device | str | None = "cpu",
-    source: str = "checkpoint",
-) -> None:
-    """Fill a meta-device model one tensor at a time: `tensors` yields (state-dict key, make) pairs and `make()`
-    returns the tensor (or, for a quantised Linear's weight, possibly an (fp8 weight, scale) pair). Quantised
-    Linears quantise their weight on arrival; every other floating tensor is cast to `dtype`. Tensors move to
-    `device` (None: they stay where they are)."""
-    for key, make in tensors:
-        module_name, _, attr = key.rpartition(".")
-        module = model.get_submodule(module_name) if module_name else model
-        value = make()
-        for part in value if isinstance(value, tuple) else (value,):
-            if part.dtype not in FP8_PRECISIONS.values():  # fp8 has no isfinite; its scale is checked
-                check_finite(key, part, source)
-        if attr == "weight" and is_quantized_linear(module):
-            weight, scale = value if isinstance(value, tuple) else (value, None)
-            target = weight.device if device is None else torch.device(device)
-            module.set_weight(weight.to(target), None if scale is None else scale.to(target))
-            _return_freed_memory()
-            continue
-        tensor = value.to(device=device, dtype=dtype if value.is_floating_point() else value.dtype)
-        if attr in module._parameters:
-            module._parameters[attr] = nn.Parameter(tensor, requires_grad=False)
-        elif attr in module._buffers:
-            module._buffers[attr] = tensor
-        else:
-            raise AliceError(f"{source}: {key} is not a parameter of the model")
-    missing = [n for n, t in (*model.named_parameters(), *model.named_buffers()) if t.is_meta]
-    if missing:
-        raise AliceError(f"{source}: checkpoint is missing {len(missing)} tensors (e.g. {missing[:3]})")
-
-
-# -- the DiT ------------------------------------------------------------------------------------------------------
-def build_empty_dit(config: WanDiTConfig, precision: str = "bf16", fast_fp8_matmul: bool = True) -> WanDiT:
-    """A meta-device WanDiT for `precision`: the transformer blocks' Linears are quantised; the embeddings and the
-    output head (2% of the weights, and the most precision-sensitive) stay in bf16."""
-    ops = quantized_ops(precision, fast_fp8_matmul)
-    with torch.device("meta"):
-        model = WanDiT(config, ops)
-    if ops is not StandardOps:
-        outside_blocks = [n for n, m in model.named_modules() if is_quantized_linear(m) and not n.startswith("blocks.")]
-        keep_full_precision(model, outside_blocks)
-    return model
-
-
-def stream_dit(
-    path: str | Path,
-    precision: str = "bf16",
-    config: WanDiTConfig | None = None,
-    device: torch.device | str = "cpu",
-    fast_fp8_matmul: bool = True,
-) -> WanDiT:
-    """Load any supported Wan DiT checkpoint in `precision`, reading and converting one tensor at a time."""
-    from .checkpoint import open_checkpoint
-    from .formats import detect_format, materialize, read_fp8_with_scale, stored_config
-
-    path = Path(path).expanduser()
-    check_precision(precision)
-    with open_checkpoint(path) as reader:
-        fmt = detect_format(reader.infos, str(path), config or stored_config(path, reader.metadata))
-        model = build_empty_dit(fmt.config, precision, fast_fp8_matmul)
-        fp8_dtype = FP8_PRECISIONS.get(precision)
-
-        def maker(key: str):
-            recipe = fmt.recipes[key]
-
-            def make():
-                owner = model.get_submodule(key.rpartition(".")[0])
-                if fp8_dtype is not None and key.endswith(".weight") and is_quantized_linear(owner):
-                    pair = read_fp8_with_scale(recipe, reader.read, fp8_dtype)
-                    if pair is not None:
-                        return pair
-                return materialize(recipe, reader.read)
-
-            return make
-
-        tensors = ((k, maker(k)) for k in fmt.ordered_keys(reader.keys()))
-        fill_module(model, tensors, compute_dtype(precision), device, str(path))
-    return model.eval().requires_grad_(False)
-
-
 def weight_bytes(model: nn.Module) -> int:
     """Bytes of everything the model stores (quantised weights with their scales and bitsandbytes statistics)."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values() if isinstance(t, torch.Tensor))
-
-
-def planned_weight_bytes(config: WanDiTConfig, precision: str) -> int:
-    """The bytes `weight_bytes` reports once a DiT of this architecture is loaded in `precision`, worked out on
-    the meta device without allocating anything (for sizing the 14B experts of a pair on a small machine).
-
-    Loading stores every tensor in the compute dtype except fp8 weights (1 byte) with their fp32 scales; NF4
-    packs two weights per byte, and its double-quantised statistics add a byte per block of 64 weights and an
-    fp32 per 256 blocks (bitsandbytes' layout); the tests hold the estimate to the loaded model's bytes."""
-    element = torch.empty((), dtype=compute_dtype(precision)).element_size()
-    model = build_empty_dit(config, "bf16" if precision == "nf4" else precision)
-    total = 0
-    for name, tensor in model.state_dict().items():
-        n = tensor.numel()
-        if precision == "nf4" and name.startswith("blocks.") and name.endswith(".weight") and tensor.ndim == 2:
-            blocks = -(-n // NF4_BLOCKSIZE)
-            # + per layer: the 16-value NF4 and 256-value absmax code tables (fp32) and ~170 bytes of packed state
-            total += (n + 1) // 2 + blocks + 4 * -(-blocks // 256) + 4 * (16 + 256) + 170
-        elif tensor.dtype in FP8_PRECISIONS.values() or name.endswith("weight_scale"):
-            total += n * tensor.element_size()
-        else:
-            total += n * element
-    return total

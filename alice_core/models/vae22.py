@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import WanVAEConfig
-from .vae import Cache, Cached, CausalConv3d, Resample, ResidualBlock, _head, _middle, _run
+from .vae_layers import Cache, Cached, CausalConv3d, Resample, ResidualBlock, _head, _middle, _run
 
 
 def patchify(video: torch.Tensor, p: int) -> torch.Tensor:

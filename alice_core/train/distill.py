@@ -198,8 +198,8 @@ class Distiller:
 
 def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str | None = None) -> Distiller:
     """A Distiller for the teacher of a model bundle, fed with rendered clips at the bundle's default size."""
-    from ..models.text_encoders import load_text_encoder
-    from ..pipeline import load_autoencoder
+    from ..loading.text_encoders import load_text_encoder
+    from ..loading.vae import load_autoencoder
 
     bundle = ModelBundle.read(teacher_bundle)
     if "teacher" not in bundle.dits:
@@ -208,10 +208,9 @@ def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str 
     rank, _ = _rank_world()
     teacher = load_dit(bundle.dits["teacher"]).float()
     autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder)
-    te = load_text_encoder(bundle.text_encoder if bundle.text_encoder == "minilm" else str(bundle.folder / bundle.text_encoder))
-    text = CachedTextEncoder(te, teacher.config.text_len)
+    text = CachedTextEncoder(load_text_encoder(bundle.text_encoder_source), teacher.config.text_len)
     d = bundle.defaults
-    data = SyntheticVideoData(autoencoder, text, size=d.get("width", 64), frames=d.get("frames", 17),
+    data = SyntheticVideoData(autoencoder, text, size=d.width, frames=d.frames,
                               rng=np.random.default_rng(cfg.seed * 1000 + rank))
     return Distiller(teacher, cfg, data, text.encode([""]), dev)
 

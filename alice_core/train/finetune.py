@@ -20,7 +20,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -32,9 +31,11 @@ import torch
 from ..bundle import ModelBundle, resolve_bundle
 from ..errors import AliceError
 from ..limits import available_bytes, check_finite
-from ..loading.lora import LORA_METADATA_KEY, apply_lora, remove_loras
+from ..loading.lora import remove_loras, with_lora, write_loras
+from ..loading.output import file_sha256
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
+from .clips import TrainingClip, fit_frames
 from .data import CachedTextEncoder, clips_to_video
 from .distill import DistillConfig, Distiller
 from .flow_matching import flow_matching_loss, sample_training_times
@@ -56,6 +57,15 @@ FinetuneProgress = Callable[[str, int, int, float], None]
 
 class FinetuneCancelled(AliceError):
     """The caller asked to stop; the run was checkpointed and calling `finetune` again resumes it."""
+
+
+class ForeignCheckpoint(AliceError):
+    """The work folder holds the checkpoint of a run with other clips, settings or base model (`path`)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} belongs to a run with other clips, settings or base model; delete it to start over "
+                         "or pass another work folder")
+        self.path = path
 
 
 @dataclass
@@ -93,74 +103,10 @@ class FinetuneConfig:
 
 
 @dataclass
-class TrainingClip:
-    frames: np.ndarray  # uint8 [F, H, W, 3]
-    caption: str
-
-
-@dataclass
 class FinetuneResult:
     student_lora: Path
     teacher_lora: Path
     losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, the losses of this call's steps
-
-
-# ------------------------------------------------------------------------------------------------- clips
-def _fit_frames(frames: np.ndarray, size: tuple[int, int], count: int, source: str) -> np.ndarray:
-    """Centre-crop to the model's aspect ratio, resize, and keep the first `count` frames."""
-    from PIL import Image
-
-    if frames.ndim != 4 or frames.shape[-1] != 3:
-        raise AliceError(f"{source}: expected frames [F, H, W, 3], got shape {tuple(frames.shape)}")
-    if frames.shape[0] < count:
-        raise AliceError(f"{source} has {frames.shape[0]} frames; the model trains on {count}: use longer clips")
-    width, height = size
-    h, w = frames.shape[1:3]
-    scale = min(w / width, h / height)
-    cw, ch = round(width * scale), round(height * scale)
-    left, top = (w - cw) // 2, (h - ch) // 2
-    out = [np.asarray(Image.fromarray(f[top:top + ch, left:left + cw]).resize((width, height), Image.BILINEAR))
-           for f in frames[:count]]
-    return np.stack(out)
-
-
-def clips_from_images(images: np.ndarray | torch.Tensor, caption: str, frames_per_clip: int) -> list[TrainingClip]:
-    """A batch of images [N, H, W, 3] (ComfyUI's IMAGE: float in [0, 1]; or uint8) cut into consecutive clips."""
-    array = images.detach().cpu().numpy() if isinstance(images, torch.Tensor) else np.asarray(images)
-    if array.dtype != np.uint8:
-        array = (np.clip(array, 0.0, 1.0) * 255).round().astype(np.uint8)
-    count = array.shape[0] // frames_per_clip
-    if count == 0:
-        raise AliceError(f"the image batch has {array.shape[0]} frames; a clip needs {frames_per_clip}")
-    return [TrainingClip(array[i * frames_per_clip:(i + 1) * frames_per_clip], caption) for i in range(count)]
-
-
-def clips_from_files(paths: Sequence[str | Path], caption: str | None = None) -> list[TrainingClip]:
-    """Video files with their captions: `caption` for all, or else a .txt file next to each video."""
-    from ..video_io import read_video
-
-    clips = []
-    for path in map(Path, paths):
-        text = caption
-        if text is None:
-            sidecar = path.with_suffix(".txt")
-            if not sidecar.exists():
-                raise AliceError(f"{path}: no caption; write it to {sidecar} or pass one caption for all clips")
-            text = sidecar.read_text().strip()
-        frames, _ = read_video(path)
-        clips.append(TrainingClip(frames, text))
-    return clips
-
-
-def clips_from_folder(folder: str | Path, caption: str | None = None) -> list[TrainingClip]:
-    """Every video (.mp4, .webm, .gif, .mov, .mkv) in a folder, sorted by name."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise AliceError(f"clip folder {folder} does not exist")
-    videos = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".mp4", ".webm", ".gif", ".mov", ".mkv"})
-    if not videos:
-        raise AliceError(f"{folder} holds no videos (.mp4, .webm, .gif, .mov, .mkv)")
-    return clips_from_files(videos, caption)
 
 
 class ClipLatents:
@@ -215,31 +161,12 @@ def check_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int
 
 
 # ------------------------------------------------------------------------------------------------- the run
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _run_fingerprint(cfg: FinetuneConfig, clips: list[TrainingClip], base_hashes: dict[str, str]) -> str:
     digest = hashlib.sha256(json.dumps({"cfg": asdict(cfg), "base": base_hashes}, sort_keys=True).encode())
     for clip in clips:
         digest.update(clip.caption.encode())
         digest.update(np.ascontiguousarray(clip.frames).tobytes())
     return digest.hexdigest()
-
-
-def _save_lora(adapters, path: Path, metadata: dict) -> Path:
-    from safetensors.torch import save_file
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(lora_state_dict(adapters), str(tmp), metadata={LORA_METADATA_KEY: json.dumps(metadata)})
-    tmp.chmod(0o644)
-    os.replace(tmp, path)
-    return path
 
 
 _PLAIN_NAME = re.compile(r"\w[\w .+-]*")  # one file name: no folders, no leading dot
@@ -282,7 +209,8 @@ def finetune(
     should_cancel: Callable[[], bool] | None = None,
 ) -> FinetuneResult:
     """Finetune bundle `model` (name or folder; None = the default model) on `clips`; writes the student LoRA to
-    `out_file` and the teacher LoRA next to it (`<name>.teacher.safetensors`). Resumes from `work_dir`.
+    `out_file` and the teacher LoRA next to it (`<name>.teacher.safetensors`) when both stages are done, never over
+    existing files. Resumes from `work_dir`. Front ends call `finetune_job.run_finetune_job` (the job's rules).
 
     Trains whatever autograd mode the caller is in: hosts such as ComfyUI run every node inside
     torch.inference_mode(), under which nothing can be trained. Every tensor of the run is made in here."""
@@ -292,8 +220,8 @@ def finetune(
 
 def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, should_cancel) -> FinetuneResult:
     from ..loading.dit import load_dit
-    from ..models.text_encoders import load_text_encoder
-    from ..pipeline import load_autoencoder
+    from ..loading.text_encoders import load_text_encoder
+    from ..loading.vae import load_autoencoder
 
     if threads:
         torch.set_num_threads(threads)
@@ -305,22 +233,20 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
     bundle = _finetunable_bundle(model)
     dev = training_device(device)
     d = bundle.defaults
-    size, frames = (d.get("width", 64), d.get("height", 64)), d.get("frames", 17)
-    fitted = [TrainingClip(_fit_frames(c.frames, size, frames, f"clip {i} ({c.caption!r})"), c.caption) for i, c in enumerate(clips)]
+    size, frames = (d.width, d.height), d.frames
+    fitted = [TrainingClip(fit_frames(c.frames, size, frames, f"clip {i} ({c.caption!r})"), c.caption) for i, c in enumerate(clips)]
 
-    base_hashes = {k: _sha256(bundle.dits[k]) for k in ("teacher", "rcm")}
+    base_hashes = {k: file_sha256(bundle.dits[k]) for k in ("teacher", "rcm")}
     fingerprint = _run_fingerprint(cfg, fitted, base_hashes)
     work_dir = Path(work_dir)
     ckpt_path = work_dir / CHECKPOINT_NAME
     state = load_checkpoint(ckpt_path) if ckpt_path.exists() else None
     if state is not None and state["fingerprint"] != fingerprint:
-        raise AliceError(f"{ckpt_path} belongs to a run with other clips, settings or base model; "
-                         "delete it to start over or pass another work folder")
+        raise ForeignCheckpoint(ckpt_path)
 
     teacher = load_dit(bundle.dits["teacher"]).float().to(dev)
     autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder)
-    te = load_text_encoder(bundle.text_encoder if bundle.text_encoder == "minilm" else str(bundle.folder / bundle.text_encoder))
-    text = CachedTextEncoder(te, teacher.config.text_len)
+    text = CachedTextEncoder(load_text_encoder(bundle.text_encoder_source), teacher.config.text_len)
     with torch.no_grad():
         latents = torch.cat([autoencoder.encode(clips_to_video(c.frames[None])) for c in fitted]).to(dev)
     tokens_per_clip = math.prod(s // p for s, p in zip(latents.shape[2:], teacher.config.patch_size))
@@ -338,14 +264,16 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
     run = _Run(cfg, ckpt_path, fingerprint, data, null_context, dev, progress, should_cancel)
 
     adapters_t = add_trainable_loras(teacher, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
-    run.train_teacher(teacher, adapters_t, bundle.defaults.get("shift", 5.0), state)
-    teacher_file = _save_lora(adapters_t, teacher_lora_path(out_file),
-                              {**metadata, "applies_to": "teacher", "base_sha256": base_hashes["teacher"]})
+    run.train_teacher(teacher, adapters_t, d.shift, state)
+    teacher_sd = lora_state_dict(adapters_t)
+    teacher_file = teacher_lora_path(out_file)
+    if not teacher_file.exists():  # a resumed run finds the one its interrupted run wrote after stage 1
+        write_loras([(teacher_file, teacher_sd,
+                      {**metadata, "applies_to": "teacher", "base_sha256": base_hashes["teacher"]})])
 
     # The finetuned teacher (adapter merged) is what the student and the critic distil from.
-    teacher_sd = lora_state_dict(adapters_t)
     remove_loras(teacher)
-    apply_lora(teacher, teacher_sd, merge=True)
+    with_lora({"teacher": teacher}, teacher_sd, copy=False, merge=True)
     student = load_dit(bundle.dits["rcm"]).float().to(dev)
     adapters_s = add_trainable_loras(student, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 1)
     # The student starts from the teacher's adapter: the student was distilled from that same base teacher, so the
@@ -355,8 +283,10 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
     add_trainable_loras(fake, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 2)
     distiller = run.train_student(teacher, student, fake, state)
     _use_ema(distiller, adapters_s)
-    student_file = _save_lora(adapters_s, out_file, {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]})
-    return FinetuneResult(student_file, teacher_file, run.losses)
+    write_loras([
+        (out_file, lora_state_dict(adapters_s), {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]}),
+    ])
+    return FinetuneResult(out_file, teacher_file, run.losses)
 
 
 def _finetunable_bundle(model: str | Path | None) -> ModelBundle:

@@ -1,36 +1,21 @@
-"""Training checkpoints written atomically and read back without unpickling code, plus device/thread setup."""
+"""Training state: the run's checkpoint (written and read by loading/: `save_atomic`, `load_checkpoint`), small
+committable resume packs, the EMA, and device setup."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import AliceError
+from ..loading.checkpoint import read_safetensors_metadata, read_state_dict
+from ..loading.checkpoint import read_training_state as load_checkpoint
+from ..loading.output import save_tensors
+from ..loading.output import save_training_state as save_atomic
 
-
-def save_atomic(obj: dict, path: str | Path) -> Path:
-    """torch.save to a temp file in the same folder, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
-def load_checkpoint(path: str | Path) -> dict:
-    if not Path(path).exists():
-        raise AliceError(f"no training checkpoint at {path}; train first (alice train teacher/distill --out {Path(path).parent})")
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise AliceError(f"{path}: cannot read training checkpoint ({str(exc).splitlines()[0][:160]}); delete it to start over") from None
+__all__ = ["EMA", "load_checkpoint", "read_resume_pack", "save_atomic", "training_device", "write_resume_pack",
+           "write_run_resume_pack"]
 
 
 def training_device(requested: str | None = None) -> torch.device:
@@ -76,35 +61,27 @@ def write_resume_pack(state: dict, folder: str | Path, networks: tuple[str, ...]
     EMA weights): a run resumed from a pack re-warms its optimiser and restarts its EMA from the current weights.
     A run resumed from its own checkpoint.pt is exact.
     """
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {f"{net}.{k}": v.to(torch.float16).contiguous() for net in networks for k, v in state[net].items()}
     tensors["torch_rng"] = state["torch_rng"]
     weights = {"model", "student", "fake", "ema", "torch_rng"}
     extra = {k: v for k, v in state.items() if k not in weights and not k.startswith("opt")}
-    tmp = folder / f".{RESUME_WEIGHTS}.tmp"
-    save_file(tensors, str(tmp), metadata={"state": json.dumps(extra), "networks": json.dumps(list(networks))})
-    tmp.chmod(0o644)
-    os.replace(tmp, folder / RESUME_WEIGHTS)
-    return folder / RESUME_WEIGHTS
+    return save_tensors(folder / RESUME_WEIGHTS, tensors,
+                        metadata={"state": json.dumps(extra), "networks": json.dumps(list(networks))})
 
 
 def read_resume_pack(folder: str | Path) -> dict:
     """The state dict `write_resume_pack` stored (weights back in fp32, no optimiser entries)."""
-    from safetensors import safe_open
-
     path = Path(folder) / RESUME_WEIGHTS
     if not path.exists():
         raise AliceError(f"no resume pack at {path}; pass the folder that holds {RESUME_WEIGHTS}")
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata()
-        state = json.loads(meta["state"])
-        for net in json.loads(meta["networks"]):
-            prefix = f"{net}."
-            state[net] = {k[len(prefix):]: f.get_tensor(k).float() for k in f.keys() if k.startswith(prefix)}
-        state["torch_rng"] = f.get_tensor("torch_rng")
+    meta, tensors = read_safetensors_metadata(path), read_state_dict(path)
+    state = json.loads(meta["state"])
+    for net in json.loads(meta["networks"]):
+        prefix = f"{net}."
+        state[net] = {k[len(prefix):]: v.float() for k, v in tensors.items() if k.startswith(prefix)}
+    state["torch_rng"] = tensors["torch_rng"]
     return state
 
 

@@ -124,7 +124,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
 
     Resumes from out_dir/checkpoint.pt when present (exact), else from `resume_pack` (a committed fp16 pack).
     A new run may start from `init_from`, the resume pack of a teacher trained at a larger temporal stride."""
-    from ..models.text_encoders import MiniLMTextEncoder
+    from ..loading.text_encoders import load_minilm
 
     if threads:
         torch.set_num_threads(threads)
@@ -173,7 +173,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         norm = cfg.latent_statistics()
 
     ae = SpaceToDepthAutoencoder(cfg.autoencoder_config(*norm))
-    text = CachedTextEncoder(MiniLMTextEncoder(), dit_cfg.text_len)
+    text = CachedTextEncoder(load_minilm(), dit_cfg.text_len)
     null_context = text.encode([""])[0]
     data = SyntheticVideoData(ae, text, size=cfg.size, frames=cfg.frames, rng=rng)
     stage = int(state.get("curriculum_stage", 0)) if state is not None else 0
@@ -297,27 +297,19 @@ def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tup
 
 def export_dit(checkpoint: str | Path, out_file: str | Path, use_ema: bool = True, dtype: torch.dtype = torch.float16) -> Path:
     """Write the (EMA) weights of a training checkpoint as an Alice DiT safetensors file with its config."""
-    from safetensors.torch import save_file
-
-    from ..loading.dit import CONFIG_METADATA_KEY
+    from ..loading.dit import write_dit
 
     state = load_checkpoint(checkpoint)
     weights = state["ema" if use_ema else "model"]
     cfg = WanDiTConfig.from_dict(state["config"]["dit"])
-    out_file = Path(out_file)
-    tmp = out_file.with_name(f".{out_file.name}.tmp")
-    save_file({k: v.to(dtype).contiguous() for k, v in weights.items()}, str(tmp),
-              metadata={CONFIG_METADATA_KEY: json.dumps(cfg.to_dict()), "step": str(state["step"])})
-    tmp.chmod(0o644)  # safetensors creates 0600 files; shipped weights must be readable by everyone
-    tmp.replace(out_file)
-    return out_file
+    return write_dit(out_file, {k: v.to(dtype) for k, v in weights.items()}, cfg, {"step": str(state["step"])})
 
 
 def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: str | Path | None = None,
                       name: str = "alice-tiny") -> Path:
     """A model bundle from a teacher run (and a distilled student run): fp16 EMA weights, the latent
     normalisation the teacher was trained with, and alice-tiny's defaults."""
-    from ..bundle import ModelBundle
+    from ..bundle import ModelBundle, ModelDefaults
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -331,10 +323,10 @@ def write_tiny_bundle(folder: str | Path, teacher_run: str | Path, student_run: 
         name=name, folder=folder, dits=dits,
         autoencoder={"type": "space_to_depth", **TeacherTrainConfig(**tcfg).autoencoder_config(mean, std).to_dict()},
         text_encoder="minilm",
-        defaults={
-            "sampler": "rcm" if "rcm" in dits else "teacher", "width": tcfg["size"], "height": tcfg["size"],
-            "frames": tcfg["frames"], "fps": 8, "teacher_steps": 50, "guidance": 3.0, "shift": tcfg["shift"],
-            "sigma_max": 80.0, "negative_prompt": "",
-        },
+        defaults=ModelDefaults(
+            sampler="rcm" if "rcm" in dits else "teacher", width=tcfg["size"], height=tcfg["size"],
+            frames=tcfg["frames"], fps=8, teacher_steps=50, guidance=3.0, shift=tcfg["shift"], sigma_max=80.0,
+            negative_prompt="",
+        ),
     )
     return bundle.write()

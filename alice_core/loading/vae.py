@@ -17,6 +17,8 @@ import torch
 
 from ..errors import AliceError
 from ..models.config import WAN22_VAE, WanVAEConfig
+from ..models.interfaces import VideoAutoencoder
+from ..models.space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from ..models.vae import WanVAE
 from .checkpoint import read_state_dict
 
@@ -295,3 +297,14 @@ def load_wan_vae(
     # assign=True adopts the loaded (possibly memory-mapped) tensors instead of copying into new ones
     model.load_state_dict({k: v.to(dtype) for k, v in state.items()}, assign=True)
     return model.eval().requires_grad_(False)
+
+
+def load_autoencoder(spec: dict, folder: Path, dtype: torch.dtype = torch.float32) -> VideoAutoencoder:
+    """A bundle's autoencoder from its model.json spec: the weight-free space-to-depth latent, or a Wan2.1 VAE file
+    (`spec["file"]`, relative to the bundle `folder`)."""
+    kind = spec.get("type")
+    if kind == "space_to_depth":
+        return SpaceToDepthAutoencoder(SpaceToDepthConfig(**{k: v for k, v in spec.items() if k != "type"}))
+    if kind == "wan_vae":
+        return load_wan_vae(folder / spec["file"], dtype=dtype)
+    raise AliceError(f"{folder / 'model.json'}: autoencoder.type must be 'space_to_depth' or 'wan_vae', got {kind!r}")
