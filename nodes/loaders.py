@@ -127,7 +127,7 @@ class AliceVAELoader(AliceNode):
         choices = [*bundled_models(), *bundle_entries(), *host.model_files("vae")]
         return {"required": {
             "vae_name": (choices, {"tooltip": "use the entry of the model you sample with"}),
-            "precision": (list(HOST_PRECISION_NAMES), {"default": "auto"}),
+            "precision": (list(HOST_PRECISION_NAMES), {"default": "auto", "tooltip": "auto: fp32 on CPU, bf16 on GPU"}),
         }}
 
     def execute(self, vae_name: str, precision: str):
