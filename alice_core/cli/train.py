@@ -32,6 +32,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--curriculum", choices=("none", "straight_first"), default="none",
                    help="straight_first: no bouncing clips until the in-training direction score reaches --curriculum-gate")
     t.add_argument("--curriculum-gate", type=float, default=0.8)
+    t.add_argument("--autocast", choices=("none", "bf16"), default="none",
+                   help="bf16: train under bf16 autocast (1.4x faster on a CPU with AVX512-BF16; on most GPUs)")
     t.add_argument("--eval-every", type=int, default=200,
                    help="score held-out SynthBench prompts with the EMA weights every N steps into metrics.csv (0: off)")
     t.add_argument("--eval-prompts", type=int, default=20)
@@ -106,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
                              min_snr_gamma=args.min_snr_gamma, eval_every=args.eval_every,
                              eval_prompts=args.eval_prompts, eval_steps=args.eval_steps,
                              latent_transform=args.latent_transform, curriculum=args.curriculum,
-                             curriculum_gate=args.curriculum_gate)
+                             curriculum_gate=args.curriculum_gate, autocast=args.autocast)
     cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                         resume_pack=args.resume_pack, init_from=args.init_from))

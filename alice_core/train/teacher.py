@@ -19,15 +19,16 @@ from ..errors import AliceError
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
 from ..models.space_to_depth import BLOCK_TRANSFORMS, SpaceToDepthAutoencoder, SpaceToDepthConfig, latent_affine
-from ..world.render import HardExampleWeights
+from ..world.render import BACKGROUND_SHADES, DIRECTIONS, HardExampleWeights, render_clip, sample_clip_spec
 from .data import CachedTextEncoder, SyntheticVideoData, clips_to_video, latent_channel_statistics, video_statistics
 from .flow_matching import LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, sample_training_times
-from .probe import MetricsLog, ProbeSettings, TrainingProbe, probe_prompts
+from .probe import OPPOSITE, MetricsLog, MotionValidation, ProbeSettings, TrainingProbe, probe_prompts
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 from .warm_start import refit_latent, regroup_temporal_stride
 
 TINY_TEXT_LEN = 32
 CURRICULA: tuple[str, ...] = ("none", "straight_first")
+AUTOCASTS: tuple[str, ...] = ("none", "bf16")
 
 
 def tiny_dit_config(in_dim: int = 48) -> WanDiTConfig:
@@ -78,6 +79,8 @@ class TeacherTrainConfig:
     latent_transform: str = "none"
     # Resume pack of a teacher at a larger temporal stride that this run started from (see warm_start.py).
     init_from: str = ""
+    # "bf16": the training forward and backward under bf16 autocast (1.4x faster on an AVX512-BF16 CPU).
+    autocast: str = "none"
     dit: dict = field(default_factory=lambda: tiny_dit_config().to_dict())
 
     def autoencoder_config(self, mean: float | list[float], std: float | list[float]) -> SpaceToDepthConfig:
@@ -104,6 +107,8 @@ class TeacherTrainConfig:
             raise AliceError(f"unknown --loss-weighting {self.loss_weighting!r}; use one of {', '.join(LOSS_WEIGHTINGS)}")
         if self.latent_transform not in BLOCK_TRANSFORMS:
             raise AliceError(f"unknown --latent-transform {self.latent_transform!r}; use one of {', '.join(BLOCK_TRANSFORMS)}")
+        if self.autocast not in AUTOCASTS:
+            raise AliceError(f"unknown --autocast {self.autocast!r}; use one of {', '.join(AUTOCASTS)}")
         if self.curriculum not in CURRICULA:
             raise AliceError(f"unknown --curriculum {self.curriculum!r}; use one of {', '.join(CURRICULA)}")
         if self.curriculum != "none" and self.eval_every <= 0:
@@ -224,7 +229,8 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
             weights = loss_weights(s, cfg.loss_weighting, cfg.min_snr_gamma)
-            loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev))
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
+                loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -267,7 +273,25 @@ def _make_probe(cfg: TeacherTrainConfig, dit_cfg: WanDiTConfig, ae: SpaceToDepth
     clips, captions = held.clips(settings.validation_clips)
     validation = (clips, ae.encode(clips_to_video(clips)), text.encode(captions))
     return TrainingProbe(settings, dit_cfg, ae, text.encode(prompts), null_context, prompts, cfg.latent_shape(), dev,
-                         validation)
+                         validation, _motion_validation(cfg, ae, text))
+
+
+def _motion_validation(cfg: TeacherTrainConfig, ae: SpaceToDepthAutoencoder, text: CachedTextEncoder,
+                       per_direction: int = 2) -> MotionValidation:
+    """Straight-moving clips on plain backgrounds, `per_direction` for each direction, from their own stream."""
+    rng = np.random.default_rng([cfg.seed, 98])
+    specs = [sample_clip_spec(rng, cfg.size, cfg.frames, HardExampleWeights(bounce=0.0), motion=d)
+             for d in DIRECTIONS for _ in range(per_direction)]
+    clips = np.stack([render_clip(spec) for spec in specs])
+    objects = [spec.objects[0] for spec in specs]
+    own = [f"a {o.colour} {o.shape} moving {o.motion}" for o in objects]
+    opposite = [f"a {o.colour} {o.shape} moving {OPPOSITE[o.motion]}" for o in objects]
+    grey = torch.tensor([BACKGROUND_SHADES[spec.background.shade] for spec in specs], dtype=torch.float32)
+    return MotionValidation(
+        latents=ae.encode(clips_to_video(clips)), own=text.encode(own), opposite=text.encode(opposite),
+        background=(grey / 127.5 - 1.0).view(-1, 1).expand(-1, 3).contiguous(),
+        axes=torch.tensor([DIRECTIONS[o.motion] for o in objects], dtype=torch.float32),
+    )
 
 
 def _warm_start(model: WanDiT, cfg: TeacherTrainConfig, pack: str | Path) -> tuple:
