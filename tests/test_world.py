@@ -63,14 +63,16 @@ def test_object_is_drawn_in_its_palette_colour_on_a_grey_background() -> None:
     assert tuple(clip[5, 2, 2]) == (BACKGROUND_SHADES["dark grey"],) * 3
 
 
-def test_palette_is_saturated_and_far_from_every_background() -> None:
-    assert len(COLOURS) == 6 and len(SHAPES) == 3
+def test_palette_is_saturated_or_white_and_far_from_every_background() -> None:
+    assert set(COLOURS) >= {"red", "orange", "yellow", "green", "cyan", "blue", "purple", "magenta", "white"}
+    assert len(SHAPES) == 3
     palette = np.array(list(COLOURS.values()), dtype=float)
-    assert np.all(palette.max(axis=1) - palette.min(axis=1) == 255)  # fully saturated
+    chroma = palette.max(axis=1) - palette.min(axis=1)
+    assert set(chroma) == {255.0, 0.0} and palette[chroma == 0].tolist() == [[255, 255, 255]]  # saturated, or white
     pairwise = np.linalg.norm(palette[:, None] - palette[None], axis=-1)
-    assert pairwise[~np.eye(6, dtype=bool)].min() >= 255
+    assert pairwise[~np.eye(len(palette), dtype=bool)].min() >= 127
     greys = np.array([[v] * 3 for v in BACKGROUND_SHADES.values()], dtype=float)
-    assert np.linalg.norm(palette[:, None] - greys[None], axis=-1).min() > 200
+    assert np.linalg.norm(palette[:, None] - greys[None], axis=-1).min() > 180
 
 
 def test_straight_motions_cross_a_good_part_of_the_frame_and_stay_inside() -> None:
@@ -210,7 +212,7 @@ def test_two_object_captions_are_not_scorable_prompts() -> None:
 
 def test_heldout_prompts_cover_every_attribute_and_are_pinned() -> None:
     heldout = synthbench_prompts("heldout")
-    assert 48 <= len(heldout) <= 72 and len(set(heldout)) == len(heldout)
+    assert 60 <= len(heldout) <= 100 and len(set(heldout)) == len(heldout)
     parsed = [parse_prompt(p) for p in heldout]
     assert {a.colour for a in parsed} == set(COLOURS)
     assert {a.shape for a in parsed} == set(SHAPES)
@@ -218,7 +220,7 @@ def test_heldout_prompts_cover_every_attribute_and_are_pinned() -> None:
     assert min(Counter(a.motion for a in parsed).values()) >= 10
     # Changing the vocabulary or the selection changes these strings, which models trained earlier may have seen:
     # update the pin only together with retraining.
-    assert hashlib.sha256("\n".join(heldout).encode()).hexdigest()[:16] == "abd113fa91f04918"
+    assert hashlib.sha256("\n".join(heldout).encode()).hexdigest()[:16] == "849815262ce29995"
 
 
 def test_train_check_prompts_are_disjoint_from_heldout() -> None:

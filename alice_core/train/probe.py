@@ -43,10 +43,11 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
 
 
 def probe_prompts(count: int = 20) -> list[str]:
-    """`count` held-out prompts spread evenly over SynthBench's 60 (every 3rd for 20: each colour and motion)."""
+    """`count` held-out prompts spread evenly over SynthBench's (every 3rd of 60, every 4.5th of 90: each colour
+    and each motion)."""
     prompts = synthbench_prompts("heldout")
-    stride = max(1, len(prompts) // count)
-    return prompts[::stride][:count]
+    count = min(count, len(prompts))
+    return [prompts[(i * len(prompts)) // count] for i in range(count)]
 
 
 @dataclass(frozen=True)

@@ -33,15 +33,18 @@ from .render import (
 
 COLOUR_WORDS: dict[str, tuple[str, ...]] = {
     "red": ("red", "crimson", "scarlet"),
+    "orange": ("orange", "amber", "tangerine"),
     "yellow": ("yellow", "golden", "lemon"),
     "green": ("green", "emerald", "lime"),
     "cyan": ("cyan", "turquoise", "aqua"),
     "blue": ("blue", "cobalt", "sapphire"),
-    "magenta": ("magenta", "purple", "violet", "fuchsia"),
+    "purple": ("purple", "violet", "indigo"),
+    "magenta": ("magenta", "pink", "fuchsia"),
+    "white": ("white", "snowy", "milky"),
 }
 # Synonyms of the UNSEEN_COLOURS: parsed like the ones above, but only clips rendered in an unseen colour are
 # captioned with them, and make_training_batch never renders one.
-UNSEEN_COLOUR_WORDS: dict[str, tuple[str, ...]] = {"orange": ("orange", "amber", "tangerine")}
+UNSEEN_COLOUR_WORDS: dict[str, tuple[str, ...]] = {"azure": ("azure", "cerulean")}
 _ALL_COLOUR_WORDS = {**COLOUR_WORDS, **UNSEEN_COLOUR_WORDS}
 SHAPE_WORDS: dict[str, tuple[str, ...]] = {
     "circle": ("circle", "ball", "disc", "dot"),
@@ -182,8 +185,8 @@ def _fixed_prompt(colour: str, shape: str, motion: str, variant: int) -> str:
 
 
 def _build_prompt_sets() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Held-out: every (colour, motion) pair with two of the three shapes (60 prompts, each colour 10x, each shape
-    20x, each motion 12x). Train-check: every (colour, motion) pair with the remaining shape (30 prompts)."""
+    """Held-out: every (colour, motion) pair with two of the three shapes (90 prompts, each colour 10x, each shape
+    30x, each motion 18x). Train-check: every (colour, motion) pair with the remaining shape (45 prompts)."""
     colours, motions = list(COLOURS), list(MOTIONS)
     heldout: list[str] = []
     train_check: list[str] = []
@@ -206,8 +209,8 @@ _HELDOUT_NORMALISED = frozenset(_normalise(p) for p in _HELDOUT_PROMPTS)
 def synthbench_prompts(split: str = "heldout") -> list[str]:
     """SynthBench's fixed single-object prompts.
 
-    "heldout": 60 exact strings training never sees (make_training_batch rejects them; see is_heldout).
-    "train_check": 30 prompts worded like training captions, for checking fit on the training distribution.
+    "heldout": 90 exact strings training never sees (make_training_batch rejects them; see is_heldout).
+    "train_check": 45 prompts worded like training captions, for checking fit on the training distribution.
     """
     if split == "heldout":
         return list(_HELDOUT_PROMPTS)
@@ -249,7 +252,7 @@ def _check_known_colour(colour: str) -> None:
         raise AliceError(f"unknown colour {colour!r}; use one of {', '.join(ALL_COLOURS)}")
 
 
-def attribute_probe_prompts(colour: str = "orange") -> list[str]:
+def attribute_probe_prompts(colour: str = "azure") -> list[str]:
     """Fixed single-object prompts (no RNG) for scoring one colour with run_synthbench: one per shape and motion
     pair (15), naming the colour with each of its synonyms in turn. render_attribute_clips never captions a clip
     with one of them, so they stay held out from a finetune on those clips."""
@@ -266,7 +269,7 @@ def render_attribute_clips(
     n: int,
     size: int = REFERENCE_SIZE,
     frames: int = REFERENCE_FRAMES,
-    colour: str = "orange",
+    colour: str = "azure",
     shapes: Sequence[str] | None = None,
     motions: Sequence[str] | None = None,
 ) -> tuple[np.ndarray, list[str]]:

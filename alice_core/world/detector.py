@@ -48,13 +48,13 @@ def _hue_degrees(rgb: np.ndarray) -> np.ndarray:
     return np.degrees(np.arctan2(math.sqrt(3) * (g - b), 2 * r - g - b)) % 360.0
 
 
-# Hues of ALL_COLOURS, the six base colours first. A base colour is judged among the six base hues only, exactly
-# as before unseen colours existed, so SynthBench numbers on the standard prompt sets do not move; an unseen colour
-# is judged among all hues, so a red or yellow object fails an orange prompt. The asymmetry: an orange object can
-# still pass a red or a yellow prompt (its 30-degree hue is about equally far from both), as it always could; that
-# is the price of unchanged base-colour numbers.
-PALETTE_HUES = _hue_degrees(np.array(list(ALL_COLOURS.values())))
+# Hues of ALL_COLOURS, the base colours first; white has no hue (see colour_classes). A base colour is judged among
+# the base colours only and an unseen colour among all, so a cyan or blue object fails an azure prompt; the price of
+# keeping base-colour numbers independent of the unseen colour: an azure object can pass a cyan or a blue prompt.
 COLOUR_NAMES = list(ALL_COLOURS)
+PALETTE_HUES = _hue_degrees(np.array(list(ALL_COLOURS.values())))
+ACHROMATIC = np.array([max(rgb) - min(rgb) < MIN_CHROMA for rgb in ALL_COLOURS.values()])  # white
+MIN_WHITE_VALUE = 160.0  # mean RGB of a grey-ish blob that counts as white; every background shade is <= 112
 
 
 @dataclass(frozen=True)
@@ -173,14 +173,18 @@ def analyse_clip(clip: np.ndarray) -> ClipAnalysis:
 
 
 def colour_classes(analysis: ClipAnalysis, palette_size: int = len(COLOURS)) -> np.ndarray:
-    """Index into COLOUR_NAMES of the nearest of its first palette_size hues (default: the six base colours) to
-    the object's hue per frame; -1 where absent or grey."""
+    """Index into COLOUR_NAMES per frame, among the first palette_size colours (default: the base colours): the
+    nearest hue for a coloured blob, white for a bright grey one; -1 where absent or dark grey."""
     classes = np.full(analysis.frames, -1)
     present = analysis.present
     rgb = analysis.colours[present]
-    hue_gap = np.abs((_hue_degrees(rgb)[:, None] - PALETTE_HUES[None, :palette_size] + 180.0) % 360.0 - 180.0)
+    chromatic_palette = np.flatnonzero(~ACHROMATIC[:palette_size])
+    hue_gap = np.abs((_hue_degrees(rgb)[:, None] - PALETTE_HUES[None, chromatic_palette] + 180.0) % 360.0 - 180.0)
     chromatic = rgb.max(axis=1) - rgb.min(axis=1) >= MIN_CHROMA
-    classes[present] = np.where(chromatic, hue_gap.argmin(axis=1), -1)
+    whites = np.flatnonzero(ACHROMATIC[:palette_size])
+    white = whites[0] if whites.size else -1
+    bright = rgb.mean(axis=1) >= MIN_WHITE_VALUE
+    classes[present] = np.where(chromatic, chromatic_palette[hue_gap.argmin(axis=1)], np.where(bright, white, -1))
     return classes
 
 
@@ -204,8 +208,8 @@ def _majority(classes: np.ndarray) -> int:
 
 
 def check_colour(analysis: ClipAnalysis, colour: str) -> bool:
-    """The object's hue, in most frames, is nearest to the intended colour's: among the base hues for a base
-    colour, among all hues for an unseen one (see PALETTE_HUES)."""
+    """The object's colour class, in most frames, is the intended colour: among the base colours for a base
+    colour, among all for an unseen one (see PALETTE_HUES)."""
     palette_size = len(COLOURS) if colour in COLOURS else len(ALL_COLOURS)
     return _majority(colour_classes(analysis, palette_size)) == COLOUR_NAMES.index(colour)
 

@@ -15,24 +15,28 @@ import numpy as np
 
 from ..errors import AliceError
 
-# Six hues 60 degrees apart at full saturation and value: as far from each other and from grey as RGB allows.
+# Eight hues at full saturation and value (30-60 degrees apart: the six 60 degrees apart plus orange between red and
+# yellow and purple between blue and magenta) and white: the colours people name first.
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (255, 0, 0),
+    "orange": (255, 128, 0),
     "yellow": (255, 255, 0),
     "green": (0, 255, 0),
     "cyan": (0, 255, 255),
     "blue": (0, 0, 255),
+    "purple": (128, 0, 255),
     "magenta": (255, 0, 255),
+    "white": (255, 255, 255),
 }
 # Colours that render, caption, parse and detect like the others but that the default training data never shows
 # (sample_clip_spec draws from COLOURS only), so a LoRA finetune can be tested on an attribute the shipped model
-# has provably never seen. Orange's hue (30 degrees) lies halfway between red and yellow.
-UNSEEN_COLOURS: dict[str, tuple[int, int, int]] = {"orange": (255, 128, 0)}
+# has provably never seen. Azure's hue (210 degrees) lies halfway between cyan and blue, 30 degrees from both.
+UNSEEN_COLOURS: dict[str, tuple[int, int, int]] = {"azure": (0, 128, 255)}
 ALL_COLOURS: dict[str, tuple[int, int, int]] = {**COLOURS, **UNSEEN_COLOURS}  # base colours first
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
 DIRECTIONS: dict[str, tuple[int, int]] = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 MOTIONS: tuple[str, ...] = (*DIRECTIONS, "bounce")
-# Grey levels: every base colour is >= 200 RGB units away from each of them (orange >= 182).
+# Grey levels: every colour is >= 180 RGB units away from each of them (orange, purple and azure 182, others >= 200).
 BACKGROUND_SHADES: dict[str, int] = {"black": 16, "charcoal": 48, "dark grey": 80, "grey": 112}
 TEXTURES: tuple[str, ...] = ("plain", "stripes", "checker")
 
