@@ -216,3 +216,72 @@ def test_straight_first_curriculum_holds_back_bounces_until_the_direction_gate(t
 def test_pack_command_keeps_its_dispatch_function(tmp_path):
     args = build_parser().parse_args(["train", "pack", str(tmp_path / "run"), str(tmp_path / "pack")])
     assert callable(args.run) and args.run_dir == str(tmp_path / "run")
+
+
+def test_per_frame_levels_equal_to_the_sample_level_give_the_same_loss_and_own_levels_reach_the_tokens():
+    from alice_core.train.flow_matching import per_frame_times
+
+    gen = torch.Generator().manual_seed(3)
+    model = WanDiT(SMALL24).init_weights().eval()
+    x0, noise = torch.randn(2, 24, 5, 8, 8, generator=gen), torch.randn(2, 24, 5, 8, 8, generator=gen)
+    ctx, s = torch.randn(2, 6, 384, generator=gen), torch.tensor([0.3, 0.9])
+    same = per_frame_times(s, 5, 0.0, 3.0, gen)
+    assert same.shape == (2, 5) and torch.equal(same, s[:, None].expand(2, 5))
+    with torch.no_grad():
+        assert torch.allclose(flow_matching_loss(model, x0, ctx, same, noise), flow_matching_loss(model, x0, ctx, s, noise),
+                              rtol=1e-5, atol=1e-6)
+    own = per_frame_times(s, 5, 1.0, 3.0, gen)
+    assert own.shape == (2, 5) and own.std(dim=1).min() > 0.01 and ((own > 0) & (own < 1)).all()
+    # Frame 0 clean, the rest pure noise: the per-token loss is the mixture of the two per-frame losses.
+    levels = torch.tensor([[0.0, 1.0, 1.0, 1.0, 1.0]] * 2)
+    with torch.no_grad():
+        mixed = flow_matching_loss(model, x0, ctx, levels, noise)
+        t = torch.tensor([[0.0] * 16 + [1000.0] * 64] * 2)
+        x_s = torch.cat([x0[:, :, :1], noise[:, :, 1:]], dim=2)
+        want = (model(x_s, t, ctx) - (noise - x0)).pow(2).mean()
+    assert torch.allclose(mixed, want, rtol=1e-5)
+
+
+def test_text_motion_px_is_zero_for_a_network_blind_to_text_and_travel_matches_the_renderer():
+    from alice_core.train.probe import ProbeSettings, TrainingProbe, object_travel
+    from alice_core.train.teacher import _motion_validation
+    from alice_core.loading.text_encoders import load_minilm
+    from alice_core.train.data import CachedTextEncoder
+    from alice_core.world.render import object_positions, render_clip, sample_clip_spec, HardExampleWeights
+
+    cfg = _config(1)
+    ae = SpaceToDepthAutoencoder(cfg.autoencoder_config(-0.5, 0.5))
+    mv = _motion_validation(cfg, ae, CachedTextEncoder(load_minilm(), 32))
+    rng = np.random.default_rng([cfg.seed, 98])  # the same clips, to compare with the renderer's own positions
+    specs = [sample_clip_spec(rng, 32, 9, HardExampleWeights(bounce=0.0), motion=d)
+             for d in ("left", "right", "up", "down") for _ in range(2)]
+    truth = []
+    for spec in specs:
+        track = object_positions(spec.objects[0], 9)
+        dx, dy = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}[spec.objects[0].motion]
+        truth.append((track[-1, 0] - track[0, 0]) * dx + (track[-1, 1] - track[0, 1]) * dy)
+    np.testing.assert_allclose(object_travel(ae.decode(mv.latents), mv.background, mv.axes).numpy(), truth, atol=0.6)
+    probe = TrainingProbe(ProbeSettings(prompts=1), SMALL24, ae, mv.own[:1], mv.own[0], ["x"], (24, 5, 16, 16),
+                          torch.device("cpu"), None, mv)
+    gen = torch.Generator().manual_seed(2)
+    weights = {k: torch.randn(v.shape, generator=gen) * 0.2 for k, v in WanDiT(SMALL24).state_dict().items()}
+    probe.model.load_state_dict(weights)
+    with torch.inference_mode():
+        reading = probe._text_motion_px()
+    assert reading != 0.0  # a random network's output depends on the prompt
+    weights = {k: torch.zeros_like(v) if "cross_attn.o." in k else v for k, v in weights.items()}
+    probe.model.load_state_dict(weights)  # no cross-attention output: the prompt cannot reach the prediction
+    with torch.inference_mode():
+        assert probe._text_motion_px() == 0.0
+
+
+def test_bf16_autocast_and_frame_noise_train_and_bad_values_name_the_flag(tmp_path):
+    run = tmp_path / "run"
+    cfg = _config(2, autocast="bf16", frame_noise_fraction=0.5)
+    cfg.eval_every = 0
+    train_teacher(cfg, run, threads=1)
+    assert load_checkpoint(run / "checkpoint.pt")["config"]["autocast"] == "bf16"
+    with pytest.raises(AliceError, match="--autocast"):
+        train_teacher(_config(1, autocast="fp8"), tmp_path / "bad", threads=1)
+    with pytest.raises(AliceError, match="--frame-noise-fraction"):
+        train_teacher(_config(1, frame_noise_fraction=2.0), tmp_path / "bad2", threads=1)

@@ -26,6 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--high-noise-fraction", type=float, default=0.0,
                    help="share of training noise levels drawn uniformly in [--high-noise-min, 1)")
     t.add_argument("--high-noise-min", type=float, default=0.8)
+    t.add_argument("--frame-noise-fraction", type=float, default=0.0,
+                   help="share of samples whose latent frames get noise levels of their own (teaches frame-to-frame motion)")
     t.add_argument("--loss-weighting", choices=("none", "min_snr"), default="none",
                    help="min_snr: Min-SNR-gamma weighting of the velocity loss")
     t.add_argument("--min-snr-gamma", type=float, default=5.0)
@@ -108,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
                              min_snr_gamma=args.min_snr_gamma, eval_every=args.eval_every,
                              eval_prompts=args.eval_prompts, eval_steps=args.eval_steps,
                              latent_transform=args.latent_transform, curriculum=args.curriculum,
-                             curriculum_gate=args.curriculum_gate, autocast=args.autocast)
+                             curriculum_gate=args.curriculum_gate, autocast=args.autocast,
+                             frame_noise_fraction=args.frame_noise_fraction)
     cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
                         resume_pack=args.resume_pack, init_from=args.init_from))

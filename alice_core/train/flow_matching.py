@@ -38,6 +38,25 @@ def sample_training_times(
     return s
 
 
+def per_frame_times(s: torch.Tensor, frames: int, fraction: float, shift: float, generator: torch.Generator | None,
+                    uniform_fraction: float = 0.0, high_noise_fraction: float = 0.0,
+                    high_noise_min: float = 0.8) -> torch.Tensor:
+    """[B, frames] noise levels: each sample's level on every latent frame, except for a `fraction` of the samples,
+    whose frames get levels of their own, drawn like the samples' (as in Diffusion Forcing, Chen et al. 2024).
+
+    Why: with one level for the whole clip a frame's content can be read from that frame alone down to s ~ 0.85,
+    so the network is rarely made to place the object in one frame from where it is in the others; alice-tiny's
+    teachers moved the object correctly inside each latent frame but not from one latent frame to the next.
+    Sampling is unchanged (one level for all frames), a case this training still covers."""
+    levels = s[:, None].expand(-1, frames).clone()
+    if fraction <= 0:
+        return levels
+    own = sample_training_times(s.shape[0] * frames, shift, generator, uniform_fraction, high_noise_fraction,
+                                high_noise_min).view(-1, frames)
+    pick = torch.rand(s.shape[0], generator=generator) < fraction
+    return torch.where(pick[:, None], own, levels)
+
+
 def loss_weights(s: torch.Tensor, weighting: str = "none", gamma: float = 5.0) -> torch.Tensor:
     """Per-sample weight of the velocity loss at noise level s.
 
@@ -52,6 +71,13 @@ def loss_weights(s: torch.Tensor, weighting: str = "none", gamma: float = 5.0) -
     raise AliceError(f"unknown loss weighting {weighting!r}; use one of {', '.join(LOSS_WEIGHTINGS)}")
 
 
+def _patch_area(model: torch.nn.Module) -> int:
+    pt, ph, pw = model.config.patch_size
+    if pt != 1:
+        raise AliceError(f"one noise level per latent frame needs a temporal patch size of 1, not {pt}")
+    return ph * pw
+
+
 def flow_matching_loss(
     model: torch.nn.Module,
     x0: torch.Tensor,
@@ -60,9 +86,16 @@ def flow_matching_loss(
     noise: torch.Tensor,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Mean squared error between the predicted and the true velocity (each sample's error times its weight)."""
-    s_b = s.view(-1, *([1] * (x0.ndim - 1)))
+    """Mean squared error between the predicted and the true velocity (each sample's error times its weight).
+
+    s: [B] one noise level per sample, or [B, F] one per latent frame (then the DiT gets one timestep per token)."""
+    if s.ndim == 2:
+        s_b = s.view(*s.shape, 1, 1).unsqueeze(1)  # [B, 1, F, 1, 1]
+        t = (s * 1000.0).repeat_interleave(x0.shape[-2] * x0.shape[-1] // _patch_area(model), dim=1)
+    else:
+        s_b = s.view(-1, *([1] * (x0.ndim - 1)))
+        t = s * 1000.0
     x_s = (1 - s_b) * x0 + s_b * noise
-    v = model(x_s, s * 1000.0, context)
+    v = model(x_s, t, context)
     per_sample = (v.float() - (noise - x0)).pow(2).flatten(1).mean(dim=1)
     return per_sample.mean() if weights is None else (weights.to(per_sample) * per_sample).mean()

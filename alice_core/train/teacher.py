@@ -21,7 +21,7 @@ from ..models.dit import WanDiT
 from ..models.space_to_depth import BLOCK_TRANSFORMS, SpaceToDepthAutoencoder, SpaceToDepthConfig, latent_affine
 from ..world.render import BACKGROUND_SHADES, DIRECTIONS, HardExampleWeights, render_clip, sample_clip_spec
 from .data import CachedTextEncoder, SyntheticVideoData, clips_to_video, latent_channel_statistics, video_statistics
-from .flow_matching import LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, sample_training_times
+from .flow_matching import LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, per_frame_times, sample_training_times
 from .probe import OPPOSITE, MetricsLog, MotionValidation, ProbeSettings, TrainingProbe, probe_prompts
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 from .warm_start import refit_latent, regroup_temporal_stride
@@ -65,6 +65,8 @@ class TeacherTrainConfig:
     # Share of training times drawn uniformly in [high_noise_min, 1) (flow_matching.sample_training_times).
     high_noise_fraction: float = 0.0
     high_noise_min: float = 0.8
+    # Share of samples whose latent frames get noise levels of their own (flow_matching.per_frame_times).
+    frame_noise_fraction: float = 0.0
     loss_weighting: str = "none"  # or "min_snr" (flow_matching.loss_weights)
     min_snr_gamma: float = 5.0
     # In-training SynthBench (probe.py) every eval_every steps with the EMA weights (0: never).
@@ -113,6 +115,8 @@ class TeacherTrainConfig:
             raise AliceError(f"unknown --curriculum {self.curriculum!r}; use one of {', '.join(CURRICULA)}")
         if self.curriculum != "none" and self.eval_every <= 0:
             raise AliceError("--curriculum advances on the in-training evaluation; set --eval-every above 0")
+        if not 0.0 <= self.frame_noise_fraction <= 1.0:
+            raise AliceError(f"--frame-noise-fraction must be in [0, 1]; got {self.frame_noise_fraction}")
         if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_min < 1.0:
             raise AliceError(f"--high-noise-fraction must be in [0, 1] and --high-noise-min in [0, 1); got "
                              f"{self.high_noise_fraction} and {self.high_noise_min}")
@@ -225,10 +229,14 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
             ctx[drop] = null_context
             s = sample_training_times(cfg.batch_size, cfg.shift, gen, cfg.uniform_time_fraction,
                                       cfg.high_noise_fraction, cfg.high_noise_min)
+            if cfg.frame_noise_fraction > 0:  # drawn only when asked, so runs without it keep their random stream
+                s = per_frame_times(s, x0.shape[2], cfg.frame_noise_fraction, cfg.shift, gen, cfg.uniform_time_fraction,
+                                    cfg.high_noise_fraction, cfg.high_noise_min)
             noise = torch.randn(x0.shape, generator=gen)
             for group in opt.param_groups:
                 group["lr"] = _lr_at(cfg, step)
             weights = loss_weights(s, cfg.loss_weighting, cfg.min_snr_gamma)
+            weights = weights.mean(dim=1) if weights.ndim == 2 else weights  # one weight per sample
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
                 loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev))
             opt.zero_grad(set_to_none=True)
