@@ -34,7 +34,7 @@ from .bundle import ModelDefaults
 from .errors import AliceError
 from .loading.output import file_sha256, place
 
-FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras")
+FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_vision")  # ComfyUI's folder names
 MODEL_ROLES = ("dit", "dit_low", "vae", "text_encoder")  # dit_low: a Wan2.2 pair's low-noise expert
 PRESET_KEYS = tuple(f.name for f in dataclasses.fields(ModelDefaults))  # a preset is a model's typed defaults
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")

@@ -149,9 +149,10 @@ class VideoPipeline:
             Experts(None, None, r.boundary)  # validates: one line naming the range
         elif r.boundary is not None:
             raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
-        if cfg.in_dim > cfg.out_dim and r.image is None:
+        use = start_image_use(cfg, self.latent_space)
+        if use == "needed" and r.image is None:
             raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
-        if cfg.in_dim == cfg.out_dim != TI2V_CHANNELS and r.image is not None:
+        if use == "none" and r.image is not None:
             raise AliceError(f"{self.name!r} is a text-to-video model: it takes no start image; drop --image")
         if cfg.out_dim != self.latent_space.latent_channels:
             raise AliceError(
@@ -256,24 +257,23 @@ class VideoPipeline:
                                               self.device, control, noise=latents)
         return result if first_frame is None else first_frame.apply(result)
 
+    def start_image_use(self, sampler: str | None = None) -> str:
+        """How the model (its `sampler`'s network, by default the default sampler's) takes a start image: see
+        `start_image_use`."""
+        sampler = sampler or self.defaults.sampler_for(self.dits)
+        dit = self.dits.get(sampler) or next(iter(self.dits.values()))
+        return start_image_use(dit_config(dit), self.latent_space)
+
     def image_condition(self, s: GenerationSettings, image: np.ndarray | torch.Tensor | None) -> ImageCondition | None:
         """What the start image gives the DiT (see `conditioning.py`); None for text-to-video."""
-        from .conditioning import FirstFrame, fit_image, image_condition
-
-        cfg = dit_config(self.dits[s.sampler])
         if image is None:
-            if cfg.in_dim > cfg.out_dim:
+            if start_image_use(dit_config(self.dits[s.sampler]), self.latent_space) == "needed":
                 raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
             return None
         if self.autoencoder is None:
             raise AliceError(f"model {self.name!r} was loaded without its autoencoder; a start image needs it")
-        start = fit_image(image, s.width, s.height).to(self.device)
-        if cfg.in_dim == cfg.out_dim:
-            return ImageCondition(first_frame=FirstFrame.encode(self.autoencoder, start))
-        if cfg.image_dim is not None:
-            check_image_encoder(self.name, cfg.image_dim, self.image_encoder)
-        clip = self.image_encoder.encode(start) if cfg.image_dim is not None else None
-        return ImageCondition(y=image_condition(self.autoencoder, start, s.frames), clip=clip)
+        return start_image_condition(self.name, dit_config(self.dits[s.sampler]), self.autoencoder,
+                                     self.image_encoder, image, s.width, s.height, s.frames, self.device)
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         """Normalised latents [1, C, F, H, W] -> frames uint8 [F, H, W, 3]."""
@@ -456,6 +456,31 @@ def _load_single_or_pair(model, low_noise_model, boundary, precision: str, devic
     if boundary is not None:
         raise AliceError("--boundary is for two-expert (Wan2.2 A14B) models: also pass --low-noise-model LOW")
     return _load_dit(model, precision, device, offload_device, runtime)
+
+
+def start_image_use(cfg, space: LatentSpace) -> str:
+    """'needed' (image-to-video: y beside the noise, in_dim > out_dim), 'optional' (Wan2.2 TI2V-5B on the Wan2.2
+    VAE's latents: the image as the first latent frame) or 'none' (text-to-video) for a DiT of architecture `cfg`
+    sampling in `space` (alice-tiny's 48-channel space-to-depth latent is no TI2V)."""
+    if cfg.in_dim > cfg.out_dim:
+        return "needed"
+    return "optional" if cfg.out_dim == TI2V_CHANNELS and space.name.startswith("Wan") else "none"
+
+
+def start_image_condition(name: str, cfg, autoencoder: VideoAutoencoder, image_encoder,
+                          image: np.ndarray | torch.Tensor, width: int, height: int, frames: int,
+                          device: torch.device | str = "cpu") -> ImageCondition:
+    """What `image` (uint8 [H, W, 3] or float [3, H, W] in [-1, 1]), fitted to width x height, gives a DiT of
+    architecture `cfg` for a video of `frames` frames: TI2V's first frame, or y (+ CLIP tokens for Wan2.1 I2V)."""
+    from .conditioning import FirstFrame, fit_image, image_condition
+
+    start = fit_image(image, width, height).to(device)
+    if cfg.in_dim == cfg.out_dim:
+        return ImageCondition(first_frame=FirstFrame.encode(autoencoder, start))
+    if cfg.image_dim is not None:
+        check_image_encoder(name, cfg.image_dim, image_encoder)
+    clip = image_encoder.encode(start) if cfg.image_dim is not None else None
+    return ImageCondition(y=image_condition(autoencoder, start, frames), clip=clip)
 
 
 def check_image_encoder(name: str, image_dim: int, encoder) -> None:

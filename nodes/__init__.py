@@ -1,6 +1,7 @@
 """Alice's ComfyUI nodes (V1 API). Imported by the package root's __init__.py; ComfyUI reads the two mappings."""
 
 from .finetune import AliceFinetune
+from .image_to_video import AliceCLIPVisionLoader, AliceStartImage
 from .loaders import AliceLoraLoader, AliceModelLoader, AliceTextEncoderLoader, AliceVAELoader
 from .sampling import AliceRCMSampler, AliceTeacherSampler, AliceTextEncode
 from .video import AliceSaveVideo, AliceVAEDecode
@@ -9,6 +10,8 @@ NODE_CLASS_MAPPINGS = {
     "AliceModelLoader": AliceModelLoader,
     "AliceTextEncoderLoader": AliceTextEncoderLoader,
     "AliceTextEncode": AliceTextEncode,
+    "AliceCLIPVisionLoader": AliceCLIPVisionLoader,
+    "AliceStartImage": AliceStartImage,
     "AliceRCMSampler": AliceRCMSampler,
     "AliceTeacherSampler": AliceTeacherSampler,
     "AliceVAELoader": AliceVAELoader,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 import torch
 
 from alice_core.errors import AliceError
+from alice_core.models.clip_vision import ClipImageEncoder
 from alice_core.models.interfaces import TextEncoder, VideoAutoencoder
 from alice_core.pipeline import Conditioning, VideoPipeline
 
@@ -34,6 +35,8 @@ SOCKET_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "ALICE_TEXT_ENCODER": (lambda v: isinstance(v, TextEncoder), "a text encoder (from Alice Text Encoder Loader)"),
     "ALICE_CONDITIONING": (lambda v: isinstance(v, Conditioning), "encoded prompts (from Alice Prompt Encode)"),
     "ALICE_VAE": (lambda v: isinstance(v, VideoAutoencoder), "an autoencoder (from Alice VAE Loader)"),
+    "ALICE_CLIP_VISION": (lambda v: isinstance(v, ClipImageEncoder), "a CLIP vision encoder (from Alice CLIP Vision "
+                                                                     "Loader)"),
     "LATENT": (_is_latent, "a video LATENT {'samples': tensor [B, C, F, H, W]}"),
     "IMAGE": (_is_image, "an IMAGE batch (float tensor [frames, height, width, 3] in 0..1)"),
 }

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from alice_core.bundle import bundled_loras, bundled_models
+from alice_core.errors import AliceError
 from alice_core.hub import load_catalogue, resolve_catalogue_model
 from alice_core.loading.precision import HOST_PRECISION_NAMES, resolve_precision
 from alice_core.loading.text_encoders import load_text_encoder
@@ -19,6 +20,7 @@ from . import host
 from .base import AliceNode
 
 CATALOGUE_PREFIX = "catalogue/"
+NO_LOW_NOISE_MODEL = "none"
 BUNDLE_FILE = "model.json"  # a folder holding this is an Alice model bundle
 HF_CONFIG_FILE = "config.json"  # a folder holding this is a transformers model (umT5)
 
@@ -47,10 +49,10 @@ def bundle_entries() -> list[str]:
 class AliceModelLoader(AliceNode):
     DISPLAY_NAME = "Alice Model Loader"
     DESCRIPTION = (
-        "Loads an Alice/Wan2.1 text-to-video DiT: the bundled alice-tiny, a model bundle (folder with model.json) "
-        "or a single Wan2.1 T2V checkpoint from models/diffusion_models, or a catalogue model. A catalogue model "
-        "missing on disk is downloaded (with its VAE and text encoder, into the standard folders) only when "
-        "download is on."
+        "Loads an Alice/Wan DiT: the bundled alice-tiny, a model bundle (folder with model.json), a single Wan "
+        "checkpoint from models/diffusion_models (text- or image-to-video), a Wan2.2 A14B pair (the high-noise file "
+        "here, the low-noise file in low_noise_model_name), or a catalogue model. A catalogue model missing on disk "
+        "is downloaded (with its VAE and text encoder, into the standard folders) only when download is on."
     )
     RETURN_TYPES = ("ALICE_MODEL",)
     RETURN_NAMES = ("model",)
@@ -71,24 +73,44 @@ class AliceModelLoader(AliceNode):
                               "block swap: keep this many DiT blocks on the GPU, stream the rest from CPU memory "
                               "(0: all blocks on the GPU)"}),
             "compile": ("BOOLEAN", {"default": False, "tooltip": "torch.compile each DiT block (slow first run)"}),
+            "low_noise_model_name": ([NO_LOW_NOISE_MODEL, *host.model_files("diffusion_models")], {
+                "default": NO_LOW_NOISE_MODEL, "tooltip": "Wan2.2 A14B: the low-noise expert's file (model_name is "
+                                                          "then the high-noise expert's); none for one DiT"}),
+            "boundary": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 0.999, "step": 0.005, "tooltip":
+                         "Wan2.2 A14B: the time (Wan's 0..1) below which the low-noise expert takes over; 0: the "
+                         "model's own (Wan: 0.875 text-to-video, 0.9 image-to-video)"}),
         }}
 
     def execute(self, model_name: str, precision: str, offload: bool, download: bool, attention: str = DEFAULT_ATTENTION,
-                blocks_on_gpu: int = 0, compile: bool = False) -> tuple[VideoPipeline]:
+                blocks_on_gpu: int = 0, compile: bool = False, low_noise_model_name: str = NO_LOW_NOISE_MODEL,
+                boundary: float = 0.0) -> tuple[VideoPipeline]:
+        low = None if low_noise_model_name == NO_LOW_NOISE_MODEL else host.model_path("diffusion_models",
+                                                                                    low_noise_model_name)
+        defaults = None
         if model_name.startswith(CATALOGUE_PREFIX):
-            files = resolve_catalogue_model(
-                model_name.removeprefix(CATALOGUE_PREFIX), download, host.download_progress(), host.model_folders()
-            )
-            source = files["dit"]
-        elif model_name in bundled_models():
-            source = model_name
+            name = model_name.removeprefix(CATALOGUE_PREFIX)
+            files = resolve_catalogue_model(name, download, host.download_progress(), host.model_folders())
+            source, defaults = files["dit"], load_catalogue().models[name].defaults
+            if "dit_low" in files:
+                if low is not None:
+                    raise AliceError(f"{model_name} is a pair and brings its own low-noise expert; set input "
+                                     f"'low_noise_model_name' to {NO_LOW_NOISE_MODEL}")
+                low = files["dit_low"]
+        elif model_name in bundled_models() or os.path.basename(model_name) == BUNDLE_FILE:
+            if low is not None:
+                raise AliceError(f"{model_name} is a model bundle; input 'low_noise_model_name' is for a single Wan2.2 "
+                                 f"high-noise file: set it to {NO_LOW_NOISE_MODEL}")
+            source = model_name if model_name in bundled_models() else host.model_path("diffusion_models", model_name)
         else:
             source = host.model_path("diffusion_models", model_name)
+        if boundary and low is None:
+            raise AliceError("input 'boundary' is for two-expert (Wan2.2 A14B) models: set it to 0, or choose the "
+                             "low-noise expert in 'low_noise_model_name'")
         device = host.compute_device()
         offload_device = host.offload_device() if offload else None
         runtime = DiTRuntime(attention, blocks_on_gpu or None, compile)
-        return (load_pipeline(source, precision, device=device, offload_device=offload_device, parts=("dits",),
-                              runtime=runtime),)
+        return (load_pipeline(source, precision, device=device, low_noise_model=low, boundary=boundary or None,
+                              offload_device=offload_device, parts=("dits",), defaults=defaults, runtime=runtime),)
 
 
 class AliceTextEncoderLoader(AliceNode):

@@ -14,6 +14,7 @@ from alice_core.sampling import RCM_MAX_STEPS
 
 from . import host
 from .base import AliceNode
+from .image_to_video import sampler_image_condition
 from .latents import to_comfy_latent
 
 MAX_SEED = 2**63 - 1  # the samplers seed a torch.Generator, which takes signed 64-bit seeds
@@ -45,9 +46,10 @@ def _size_inputs() -> dict:
 
 
 def _run_sampler(model: VideoPipeline, conditioning: Conditioning, settings: GenerationSettings) -> tuple[dict]:
-    latents = model.sample(settings, conditioning, progress=host.step_progress(settings.steps, previewer_for_space(model.latent_space)),
-                          
-                           should_cancel=host.cancel_check(), memory_words=NODE_WORDS)
+    settings, condition = sampler_image_condition(model, conditioning, settings)
+    previewer = previewer_for_space(model.latent_space)
+    latents = model.sample(settings, conditioning, progress=host.step_progress(settings.steps, previewer),
+                           should_cancel=host.cancel_check(), condition=condition, memory_words=NODE_WORDS)
     return (to_comfy_latent(latents, model.latent_space),)
 
 
@@ -75,7 +77,8 @@ def _model_inputs() -> dict:
     """The inputs both samplers start with, in this order (workflow widget values depend on it)."""
     return {
         "model": ("ALICE_MODEL", {"tooltip": "from Alice Model Loader (or Alice LoRA Loader)"}),
-        "conditioning": ("ALICE_CONDITIONING", {"tooltip": "from Alice Prompt Encode"}),
+        "conditioning": ("ALICE_CONDITIONING", {"tooltip": "from Alice Prompt Encode, or from Alice Start Image for "
+                                                           "an image-to-video model"}),
         "seed": ("INT", {"default": 0, "min": 0, "max": MAX_SEED, "control_after_generate": True,
                          "tooltip": "the starting noise: the same seed and settings make the same video"}),
     }

@@ -45,8 +45,46 @@ def load_pack(name: str = PACK_NAME):
     return pack
 
 
+class LoadImage:
+    """ComfyUI's core Load Image node (nodes.py), which the shared image-to-video workflow starts from: a file of
+    the input folder -> IMAGE [frames, H, W, 3] float32 in 0..1 (every frame of an animated file, EXIF-rotated,
+    RGB) and MASK [frames, H, W] (1 - alpha; 64x64 zeros without alpha). Its upload button adds a widget value."""
+
+    DISPLAY_NAME = "Load Image"
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("IMAGE", "MASK")
+    FUNCTION = "load_image"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict:
+        folder_paths = sys.modules.get("folder_paths")  # absent when only the widget layout is read
+        folder = Path(folder_paths.get_input_directory()) if folder_paths else None
+        files = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder and folder.is_dir() else []
+        return {"required": {"image": (files, {"image_upload": True})}}
+
+    def load_image(self, image: str) -> tuple[torch.Tensor, torch.Tensor]:
+        import numpy as np
+        from PIL import Image, ImageOps, ImageSequence
+
+        picture = Image.open(Path(sys.modules["folder_paths"].get_input_directory()) / image)
+        images, masks = [], []
+        for frame in ImageSequence.Iterator(picture):
+            frame = ImageOps.exif_transpose(frame)
+            images.append(torch.from_numpy(np.array(frame.convert("RGB")).astype(np.float32) / 255.0)[None])
+            if "A" in frame.getbands():
+                alpha = np.array(frame.getchannel("A")).astype(np.float32) / 255.0
+                masks.append(1.0 - torch.from_numpy(alpha)[None])
+            else:
+                masks.append(torch.zeros((1, 64, 64), dtype=torch.float32))
+        return torch.cat(images), torch.cat(masks)
+
+
+CORE_NODES = {"LoadImage": LoadImage}  # ComfyUI's own nodes that shared workflows use
+
+
 def node_classes() -> dict:
-    return load_pack().NODE_CLASS_MAPPINGS
+    """What the executor can run: the pack's nodes and the core nodes above."""
+    return {**load_pack().NODE_CLASS_MAPPINGS, **CORE_NODES}
 
 
 class InterruptProcessingException(BaseException):

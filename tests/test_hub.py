@@ -343,7 +343,7 @@ def test_alice_home_sets_the_standalone_root(monkeypatch, tmp_path):
     monkeypatch.delenv("ALICE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path))
     assert hub.alice_home() == tmp_path / ".cache" / "alice"
-    assert set(hub.standalone_folders()) == {"diffusion_models", "text_encoders", "vae", "loras"}
+    assert set(hub.standalone_folders()) == {"diffusion_models", "text_encoders", "vae", "loras", "clip_vision"}
 
 
 def test_catalogue_rejects_bad_entries_and_unknown_names(tmp_path, catalogue):

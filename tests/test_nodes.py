@@ -29,9 +29,11 @@ from tests.comfy_host import ComfyFolders, ComfyHost, InterruptProcessingExcepti
 ROOT = Path(__file__).resolve().parent.parent
 EXPECTED_NODES = {
     "AliceModelLoader", "AliceTextEncoderLoader", "AliceTextEncode", "AliceRCMSampler", "AliceTeacherSampler",
-    "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader", "AliceFinetune",
+    "AliceVAELoader", "AliceVAEDecode", "AliceSaveVideo", "AliceLoraLoader", "AliceFinetune", "AliceStartImage",
+    "AliceCLIPVisionLoader",
 }
-SOCKET_TYPES = {"ALICE_MODEL", "ALICE_TEXT_ENCODER", "ALICE_CONDITIONING", "ALICE_VAE", "LATENT", "IMAGE"}
+SOCKET_TYPES = {"ALICE_MODEL", "ALICE_TEXT_ENCODER", "ALICE_CONDITIONING", "ALICE_VAE", "ALICE_CLIP_VISION", "LATENT",
+                "IMAGE"}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
 
 

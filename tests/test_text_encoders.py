@@ -203,12 +203,11 @@ def test_umt5_layouts_cleaning_and_truncation(tiny_umt5):
     assert valid_lengths(long) == [512]
 
 
-def test_umt5_wan_checkpoint_file(tiny_umt5, tmp_path):
-    """Wan's single-file encoder naming, made by renaming the tiny HF model's weights."""
-    root, model, _ = tiny_umt5
+def wan_t5_state(model) -> dict[str, torch.Tensor]:
+    """A transformers UMT5 encoder's weights in the names of Wan's models_t5_umt5-xxl-enc-bf16.pth."""
     hf = model.state_dict()
     wan = {"token_embedding.weight": hf["shared.weight"], "norm.weight": hf["encoder.final_layer_norm.weight"]}
-    for i in range(2):
+    for i in range(model.config.num_layers):
         b = f"encoder.block.{i}.layer"
         wan |= {
             f"blocks.{i}.norm1.weight": hf[f"{b}.0.layer_norm.weight"],
@@ -222,6 +221,13 @@ def test_umt5_wan_checkpoint_file(tiny_umt5, tmp_path):
             f"blocks.{i}.ffn.fc1.weight": hf[f"{b}.1.DenseReluDense.wi_1.weight"],
             f"blocks.{i}.ffn.fc2.weight": hf[f"{b}.1.DenseReluDense.wo.weight"],
         }
+    return wan
+
+
+def test_umt5_wan_checkpoint_file(tiny_umt5, tmp_path):
+    """Wan's single-file encoder naming, made by renaming the tiny HF model's weights."""
+    root, model, _ = tiny_umt5
+    wan = wan_t5_state(model)
     file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
     torch.save(wan, file)
     from_file = load_umt5(file, tokenizer_path=root / "tokenizer")

@@ -20,7 +20,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from alice_core.train.finetune import CHECKPOINT_NAME
 from alice_core.video_io import read_video_metadata, write_video
 from webui.app import EXAMPLE_PROMPT, serve
-from webui.studio import MAX_FINETUNE_STEPS, Studio
+from webui.studio import MAX_FINETUNE_STEPS, START_IMAGE_NAME, Studio
 
 from tests.bundles import random_tiny_bundle
 
@@ -40,6 +40,7 @@ def studio(tmp_path_factory):
     random_tiny_bundle(models / "random-test")  # a second model with a teacher and a student
     # Steps slow enough to watch a run's progress and cancel it mid-way (about 0.1-0.2 s each on one CPU core).
     random_tiny_bundle(models / "slow-test", dim=384, num_layers=6, name="slow-test")
+    random_tiny_bundle(models / "i2v-test", name="i2v-test", image_to_video=True)  # takes a start image
     return Studio(tmp_path_factory.mktemp("out"), models_dir=models)
 
 
@@ -339,3 +340,36 @@ def test_a_finetune_is_one_lora_entry_and_zero_steps_are_refused(browser, url, s
     click(browser, box)
     options = WebDriverWait(browser, 10).until(lambda b: [o.text for o in b.find_elements(By.CSS_SELECTOR, "[role=option]")])
     assert "pair.safetensors" in options and not any("teacher" in o for o in options), options
+
+
+def test_the_start_image_upload_shows_for_an_image_to_video_model_and_reaches_the_video(browser, url, studio,
+                                                                                        tmp_path):
+    from PIL import Image
+
+    sized(browser, url, (1400, 1000))
+    upload = browser.find_element(By.CSS_SELECTOR, "#start-image")
+    assert not upload.is_displayed()  # the bundled text-to-video model takes no start image
+    pick(browser, "model", "local/i2v-test")
+    seen_text(browser, "#model-info", "image to video (upload a start image)")
+    label = seen_text(browser, "#start-image", "Start image (this model needs one)")
+    click_generate(browser)  # without a picture: the status says what to do
+    seen_text(browser, "#generate-status", "i2v-test is an image-to-video model: upload a start image")
+    before = set(studio.output_dir.glob("*.mp4"))
+
+    picture = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(picture)
+    label.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(picture))
+    preview = WebDriverWait(browser, 30).until(lambda b: next(
+        (i for i in b.find_elements(By.CSS_SELECTOR, "#start-image img") if b.execute_script(SEEN, i, label)),
+        False))
+    assert browser.execute_script("return arguments[0].naturalWidth", preview) == 64  # the picture itself shows
+    click_generate(browser)
+    seen_text(browser, "#generate-status", "Done:", timeout=120)
+    [made] = set(studio.output_dir.glob("*.mp4")) - before
+    assert read_video_metadata(made)["image"] == START_IMAGE_NAME and read_video_metadata(made)["model"] == "i2v-test"
+    video = browser.find_element(By.CSS_SELECTOR, "#output-video video")
+    assert video.get_attribute("src").endswith(made.name) and seen(browser, video)
+
+    pick(browser, "model", "local/random-test")  # a text-to-video model again: the upload goes away
+    seen_text(browser, "#model-info", "random-test:")
+    WebDriverWait(browser, 30).until(lambda _: not browser.find_element(By.CSS_SELECTOR, "#start-image").is_displayed())

@@ -14,7 +14,6 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # a local app: no us
 
 import random
 import tempfile
-import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -27,7 +26,7 @@ from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
-from .feedback import ErrorNotes, whole_number
+from .feedback import CancelFlags, ErrorNotes, whole_number
 from .finetune_tab import build_finetune_tab, lora_choices
 from .models import default_frames, default_size, frame_presets, size_presets
 from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
@@ -44,31 +43,6 @@ CSS = """
 .alice-video video { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .alice-status { min-height: 4.5em; }
 """
-
-
-class CancelFlags:
-    """One flag per browser session, read by the pipeline between steps (Gradio cannot stop a running thread)."""
-
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        with self._lock:
-            self._flags[session] = flag = threading.Event()
-        return flag
-
-    def finish(self, session: str, flag: threading.Event) -> None:
-        with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
-
-    def cancel(self, session: str) -> bool:
-        with self._lock:
-            flag = self._flags.get(session)
-        if flag is not None:
-            flag.set()
-        return flag is not None
 
 
 def _model_choices(studio: Studio) -> list[tuple[str, str]]:
@@ -89,7 +63,22 @@ def _compare_note(pipe: VideoPipeline) -> str:
 def _model_info(pipe: VideoPipeline) -> str:
     width, height = default_size(pipe)
     samplers = ", ".join(SAMPLERS_TEXT.get(s, s) for s in pipe.dits)
-    return f"**{pipe.name}**: {samplers}; default {width}x{height}, {default_frames(pipe)} frames."
+    kind = START_IMAGE_NOTES[pipe.start_image_use()]
+    return f"**{pipe.name}**: {kind}; {samplers}; default {width}x{height}, {default_frames(pipe)} frames."
+
+
+# What the model does with a start image (pipeline.start_image_use), as the model line says it.
+START_IMAGE_NOTES = {"needed": "image to video (upload a start image)", "optional": "text or image to video (start "
+                     "image optional)", "none": "text to video"}
+START_IMAGE_LABELS = {"needed": "Start image (this model needs one)", "optional": "Start image (optional)"}
+
+
+def _start_image_update(pipe: VideoPipeline) -> dict:
+    """Shown only for a model that takes a start image; a text-to-video model's stays hidden and empty."""
+    use = pipe.start_image_use()
+    if use == "none":
+        return gr.update(visible=False, value=None)
+    return gr.update(visible=True, label=START_IMAGE_LABELS[use])
 
 
 class _Handlers:
@@ -102,13 +91,14 @@ class _Handlers:
         self.errors = ErrorNotes(studio)
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
-             fps, lora, lora_strength) -> Job:
+             fps, lora, lora_strength, start_image) -> Job:
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         seed = whole_number("Seed", seed, 0, MAX_SEED)
         return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
                    frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision,
-                   lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0))
+                   lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0),
+                   image=start_image)
 
     def _run(self, session: str, progress: gr.Progress, work):
         """work(progress_fn, should_cancel) under this session's cancel flag; None when cancelled."""
@@ -132,12 +122,12 @@ class _Handlers:
         return history
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                 randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
+                 randomize_seed, size, frames, fps, lora, lora_strength, start_image, history, request: gr.Request,
                  progress=gr.Progress()):
         with self.errors.noted(request):
             steps = student_steps if sampler == "rcm" else teacher_steps
             job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
-                            frames, fps, lora, lora_strength)
+                            frames, fps, lora, lora_strength, start_image)
             result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
         if result is None:
             return [gr.skip()] * 5 + [CANCELLED_TEXT]
@@ -146,11 +136,11 @@ class _Handlers:
         return str(result.path), result.summary(), job.seed, history, history, done
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                randomize_seed, size, frames, fps, lora, lora_strength, history, request: gr.Request,
+                randomize_seed, size, frames, fps, lora, lora_strength, start_image, history, request: gr.Request,
                 progress=gr.Progress()):
         with self.errors.noted(request):
             job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
-                            fps, lora, lora_strength)
+                            fps, lora, lora_strength, start_image)
             pair = self._run(request.session_hash, progress,
                              lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
         if pair is None:
@@ -197,6 +187,7 @@ class _Handlers:
             ui.sampler: gr.update(choices=[(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe)),
             ui.student_steps: gr.update(visible="rcm" in pipe.dits),
             ui.teacher_steps: gr.update(visible="teacher" in pipe.dits, value=_teacher_steps(pipe)),
+            ui.start_image: _start_image_update(pipe),
         }
 
     def refresh(self, model):
@@ -251,6 +242,10 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                         ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     # Progress, the outcome and errors show here, next to the buttons, at any window size.
                     ui.status = gr.Markdown("", elem_id="generate-status", elem_classes="alice-status")
+                    use = pipe.start_image_use()
+                    ui.start_image = gr.Image(label=START_IMAGE_LABELS.get(use, "Start image"), type="numpy",
+                                              image_mode="RGB", sources=["upload", "clipboard"], height=200,
+                                              visible=use != "none", elem_id="start-image")
                     ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt)
                     with gr.Row():
                         # No min/max here: the handler's check names the field (Gradio's own does not).
@@ -305,7 +300,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
         inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
                   ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, ui.lora, ui.lora_strength,
-                  history]
+                  ui.start_image, history]
         # Generation and comparison share one queue slot: one job at a time on the device. Progress and errors show
         # on the status block only, so an error leaves the last video, its settings and the gallery as they were.
         gen_event = ui.generate.click(
@@ -322,7 +317,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         # cancels= drops this session's waiting jobs; the flag stops a running one at the next step.
         ui.cancel.click(h.cancel, None, [ui.status], api_name="cancel", cancels=[gen_event, cmp_event], queue=False)
         model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
-                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps]
+                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.start_image]
         for control in (ui.model, ui.precision):
             control.change(h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private",
                            concurrency_id="loading")

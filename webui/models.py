@@ -38,6 +38,8 @@ class ModelChoice:
     description: str = ""
     vae: str | None = None      # catalogue models: the Wan VAE and text encoder beside the DiT file
     text_encoder: str | None = None
+    low_noise_model: str | None = None  # a catalogue Wan2.2 pair's low-noise expert
+    defaults: dict | None = None        # a catalogue model's preset (steps, sigma_max, boundary, size, ...)
 
     @property
     def available(self) -> bool:
@@ -59,8 +61,9 @@ def _catalogue_choice(model) -> ModelChoice:
         paths = resolve_catalogue_model(model.name, download=False)
     except AliceError:
         return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, None, model.description)
+    low = str(paths["dit_low"]) if "dit_low" in paths else None
     return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, str(paths["dit"]), model.description,
-                       str(paths["vae"]), str(paths["text_encoder"]))
+                       str(paths["vae"]), str(paths["text_encoder"]), low, model.defaults)
 
 
 def list_model_choices(models_dir: Path, extra: dict[str, Path] | None = None) -> list[ModelChoice]:
@@ -113,7 +116,8 @@ class PipelineCache:
             while len(self._pipes) >= self.max_items:
                 self._pipes.popitem(last=False)
             pipe = load_pipeline(choice.source, precision=precision, vae=choice.vae, text_encoder=choice.text_encoder,
-                                 device=self.device, runtime=self.runtime)
+                                 device=self.device, low_noise_model=choice.low_noise_model,
+                                 defaults=choice.defaults, runtime=self.runtime)
             self._pipes[key] = pipe
             return pipe
 

@@ -15,11 +15,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
 from alice_core.limits import APP_WORDS
 from alice_core.loading.lora import lora_samplers
 from alice_core.models.runtime import DiTRuntime
+from alice_core.generation import dit_config
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS
 from alice_core.train.clips import clips_from_files
@@ -43,6 +46,7 @@ MAX_FINETUNE_CLIPS = 100
 MAX_FINETUNE_RANK = 128
 MAX_FINETUNE_BATCH = 32
 LORA_SUFFIX = ".safetensors"
+START_IMAGE_NAME = "uploaded start image"  # what the video's metadata records as its image
 NETWORK_NAMES = {"rcm": "4-step student", "teacher": "teacher"}
 
 
@@ -62,6 +66,7 @@ class Job:
     precision: str = "fp32"
     lora: str = ""              # a name from Studio.lora_names(); "" means none
     lora_strength: float = 1.0
+    image: np.ndarray | None = None  # image-to-video: the uploaded start picture (uint8 [H, W, 3])
 
 
 @dataclass
@@ -165,9 +170,11 @@ class Studio:
             raise AliceError(f"teacher steps must be 1..{MAX_TEACHER_STEPS_UI} in the app, got {job.steps}")
         if sampler == "rcm" and job.steps is not None and not 1 <= job.steps <= RCM_MAX_STEPS:
             raise AliceError(f"student steps must be 1..{RCM_MAX_STEPS}, got {job.steps}")
+        check_start_image(job, pipe, sampler)
         settings = GenerationSettings(
             prompt=job.prompt, negative_prompt=job.negative_prompt or None, seed=int(job.seed), sampler=sampler,
             steps=job.steps, width=width, height=height, frames=frames, fps=job.fps,
+            image=START_IMAGE_NAME if job.image is not None else None,
         )
         resolved = pipe.resolve(settings)
         pipe.check_memory(resolved, words=APP_WORDS)  # refused in the app's words before the job starts
@@ -234,7 +241,7 @@ class Studio:
     ) -> Result:
         start = time.perf_counter()
         report = (lambda done, total, _x0: progress(done, total, label)) if progress else None
-        video = pipe.generate(settings, progress=report, should_cancel=should_cancel)
+        video = pipe.generate(settings, progress=report, should_cancel=should_cancel, image=job.image)
         path = pipe.save(video, unique_path(self.output_dir, "alice", ".mp4"))
         return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
 
@@ -334,6 +341,26 @@ class Studio:
             except ForeignCheckpoint:
                 raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
                                  "or model; tick 'Start over' to discard it, or choose another name") from None
+
+
+def check_start_image(job: Job, pipe: VideoPipeline, sampler: str | None) -> None:
+    """The start image as the model takes it, in the app's words: needed (image-to-video), refused (text-to-video),
+    a Wan2.1 I2V model refused as the app loads no CLIP vision encoder."""
+    use = pipe.start_image_use(sampler)
+    if use == "needed" and job.image is None:
+        raise AliceError(f"{pipe.name} is an image-to-video model: upload a start image (Start image, under the "
+                         "prompt)")
+    if use == "none" and job.image is not None:
+        raise AliceError(f"{pipe.name} is a text-to-video model and takes no start image; remove the picture from "
+                         "Start image")
+    if use == "needed" and pipe.image_encoder is None and needs_clip_vision(pipe, sampler):
+        raise AliceError(f"{pipe.name} is a Wan2.1 image-to-video model and needs the CLIP vision encoder, which the "
+                         "app does not load; use alice generate --clip-vision or ComfyUI")
+
+
+def needs_clip_vision(pipe: VideoPipeline, sampler: str | None = None) -> bool:
+    sampler = sampler or pipe.defaults.sampler_for(pipe.dits)
+    return dit_config(pipe.dits.get(sampler) or next(iter(pipe.dits.values()))).image_dim is not None
 
 
 def _student_of(name: str) -> str:

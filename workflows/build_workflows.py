@@ -30,12 +30,16 @@ class Node:
 
 
 def load_node_mappings() -> dict:
-    """The pack loaded the way ComfyUI loads it: as a package from its root __init__.py."""
+    """The pack loaded the way ComfyUI loads it (as a package from its root __init__.py), and the ComfyUI core nodes
+    the graphs use, as the tests' model of ComfyUI declares them."""
     spec = importlib.util.spec_from_file_location("alice_comfy_pack", ROOT / "__init__.py")
     pack = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = pack
     spec.loader.exec_module(pack)
-    return pack.NODE_CLASS_MAPPINGS
+    sys.path.insert(0, str(ROOT))
+    from tests.comfy_host import CORE_NODES
+
+    return {**pack.NODE_CLASS_MAPPINGS, **CORE_NODES}
 
 
 def is_widget(spec: tuple) -> bool:
@@ -93,6 +97,8 @@ def to_ui(nodes: list[Node], mappings: dict) -> dict:
                 widgets.append(node.inputs[name])
                 if len(spec) > 1 and spec[1].get("control_after_generate"):
                     widgets.append("fixed")  # the seed widget's "control after generate": keep shared seeds
+                if len(spec) > 1 and spec[1].get("image_upload"):
+                    widgets.append("image")  # Load Image's upload button stores this value
         ui_nodes.append({
             "id": node.id,
             "type": node.type,
@@ -128,7 +134,7 @@ def to_ui(nodes: list[Node], mappings: dict) -> dict:
 # ---------------------------------------------------------------- the graphs
 
 MODEL = {"model_name": "alice-tiny", "precision": "auto", "offload": False, "download": False, "attention": "sdpa",
-         "blocks_on_gpu": 0, "compile": False}
+         "blocks_on_gpu": 0, "compile": False, "low_noise_model_name": "none", "boundary": 0.0}
 TEXT_ENCODER = {"text_encoder": "minilm", "precision": "auto", "device": "default"}
 VAE = {"vae_name": "alice-tiny", "precision": "auto"}
 DECODE = {"tiled": False, "tile_size": 256, "overlap": 64}
@@ -207,11 +213,37 @@ def finetune() -> list[Node]:
     ]
 
 
+# The TurboWan2.2 I2V A14B pair of the catalogue, with its Wan2.1 VAE and umT5, under their ComfyUI file names; the
+# start picture is ComfyUI's own input/example.png. The preset: 4 steps, sigma_max 200, boundary 0.9, 1280x720.
+I2V_MODEL = {**MODEL, "model_name": "TurboWan2.2-I2V-A14B-high-720P.pth", "precision": "auto",
+             "low_noise_model_name": "TurboWan2.2-I2V-A14B-low-720P.pth", "boundary": 0.9}
+I2V_SAMPLER = {"steps": 4, "width": 1280, "height": 720, "frames": 81, "sigma_max": 200.0, "mode": "sde"}
+
+
+def i2v_a14b() -> list[Node]:
+    """Image-to-video with a Wan2.2 A14B pair: Load Image -> Alice Start Image -> rCM sampler (both experts)."""
+    return [
+        Node(1, "AliceModelLoader", I2V_MODEL, (0, 0), "Alice Model Loader (TurboWan2.2 I2V A14B pair)"),
+        Node(2, "AliceTextEncoderLoader", {**TEXT_ENCODER, "text_encoder": "models_t5_umt5-xxl-enc-bf16.pth"},
+             (0, 420)),
+        Node(3, "AliceTextEncode", {"text_encoder": (2, 0), "positive": "the camera slowly pushes in as the scene "
+                                                                        "comes to life", "negative": ""}, (360, 420)),
+        Node(4, "AliceVAELoader", {**VAE, "vae_name": "Wan2.1_VAE.pth"}, (0, 620)),
+        Node(5, "LoadImage", {"image": "example.png"}, (0, 800)),
+        Node(6, "AliceStartImage", {"conditioning": (3, 0), "vae": (4, 0), "start_image": (5, 0)}, (360, 640)),
+        Node(7, "AliceRCMSampler", {"model": (1, 0), "conditioning": (6, 0), "seed": 42, **I2V_SAMPLER}, (720, 0)),
+        Node(8, "AliceVAEDecode", {"vae": (4, 0), "samples": (7, 0), **DECODE}, (1080, 0)),
+        Node(9, "AliceSaveVideo", {"images": (8, 0), **SAVE, "fps": 16, "filename_prefix": "video/alice_i2v"},
+             (1440, 0)),
+    ]
+
+
 WORKFLOWS = {
     "alice_t2v_4step": t2v_4step,
     "alice_teacher_vs_student": teacher_vs_student,
     "alice_lora": lora,
     "alice_finetune": finetune,
+    "alice_i2v_a14b": i2v_a14b,
 }
 
 
