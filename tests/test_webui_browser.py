@@ -342,16 +342,26 @@ def test_a_finetune_is_one_lora_entry_and_zero_steps_are_refused(browser, url, s
     assert "pair.safetensors" in options and not any("teacher" in o for o in options), options
 
 
+def start_image_shown(browser) -> bool:
+    """The upload is on the page and displayed (Gradio leaves a hidden component out of the page)."""
+    return any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, "#start-image"))
+
+
 def test_the_start_image_upload_shows_for_an_image_to_video_model_and_reaches_the_video(browser, url, studio,
                                                                                         tmp_path):
     from PIL import Image
 
     sized(browser, url, (1400, 1000))
-    upload = browser.find_element(By.CSS_SELECTOR, "#start-image")
-    assert not upload.is_displayed()  # the bundled text-to-video model takes no start image
+    WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#model input")))
+    assert not start_image_shown(browser)  # the bundled text-to-video model takes no start image
     pick(browser, "model", "local/i2v-test")
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"), "i2v-test:"))
+    info = browser.find_element(By.CSS_SELECTOR, "#model-info")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", info)  # the upload pushed it down
     seen_text(browser, "#model-info", "image to video (upload a start image)")
-    label = seen_text(browser, "#start-image", "Start image (this model needs one)")
+    label = browser.find_element(By.CSS_SELECTOR, "#start-image")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", label)
+    seen_text(browser, "#start-image", "Start image (this model needs one)")
     click_generate(browser)  # without a picture: the status says what to do
     seen_text(browser, "#generate-status", "i2v-test is an image-to-video model: upload a start image")
     before = set(studio.output_dir.glob("*.mp4"))
@@ -371,5 +381,5 @@ def test_the_start_image_upload_shows_for_an_image_to_video_model_and_reaches_th
     assert video.get_attribute("src").endswith(made.name) and seen(browser, video)
 
     pick(browser, "model", "local/random-test")  # a text-to-video model again: the upload goes away
-    seen_text(browser, "#model-info", "random-test:")
-    WebDriverWait(browser, 30).until(lambda _: not browser.find_element(By.CSS_SELECTOR, "#start-image").is_displayed())
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"), "random-test:"))
+    WebDriverWait(browser, 30).until(lambda _: not start_image_shown(browser))

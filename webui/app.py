@@ -82,7 +82,8 @@ def _start_image_update(pipe: VideoPipeline) -> dict:
 
 
 class _Handlers:
-    """The event handlers. Their parameter names are the public API names (gradio_client keyword arguments)."""
+    """The event handlers. Their parameter names are the public API names (gradio_client keyword arguments); a
+    parameter with a default may be left out by an API client (start_image: text-to-video needs none)."""
 
     def __init__(self, studio: Studio, ui: SimpleNamespace) -> None:
         self.studio = studio
@@ -122,8 +123,8 @@ class _Handlers:
         return history
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                 randomize_seed, size, frames, fps, lora, lora_strength, start_image, history, request: gr.Request,
-                 progress=gr.Progress()):
+                 randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, history=None,
+                 request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             steps = student_steps if sampler == "rcm" else teacher_steps
             job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
@@ -136,8 +137,8 @@ class _Handlers:
         return str(result.path), result.summary(), job.seed, history, history, done
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                randomize_seed, size, frames, fps, lora, lora_strength, start_image, history, request: gr.Request,
-                progress=gr.Progress()):
+                randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, history=None,
+                request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
                             fps, lora, lora_strength, start_image)
