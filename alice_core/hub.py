@@ -6,7 +6,7 @@ mean what they mean everywhere else. A transfer writes to a hidden `.NAME.<etag>
 and resumes from it after an interruption (within a run and across runs); the file is renamed into place only when
 its size and sha256 are right, and deleted when they are not.
 
-Folders follow ComfyUI's names (diffusion_models, text_encoders, vae, loras). Standalone Alice keeps them under
+Folders follow ComfyUI's names (diffusion_models, text_encoders, vae, loras, clip_vision). Standalone Alice keeps them under
 $ALICE_HOME (default ~/.cache/alice); ComfyUI nodes pass ComfyUI's own folder paths in `folders` (this module
 never imports ComfyUI).
 """

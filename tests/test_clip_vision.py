@@ -84,3 +84,45 @@ def test_wan21_i2v_through_the_cli(clip_files, tiny_umt5, tmp_path, capsys):  # 
     out = tmp_path / "i2v.mp4"
     assert main([*base, "-o", str(out), "--clip-vision", str(root / "clip_vision_tiny.safetensors")]) == 0, capsys.readouterr().err
     assert read_video_metadata(out)["image"] == "start.png"
+
+
+def open_clip_state(model) -> dict[str, torch.Tensor]:
+    """transformers' CLIPVisionModel weights in Wan's open-clip layout (wan/modules/clip.py VisionTransformer under
+    `visual.`), with a text-tower key and the projection head beside them as in Wan's file."""
+    hf = {k.removeprefix("vision_model."): v for k, v in model.state_dict().items()}
+    state = {"visual.patch_embedding.weight": hf["embeddings.patch_embedding.weight"],
+             "visual.cls_embedding": hf["embeddings.class_embedding"].reshape(1, 1, -1),
+             "visual.pos_embedding": hf["embeddings.position_embedding.weight"][None],
+             "visual.head": torch.randn(WIDTH, 16), "textual.token_embedding.weight": torch.randn(10, 8),
+             "log_scale": torch.tensor(2.0)}
+    for ours, theirs in (("pre_norm", "pre_layrnorm"), ("post_norm", "post_layernorm")):
+        state |= {f"visual.{ours}.{p}": hf[f"{theirs}.{p}"] for p in ("weight", "bias")}
+    for i in range(model.config.num_hidden_layers):
+        layer = f"encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            state[f"visual.transformer.{i}.attn.to_qkv.{p}"] = torch.cat(
+                [hf[f"{layer}self_attn.{x}_proj.{p}"] for x in "qkv"])
+            pairs = (("norm1", "layer_norm1"), ("norm2", "layer_norm2"), ("attn.proj", "self_attn.out_proj"),
+                     ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2"))
+            state |= {f"visual.transformer.{i}.{ours}.{p}": hf[f"{layer}{theirs}.{p}"] for ours, theirs in pairs}
+    return state
+
+
+def test_wans_open_clip_pth_gives_the_same_tokens_as_transformers(clip_files, tmp_path):
+    _, model = clip_files
+    state = open_clip_state(model)
+    # the fused rows read as Wan's SelfAttention reads them: to_qkv(x).view(b, s, 3, heads, head_dim).unbind(2)
+    x = torch.randn(1, 3, WIDTH)
+    heads = model.config.num_attention_heads
+    fused = F.linear(x, state["visual.transformer.0.attn.to_qkv.weight"], state["visual.transformer.0.attn.to_qkv.bias"])
+    q, k, v = fused.view(1, 3, 3, heads, WIDTH // heads).unbind(2)
+    attn = next(m for n, m in model.named_modules() if n.endswith("encoder.layers.0.self_attn"))  # 4 and 5 names
+    with torch.no_grad():
+        for got, proj in ((q, attn.q_proj), (k, attn.k_proj), (v, attn.v_proj)):
+            torch.testing.assert_close(got.reshape(1, 3, WIDTH), proj(x))
+    path = tmp_path / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth"
+    torch.save(state, path)
+    image = torch.rand(1, 3, 40, 56, generator=torch.Generator().manual_seed(2)) * 2 - 1
+    encoder = load_clip_vision(path)
+    assert encoder.width == WIDTH and encoder.model.config.num_hidden_layers == model.config.num_hidden_layers
+    assert (encoder.encode(image) - reference_tokens(model, image)).abs().max() < 1e-5

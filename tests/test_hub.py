@@ -377,6 +377,10 @@ def test_packaged_catalogue_has_the_models_the_project_promises():
     assert {k: pair.defaults[k] for k in ("rcm_steps", "sigma_max", "boundary", "width", "height")} == {
         "rcm_steps": 4, "sigma_max": 200.0, "boundary": 0.9, "width": 1280, "height": 720}
     assert catalogue.files["wan2.2-vae"].filename == "Wan2.2_VAE.pth"
+    # Wan2.1 I2V's CLIP vision encoder in both shipped forms, into ComfyUI's clip_vision folder
+    assert {(f.filename.rsplit("/", 1)[-1], f.folder) for f in catalogue.files.values() if "clip" in f.name} == {
+        ("clip_vision_h.safetensors", "clip_vision"), ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
+                                                        "clip_vision")}
     assert {"rcm-wan2.1-t2v-14b", "rcm-wan2.1-t2v-14b-hd720", "turbowan2.1-t2v-14b"} <= set(catalogue.models)
     # Alice's umT5 loader finds the tokenizer in google/umt5-xxl/ beside the encoder file.
     standalone = catalogue.expand(["rcm-wan2.1-t2v-1.3b"])
