@@ -73,12 +73,15 @@ def fit_latent_rgb(autoencoder: VideoAutoencoder, latents: torch.Tensor) -> Late
 
 
 def exact_previewer(autoencoder: VideoAutoencoder) -> Previewer:
-    """Decode the middle latent frame with the autoencoder itself (for cheap autoencoders)."""
+    """A frame of the autoencoder's own decode (for cheap autoencoders): the first frame of the middle latent
+    frame's block, decoded after the latent frame before it, as a causal decoder needs (a later latent frame
+    decoded alone would be taken for the video's first, which stands for one frame only)."""
 
     def preview(x0: torch.Tensor) -> np.ndarray:
+        mid = x0.shape[2] // 2
         with torch.no_grad():
-            video = autoencoder.decode(_middle_frame(x0).float())
-        return _to_uint8(video[0, :, 0])
+            video = autoencoder.decode(x0[:1, :, max(mid - 1, 0) : mid + 1].float())
+        return _to_uint8(video[0, :, min(mid, 1)])
 
     return preview
 

@@ -37,12 +37,12 @@ def test_fit_recovers_an_exactly_linear_decoder():
     assert torch.allclose(predicted[0], torch.from_numpy(target).float(), atol=1e-4)
 
 
-def test_exact_preview_is_the_decode_of_the_middle_frame():
+def test_exact_preview_is_a_frame_of_the_whole_decode():
     ae = SpaceToDepthAutoencoder(SpaceToDepthConfig())
     latents = world_latents(ae, clips=1, size=32)
     image = exact_previewer(ae)(latents)
-    mid = latents.shape[2] // 2
-    expected = ((ae.decode(latents[:, :, mid : mid + 1])[0, :, 0].clamp(-1, 1) + 1) * 127.5).round()
+    mid = latents.shape[2] // 2  # the first frame of the middle latent frame's block of the decoded video
+    expected = ((ae.decode(latents)[0, :, 1 + (mid - 1) * ae.temporal_stride] + 1) * 127.5).round()
     assert image.shape == (32, 32, 3) and image.dtype == np.uint8
     assert np.array_equal(image, expected.permute(1, 2, 0).numpy().astype(np.uint8))
     # from the latent space alone (a ComfyUI sampler node) the same preview

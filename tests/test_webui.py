@@ -121,6 +121,18 @@ def test_cancel_between_steps_writes_nothing(studio):
     assert steps == [1, 2] and videos_in(studio.output_dir) == before and not studio.busy()
 
 
+def test_each_step_previews_its_x0_estimate_and_the_last_is_the_video(studio):
+    images = []
+    made = studio.generate(Job(model="local/random-test", prompt=PROMPT, sampler="rcm", steps=3), preview=images.append)
+    assert len(images) == 3 and all(i.dtype == np.uint8 and i.shape == (32, 32, 3) for i in images)
+    assert not np.array_equal(images[0], images[-1])  # the estimate changes from step to step
+    # rCM's last x0 estimate is the result: its preview is the first frame of the video's middle latent frame.
+    pipe = studio.pipeline("local/random-test")
+    mid = made.video.latents.shape[2] // 2
+    frame = pipe.decode(made.video.latents)[1 + (mid - 1) * pipe.autoencoder.temporal_stride]
+    assert np.abs(frame.astype(int) - images[-1]).max() <= 1  # rounding
+
+
 def test_a_lora_is_recorded_and_one_that_matches_nothing_is_an_error(studio):
     from safetensors.torch import save_file
 

@@ -275,6 +275,54 @@ def test_generation_progress_and_cancel_are_seen(browser, url, studio, size):
     assert sorted(studio.output_dir.glob("*.mp4")) == before
 
 
+# The image as the browser decoded it: [width, height, brightest - darkest red value], or null before it is loaded.
+IMAGE_PIXELS = """
+const img = arguments[0];
+if (!img.complete || img.naturalWidth === 0) return null;
+const canvas = document.createElement("canvas");
+canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+const context = canvas.getContext("2d");
+context.drawImage(img, 0, 0);
+const data = context.getImageData(0, 0, canvas.width, canvas.height).data;
+let low = 255, high = 0;
+for (let i = 0; i < data.length; i += 4) { low = Math.min(low, data[i]); high = Math.max(high, data[i]); }
+return [canvas.width, canvas.height, high - low];
+"""
+
+
+def seen_preview(browser):
+    """The live preview image once it is seen with pixels: (its src, [width, height, value range])."""
+    def found(_):
+        for img in browser.find_elements(By.CSS_SELECTOR, "#live-preview img"):
+            try:
+                pixels = browser.execute_script(IMAGE_PIXELS, img)
+                if pixels and pixels[2] > 0 and browser.execute_script(SEEN, img):  # an img has no text
+                    return img.get_attribute("src"), pixels
+            except StaleElementReferenceException:
+                pass
+        return False
+
+    return WebDriverWait(browser, 60, poll_frequency=0.1).until(found, "no preview image seen")
+
+
+def test_live_preview_is_seen_while_sampling_then_the_video_replaces_it(browser, url, studio):
+    sized(browser, url, (1400, 1000))
+    pick(browser, "model", "local/slow-test")
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"), "slow-test:"))
+    choose_teacher(browser, 30)
+    click(browser, browser.find_element(By.CSS_SELECTOR, "#generate"))
+    first, pixels = seen_preview(browser)
+    assert pixels[:2] == [32, 32]  # alice-tiny-like bundles preview at full size (the exact decode)
+    seen_text(browser, "#generate-status .progress-level-inner", "teacher step")  # the progress bar stays
+    WebDriverWait(browser, 60, poll_frequency=0.1).until(lambda _: seen_preview(browser)[0] != first,
+                                                         "the preview never changed")  # a new image per step
+    seen_text(browser, "#generate-status", "Done:")
+    video = WebDriverWait(browser, 30).until(ec.visibility_of_element_located(
+        (By.CSS_SELECTOR, "#output-video video[src]")))
+    assert seen(browser, video)
+    assert not [i for i in browser.find_elements(By.CSS_SELECTOR, "#live-preview img") if i.is_displayed()]
+
+
 @pytest.mark.parametrize("size", WINDOWS, ids=lambda s: f"{s[0]}x{s[1]}")
 def test_finetune_progress_with_the_loss_meaning_and_cancel_are_seen(browser, url, studio, clips, size):
     sized(browser, url, size)

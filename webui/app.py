@@ -28,19 +28,21 @@ from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
 from .feedback import CancelFlags, ErrorNotes, whole_number
 from .finetune_tab import build_finetune_tab, lora_choices
+from .jobs import CancelFlags, LivePreviews
 from .models import default_frames, default_size, frame_presets, size_presets
 from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
 
 SAMPLER_LABELS = {"rcm": "student (rCM, 1-4 steps)", "teacher": "teacher"}
 SAMPLERS_TEXT = {"rcm": "4-step student (rCM)", "teacher": "teacher"}
 GALLERY_LIMIT = 48
+PREVIEW_POLL_S = 0.25  # how often a page with a job running asks for its newest step preview
 MAX_SEED = 2**31 - 1
 EXAMPLE_PROMPT = "a red ball moving to the right"  # in alice-tiny's caption vocabulary
 # System fonts only: the default theme would fetch web fonts, and this app must work offline.
 THEME = gr.themes.Soft(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
 # The status blocks under the Start/Generate buttons carry the progress bar: they need room for it.
 CSS = """
-.alice-video video { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
+.alice-video video, .alice-video img { image-rendering: pixelated; width: 100%; height: 100%; object-fit: contain; }
 .alice-status { min-height: 4.5em; }
 """
 
@@ -89,6 +91,7 @@ class _Handlers:
         self.studio = studio
         self.ui = ui
         self.flags = CancelFlags()
+        self.previews = LivePreviews()
         self.errors = ErrorNotes(studio)
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
@@ -102,17 +105,19 @@ class _Handlers:
                    image=start_image)
 
     def _run(self, session: str, progress: gr.Progress, work):
-        """work(progress_fn, should_cancel) under this session's cancel flag; None when cancelled."""
+        """work(progress_fn, should_cancel, preview_fn) under this session's cancel flag; None when cancelled.
+        Each step's preview goes to self.previews, where the page's timer picks it up."""
         flag = self.flags.start(session)
         if self.studio.busy():
             progress(0, desc="waiting for the device")
         try:
             return work(lambda done, total, label: progress((done, total), desc=f"{label} step", unit="steps"),
-                        flag.is_set)
+                        flag.is_set, lambda image: self.previews.show(session, image))
         except GenerationCancelled:
             return None
         finally:
             self.flags.finish(session, flag)
+            self.previews.end(session)
 
     @staticmethod
     def _history(history: list, results: list[Result]) -> list:
@@ -129,7 +134,7 @@ class _Handlers:
             steps = student_steps if sampler == "rcm" else teacher_steps
             job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
                             frames, fps, lora, lora_strength, start_image)
-            result = self._run(request.session_hash, progress, lambda p, c: self.studio.generate(job, p, c))
+            result = self._run(request.session_hash, progress, lambda p, c, v: self.studio.generate(job, p, c, v))
         if result is None:
             return [gr.skip()] * 5 + [CANCELLED_TEXT]
         history = self._history(history, [result])
@@ -142,8 +147,11 @@ class _Handlers:
         with self.errors.noted(request):
             job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
                             fps, lora, lora_strength, start_image)
-            pair = self._run(request.session_hash, progress,
-                             lambda p, c: self.studio.compare(job, int(student_steps), int(teacher_steps), p, c))
+
+            def both(report, should_cancel, preview):
+                return self.studio.compare(job, int(student_steps), int(teacher_steps), report, should_cancel, preview)
+
+            pair = self._run(request.session_hash, progress, both)
         if pair is None:
             return [gr.skip()] * 6 + [CANCELLED_TEXT]
         student, teacher = pair
@@ -281,8 +289,15 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                                                                    "LoRA folder")
                         ui.lora_strength = gr.Slider(-2.0, 2.0, value=1.0, step=0.05, label="LoRA strength")
                 with gr.Column(scale=4):
-                    ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
-                                        elem_id="output-video", elem_classes="alice-video")
+                    # Each sampler step's x0 estimate while a video is made, in the video's place (alice_core.preview).
+                    with gr.Column(visible=False) as ui.preview_box:
+                        ui.preview = gr.Image(label="Preview (this step's estimate)", type="numpy", format="png",
+                                              interactive=False, height=360, elem_id="live-preview",
+                                              elem_classes="alice-video")
+                    with gr.Column() as ui.video_box:
+                        ui.video = gr.Video(label="Video", interactive=False, autoplay=True, loop=True, height=360,
+                                            elem_id="output-video", elem_classes="alice-video")
+                    ui.preview_timer = gr.Timer(PREVIEW_POLL_S, active=False)
                     ui.settings = gr.JSON(label="Settings of this video")
             with gr.Accordion("Teacher vs student", open=False, elem_id="compare-panel"):
                 ui.compare_note = gr.Markdown(_compare_note(pipe))
@@ -304,11 +319,12 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                   ui.start_image, history]
         # Generation and comparison share one queue slot: one job at a time on the device. Progress and errors show
         # on the status block only, so an error leaves the last video, its settings and the gallery as they were.
-        gen_event = ui.generate.click(
+        # The live preview's polling starts with the click (the job may wait in the queue), then the job runs.
+        gen_event = h.previews.start_on(ui.generate, ui.preview_timer).then(
             h.generate, inputs, [ui.video, ui.settings, ui.seed, ui.gallery, history, ui.status], api_name="generate",
             concurrency_id="device", concurrency_limit=1, show_progress_on=[ui.status],
         )
-        cmp_event = ui.compare.click(
+        cmp_event = h.previews.start_on(ui.compare, ui.preview_timer).then(
             h.compare, inputs,
             [ui.student_video, ui.teacher_video, ui.settings, ui.seed, ui.gallery, history, ui.status],
             api_name="compare", concurrency_id="device", concurrency_limit=1, show_progress_on=[ui.status],
@@ -316,7 +332,10 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         for event in (gen_event, cmp_event):
             event.failure(h.show_error, None, [ui.status], api_visibility="private", queue=False)
         # cancels= drops this session's waiting jobs; the flag stops a running one at the next step.
-        ui.cancel.click(h.cancel, None, [ui.status], api_name="cancel", cancels=[gen_event, cmp_event], queue=False)
+        cancel_event = ui.cancel.click(h.cancel, None, [ui.status], api_name="cancel", cancels=[gen_event, cmp_event],
+                                       queue=False)
+        h.previews.attach(ui.preview_timer, ui.preview, ui.preview_box, ui.video_box,
+                          [gen_event, cmp_event], cancel_event)
         model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
                          ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.start_image]
         for control in (ui.model, ui.precision):

@@ -49,7 +49,7 @@ class FinetuneHandlers:
 
     def __init__(self, studio: Studio, flags, errors) -> None:
         self.studio = studio
-        self.flags = flags  # app.CancelFlags of this tab: its Cancel never stops a generation
+        self.flags = flags  # jobs.CancelFlags of this tab: its Cancel never stops a generation
         self.errors = errors  # app.ErrorNotes
         self.last: dict[str, str] = {}  # per session: the last progress line, for the Cancel message
 

@@ -24,6 +24,7 @@ from alice_core.loading.lora import lora_samplers
 from alice_core.models.runtime import DiTRuntime
 from alice_core.generation import dit_config
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
+from alice_core.preview import previewer_for
 from alice_core.sampling import RCM_MAX_STEPS
 from alice_core.train.clips import clips_from_files
 from alice_core.train.finetune import (
@@ -40,6 +41,8 @@ from .models import (
 MAX_TEACHER_STEPS_UI = 100  # the library allows more; the app keeps one request from holding the device for long
 # progress(done, total, description)
 StepProgress = Callable[[int, int, str], None]
+# preview(image): each step's x0 estimate as uint8 [H, W, 3] (alice_core.preview)
+StepPreview = Callable[[np.ndarray], None]
 # Finetune limits for a shared app (the library allows more): one request must not hold the device for days.
 MAX_FINETUNE_STEPS = 5000    # per stage
 MAX_FINETUNE_CLIPS = 100
@@ -79,6 +82,15 @@ class FinetuneJob:
     lora_name: str              # the LoRA's file name in the app's LoRA folder
     config: FinetuneConfig
     restart: bool = False       # discard this name's checkpoint (and replace its LoRA) instead of resuming
+
+
+@dataclass(frozen=True)
+class StepHooks:
+    """What a generation reports between steps, and how it learns it should stop."""
+
+    progress: StepProgress | None = None
+    should_cancel: Callable[[], bool] | None = None
+    preview: StepPreview | None = None
 
 
 @dataclass
@@ -185,7 +197,9 @@ class Studio:
         job: Job,
         progress: StepProgress | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        preview: StepPreview | None = None,
     ) -> Result:
+        """One video for `job`; `preview`, when given, gets each step's preview image."""
         pipe = self.pipeline(job.model, job.precision)
         settings = self.settings(job, pipe)
         targets = self._lora_files(job, pipe)
@@ -196,7 +210,8 @@ class Studio:
                 f"{NETWORK_NAMES[settings.sampler]}; generate with the {NETWORK_NAMES[have]}'s sampler"
             )
         with self.device_slot():
-            return self._run(self._with_lora(pipe, job), settings, progress, should_cancel, settings.sampler, job)
+            return self._run(self._with_lora(pipe, job), settings, StepHooks(progress, should_cancel, preview),
+                             settings.sampler, job)
 
     def compare(
         self,
@@ -205,6 +220,7 @@ class Studio:
         teacher_steps: int,
         progress: StepProgress | None = None,
         should_cancel: Callable[[], bool] | None = None,
+        preview: StepPreview | None = None,
     ) -> tuple[Result, Result]:
         """The student and the teacher on the same prompt, seed and size, one after the other."""
         pipe = self.pipeline(job.model, job.precision)
@@ -226,22 +242,30 @@ class Studio:
         self._lora_files(job, pipe)  # a LoRA changes the networks it is for; any other stays the base model
         with self.device_slot():
             pipe = self._with_lora(pipe, job)
-            first = self._run(pipe, student, offset(0, "student"), should_cancel, "student", job)
-            second = self._run(pipe, teacher, offset(student.steps, "teacher"), should_cancel, "teacher", job)
+            first = self._run(pipe, student, StepHooks(offset(0, "student"), should_cancel, preview), "student", job)
+            second = self._run(pipe, teacher, StepHooks(offset(student.steps, "teacher"), should_cancel, preview),
+                               "teacher", job)
         return first, second
 
     def _run(
         self,
         pipe: VideoPipeline,
         settings: GenerationSettings,
-        progress: StepProgress | None,
-        should_cancel: Callable[[], bool] | None,
+        hooks: StepHooks,
         label: str,
         job: Job,
     ) -> Result:
         start = time.perf_counter()
-        report = (lambda done, total, _x0: progress(done, total, label)) if progress else None
-        video = pipe.generate(settings, progress=report, should_cancel=should_cancel, image=job.image)
+        wanted = hooks.preview is not None and pipe.autoencoder is not None
+        show = previewer_for(pipe.autoencoder) if wanted else None
+
+        def report(done: int, total: int, x0) -> None:
+            if hooks.progress is not None:
+                hooks.progress(done, total, label)
+            if show is not None:
+                hooks.preview(show(x0))
+
+        video = pipe.generate(settings, progress=report, should_cancel=hooks.should_cancel, image=job.image)
         path = pipe.save(video, unique_path(self.output_dir, "alice", ".mp4"))
         return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
 
