@@ -329,6 +329,14 @@ def _progress_bar_class(progress: ProgressCallback | None, label: str) -> type:
     return CallbackBar
 
 
+def _check_digest(partial: Path, actual: str, expected: str, message: str) -> None:
+    """Delete the downloaded file and raise `message` ({actual} and {expected} filled in, shortened) unless the
+    digests agree."""
+    if actual != expected:
+        partial.unlink()
+        raise AliceError(message.replace("{actual}", f"{actual[:12]}...").replace("{expected}", f"{expected[:12]}..."))
+
+
 def download_file(
     file: CatalogueFile, dest: str | Path, progress: ProgressCallback | None = None, remote: RemoteFile | None = None,
 ) -> Path:
@@ -374,24 +382,16 @@ def download_file(
             partial.unlink(missing_ok=True)
             raise AliceError(f"downloading {file.filename} failed ({exc}); the partial file was deleted") from exc
         out.flush()
-        if not remote.sha256 and _GIT_BLOB.fullmatch(remote.etag):
-            # A non-LFS file's ETag is its git blob id: check the bytes against it (a pinned sha256 would go first).
-            actual = git_blob_sha1(partial)
-            if actual != remote.etag:
-                partial.unlink()
-                raise AliceError(
-                    f"{file.filename} from {file.repo_id} does not match the Hub's git blob id ({actual[:12]}..., "
-                    f"expected {remote.etag[:12]}...) and was deleted; download it again"
-                )
         if remote.sha256:
-            actual = file_sha256(partial)
-            if actual != remote.sha256:
-                partial.unlink()
-                raise AliceError(
-                    f"{file.filename} from {file.repo_id} failed its checksum (sha256 {actual[:12]}..., expected "
-                    f"{remote.sha256[:12]}...) and was deleted; download it again, and if this repeats the "
-                    f"catalogue entry {file.name!r} is out of date"
-                )
+            _check_digest(partial, file_sha256(partial), remote.sha256,
+                          f"{file.filename} from {file.repo_id} failed its checksum (sha256 {{actual}}, expected "
+                          f"{{expected}}) and was deleted; download it again, and if this repeats the catalogue "
+                          f"entry {file.name!r} is out of date")
+        elif _GIT_BLOB.fullmatch(remote.etag):
+            # A non-LFS file's ETag is its git blob id: check the bytes against it (a pinned sha256 goes first).
+            _check_digest(partial, git_blob_sha1(partial), remote.etag,
+                          f"{file.filename} from {file.repo_id} does not match the Hub's git blob id ({{actual}}, "
+                          "expected {expected}) and was deleted; download it again")
         place(partial, dest)  # exclusive: a file that appeared at dest meanwhile is never replaced
     return dest
 
