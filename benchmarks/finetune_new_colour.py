@@ -1,5 +1,5 @@
-"""Teach alice-tiny a colour it never saw (orange) with `finetune`, and score the 4-step student on SynthBench's
-orange probe prompts: no LoRA, the teacher's adapter transferred as is (student_steps=0), and the rCM-refined
+"""Teach alice-tiny a colour it never saw (azure) with `finetune`, and score the 4-step student on SynthBench's
+azure probe prompts: no LoRA, the teacher's adapter transferred as is (student_steps=0), and the rCM-refined
 student adapter. Prints a markdown table (mean +- 95% CI over seeds) and the training wall times.
 
     python benchmarks/finetune_new_colour.py --teacher-steps 100 --student-steps 60 --threads 1
@@ -34,7 +34,7 @@ def score(lora: Path | None, seeds: list[int], colour: str):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--colour", default="orange")
+    p.add_argument("--colour", default="azure")
     p.add_argument("--clips", type=int, default=24)
     p.add_argument("--teacher-steps", type=int, default=100)
     p.add_argument("--student-steps", type=int, default=60)

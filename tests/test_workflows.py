@@ -287,12 +287,12 @@ def test_api_workflow_runs_end_to_end_and_writes_videos(name, env, request):
     check_videos(prompt, workflow, outputs, ui)
     if name == "alice_finetune":  # the LoRA files only; the run's checkpoint lives outside the LoRA folder
         assert sorted(p.name for p in (env.models / "loras").iterdir()) == [
-            "my_orange_lora.safetensors", "my_orange_lora.teacher.safetensors"]
+            "my_azure_lora.safetensors", "my_azure_lora.teacher.safetensors"]
 
 
-def test_the_example_lora_ships_for_the_bundled_model_and_makes_its_prompt_orange(env):
+def test_the_example_lora_ships_for_the_bundled_model_and_makes_its_prompt_azure(env):
     """alice_lora.json out of the box: its LoRA ships with alice-tiny (small), fits every key, and turns the
-    workflow's held-out orange prompt orange (SynthBench's colour check), which the base model does not."""
+    workflow's held-out azure prompt azure (SynthBench's colour check), which the base model does not."""
     shipped = bundled_loras()["alice_example_lora.safetensors"]
     assert shipped.stat().st_size <= 2 * 1024 * 1024
     meta = read_lora_metadata(shipped)
@@ -300,15 +300,15 @@ def test_the_example_lora_ships_for_the_bundled_model_and_makes_its_prompt_orang
     prompt, workflow = prepared("alice_lora", env.models, fast=True)
     assert not (env.models / "loras").exists()  # nothing written: the shipped file is used
     text = next(n["inputs"]["positive"] for n in prompt.values() if n["class_type"] == "AliceTextEncode")
-    assert text in attribute_probe_prompts("orange")  # never a training caption
+    assert text in attribute_probe_prompts("azure")  # never a training caption
     outputs, ui = execute(prompt, {"workflow": workflow})
     check_videos(prompt, workflow, outputs, ui)
     save = next(nid for nid, n in prompt.items() if n["class_type"] == "AliceSaveVideo")
-    assert check_colour(analyse_clip(read_video(outputs[save][0])[0]), "orange")
+    assert check_colour(analyse_clip(read_video(outputs[save][0])[0]), "azure")
     lora = next(n for n in prompt.values() if n["class_type"] == "AliceLoraLoader")
     lora["inputs"]["strength"] = 0.0  # the same graph without the LoRA's effect
     outputs, _ = execute(prompt, {"workflow": workflow})
-    assert not check_colour(analyse_clip(read_video(outputs[save][0])[0]), "orange")
+    assert not check_colour(analyse_clip(read_video(outputs[save][0])[0]), "azure")
 
 
 @pytest.mark.slow

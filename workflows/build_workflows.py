@@ -174,8 +174,8 @@ def teacher_vs_student() -> list[Node]:
     ]
 
 
-EXAMPLE_LORA = "alice_example_lora.safetensors"  # ships with alice-tiny: alice-tiny learnt orange from 12 clips
-ORANGE_PROMPT = "an orange cube travels to the right"  # a SynthBench orange probe prompt, never a training caption
+EXAMPLE_LORA = "alice_example_lora.safetensors"  # ships with alice-tiny: alice-tiny learnt azure from 12 clips
+AZURE_PROMPT = "one azure ball sliding right"  # a SynthBench azure probe prompt, never a training caption
 
 
 def lora() -> list[Node]:
@@ -183,7 +183,7 @@ def lora() -> list[Node]:
         Node(1, "AliceModelLoader", MODEL, (0, 0)),
         Node(2, "AliceLoraLoader", {"model": (1, 0), "lora_name": EXAMPLE_LORA, "strength": 1.0}, (360, 0)),
         Node(3, "AliceTextEncoderLoader", TEXT_ENCODER, (0, 320)),
-        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": ORANGE_PROMPT, "negative": ""}, (360, 320)),
+        Node(4, "AliceTextEncode", {"text_encoder": (3, 0), "positive": AZURE_PROMPT, "negative": ""}, (360, 320)),
         Node(5, "AliceRCMSampler", {"model": (2, 0), "conditioning": (4, 0), "seed": 42, **RCM}, (720, 0)),
         Node(6, "AliceVAELoader", VAE, (720, 380)),
         Node(7, "AliceVAEDecode", {"vae": (6, 0), "samples": (5, 0), **DECODE}, (1080, 0)),
@@ -192,7 +192,7 @@ def lora() -> list[Node]:
 
 
 # Small enough to run in a few minutes on a CPU; the shipped example LoRA had 100 + 30 steps on 12 clips.
-FINETUNE = {"model_name": "alice-tiny", "caption": "", "lora_name": "my_orange_lora", "rank": 4, "alpha": 4.0,
+FINETUNE = {"model_name": "alice-tiny", "caption": "", "lora_name": "my_azure_lora", "rank": 4, "alpha": 4.0,
             "teacher_steps": 40, "student_steps": 4, "teacher_lr": 1e-3, "student_lr": 1e-4, "batch_size": 2,
             "seed": 0, "checkpoint_every": 20, "restart": False, "clips_folder": "alice-tiny/example_clips"}
 
@@ -205,7 +205,7 @@ def finetune() -> list[Node]:
         Node(3, "AliceLoraLoader", {"model": (2, 0), "lora_name": EXAMPLE_LORA, "strength": 1.0,
                                     "trained_lora": (1, 0)}, (400, 0)),
         Node(4, "AliceTextEncoderLoader", TEXT_ENCODER, (400, 300)),
-        Node(5, "AliceTextEncode", {"text_encoder": (4, 0), "positive": ORANGE_PROMPT, "negative": ""}, (760, 300)),
+        Node(5, "AliceTextEncode", {"text_encoder": (4, 0), "positive": AZURE_PROMPT, "negative": ""}, (760, 300)),
         Node(6, "AliceRCMSampler", {"model": (3, 0), "conditioning": (5, 0), "seed": 42, **RCM}, (1120, 0)),
         Node(7, "AliceVAELoader", VAE, (1120, 420)),
         Node(8, "AliceVAEDecode", {"vae": (7, 0), "samples": (6, 0), **DECODE}, (1480, 0)),

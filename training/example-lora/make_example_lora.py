@@ -1,5 +1,5 @@
 """Makes the example LoRA shipped with the pack (alice_core/bundled/alice-tiny/loras/alice_example_lora.safetensors):
-alice-tiny learns orange, a colour its training data never had, from a few rendered clips, with `alice finetune`.
+alice-tiny learns azure, a colour its training data never had, from a few rendered clips, with `alice finetune`.
 
     python training/example-lora/make_example_lora.py [--out FILE]
     python training/example-lora/make_example_lora.py --example-clips   # the finetune workflow's shipped clips
@@ -34,8 +34,8 @@ SETTINGS = ["--rank", "4", "--alpha", "4", "--teacher-steps", "100", "--student-
 
 
 def render_clips(folder: Path, count: int, seed: int, stem: str) -> list[str]:
-    """`count` orange clips of alice-tiny's size as lossless mp4s with same-name .txt captions; their captions."""
-    frames, captions = render_attribute_clips(np.random.default_rng(seed), count, size=32, frames=9, colour="orange")
+    """`count` azure clips of alice-tiny's size as lossless mp4s with same-name .txt captions; their captions."""
+    frames, captions = render_attribute_clips(np.random.default_rng(seed), count, size=32, frames=9, colour="azure")
     for i, (clip, text) in enumerate(zip(frames, captions)):
         write_video(clip, folder / f"{stem}{i:02}.mp4", fps=8, crf=0)
         (folder / f"{stem}{i:02}.txt").write_text(text + "\n")
@@ -50,12 +50,12 @@ def main() -> int:
     args = p.parse_args()
     if args.example_clips:
         EXAMPLE_CLIPS.mkdir(parents=True, exist_ok=True)
-        print(*render_clips(EXAMPLE_CLIPS, 6, seed=1, stem="orange_"), sep="\n")
+        print(*render_clips(EXAMPLE_CLIPS, 6, seed=1, stem="azure_"), sep="\n")
         return 0
     with tempfile.TemporaryDirectory(prefix="alice-example-lora-") as tmp:
         clips, work = Path(tmp) / "clips", Path(tmp) / "work"
         clips.mkdir()
-        captions = render_clips(clips, args.clips, seed=0, stem="orange_")
+        captions = render_clips(clips, args.clips, seed=0, stem="azure_")
         command = ["alice", "finetune", "--clips", str(clips), "-o", str(Path(tmp) / "lora.safetensors"),
                    "--work-dir", str(work), *SETTINGS]
         print("captions:", *captions, sep="\n  ")
