@@ -26,7 +26,7 @@ from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
-from .feedback import CancelFlags, ErrorNotes, whole_number
+from .feedback import ErrorNotes, whole_number
 from .finetune_tab import build_finetune_tab, lora_choices
 from .jobs import CancelFlags, LivePreviews
 from .models import default_frames, default_size, frame_presets, size_presets

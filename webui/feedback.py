@@ -1,11 +1,10 @@
-"""What the app tells the user about a request (errors that name the field and stay readable, without server paths),
-and the per-session flags its Cancel buttons set."""
+"""What the app tells the user about a request: errors that name the field and stay readable, without server paths.
+(The per-session cancel flags live in jobs.py.)"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
 from collections.abc import Iterator
 
 import gradio as gr
@@ -52,27 +51,3 @@ class ErrorNotes:
         message = self._notes.pop(request.session_hash, None)
         return gr.skip() if message is None else f"**Error:** {message}"
 
-
-class CancelFlags:
-    """One flag per browser session, read by the pipeline between steps (Gradio cannot stop a running thread)."""
-
-    def __init__(self) -> None:
-        self._flags: dict[str, threading.Event] = {}
-        self._lock = threading.Lock()
-
-    def start(self, session: str) -> threading.Event:
-        with self._lock:
-            self._flags[session] = flag = threading.Event()
-        return flag
-
-    def finish(self, session: str, flag: threading.Event) -> None:
-        with self._lock:
-            if self._flags.get(session) is flag:
-                del self._flags[session]
-
-    def cancel(self, session: str) -> bool:
-        with self._lock:
-            flag = self._flags.get(session)
-        if flag is not None:
-            flag.set()
-        return flag is not None
