@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
 from ..errors import AliceError
 from ..loading.output import write_text
 
@@ -10,36 +12,42 @@ from ..loading.output import write_text
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train alice-tiny stages (resumable: rerun the same command to continue)")
     stages = p.add_subparsers(dest="stage", required=True)
-    t = stages.add_parser("teacher", help="flow-matching teacher on procedurally rendered clips")
+    t = stages.add_parser("teacher", help="flow-matching teacher on procedurally rendered clips",
+                          description="A resumed run keeps its recipe; the recipe flags given change it from there "
+                                      "(sizes, strides and the latent cannot change).")
     t.add_argument("--out", required=True, help="run folder (checkpoint.pt, loss.csv); resumes if it has a checkpoint")
-    t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--batch-size", type=int, default=16)
-    t.add_argument("--lr", type=float, default=3e-4)
-    t.add_argument("--warmup-steps", type=int, default=200, help="linear learning-rate warm-up")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--size", type=int, default=32)
-    t.add_argument("--frames", type=int, default=9)
-    t.add_argument("--temporal-stride", type=int, default=4, help="frames packed per latent frame (a new run only)")
-    t.add_argument("--checkpoint-every", type=int, default=100)
-    t.add_argument("--latent-transform", choices=("none", "haar"), default="none",
+    # Recipe flags default to None: only the ones given override a resumed run's recipe; a new run takes
+    # TeacherTrainConfig's defaults (not imported here: building the parser must not import torch).
+    t.add_argument("--steps", type=int, default=None)
+    t.add_argument("--batch-size", type=int, default=None)
+    t.add_argument("--lr", type=float, default=None)
+    t.add_argument("--warmup-steps", type=int, default=None, help="linear learning-rate warm-up")
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--size", type=int, default=None)
+    t.add_argument("--frames", type=int, default=None)
+    t.add_argument("--temporal-stride", type=int, default=None, help="frames packed per latent frame (a new run only)")
+    t.add_argument("--checkpoint-every", type=int, default=None)
+    t.add_argument("--latent-transform", choices=("none", "haar"), default=None,
                    help="haar: orthonormal Haar transform of each space-to-depth block, normalised per channel")
-    t.add_argument("--high-noise-fraction", type=float, default=0.0,
+    t.add_argument("--high-noise-fraction", type=float, default=None,
                    help="share of training noise levels drawn uniformly in [--high-noise-min, 1)")
-    t.add_argument("--high-noise-min", type=float, default=0.8)
-    t.add_argument("--frame-noise-fraction", type=float, default=0.0,
+    t.add_argument("--high-noise-min", type=float, default=None)
+    t.add_argument("--frame-noise-fraction", type=float, default=None,
                    help="share of samples whose latent frames get noise levels of their own (teaches frame-to-frame motion)")
-    t.add_argument("--loss-weighting", choices=("none", "min_snr"), default="none",
+    t.add_argument("--loss-weighting", choices=("none", "min_snr"), default=None,
                    help="min_snr: Min-SNR-gamma weighting of the velocity loss")
-    t.add_argument("--min-snr-gamma", type=float, default=5.0)
-    t.add_argument("--curriculum", choices=("none", "straight_first"), default="none",
+    t.add_argument("--min-snr-gamma", type=float, default=None)
+    t.add_argument("--object-loss-weight", type=float, default=None,
+                   help="extra loss weight on the object's pixels (teaches shape: the object is a few %% of a clip)")
+    t.add_argument("--curriculum", choices=("none", "straight_first"), default=None,
                    help="straight_first: no bouncing clips until the in-training direction score reaches --curriculum-gate")
-    t.add_argument("--curriculum-gate", type=float, default=0.8)
-    t.add_argument("--autocast", choices=("none", "bf16"), default="none",
+    t.add_argument("--curriculum-gate", type=float, default=None)
+    t.add_argument("--autocast", choices=("none", "bf16"), default=None,
                    help="bf16: train under bf16 autocast (1.4x faster on a CPU with AVX512-BF16; on most GPUs)")
-    t.add_argument("--eval-every", type=int, default=200,
+    t.add_argument("--eval-every", type=int, default=None,
                    help="score held-out SynthBench prompts with the EMA weights every N steps into metrics.csv (0: off)")
-    t.add_argument("--eval-prompts", type=int, default=20)
-    t.add_argument("--eval-steps", type=int, default=16, help="teacher sampler steps of the in-training evaluation")
+    t.add_argument("--eval-prompts", type=int, default=None)
+    t.add_argument("--eval-steps", type=int, default=None, help="teacher sampler steps of the in-training evaluation")
     t.add_argument("--max-minutes", type=float, default=None, help="stop (with a checkpoint) after this long")
     t.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 when sharing the CPU)")
     t.add_argument("--device", default=None, help="default: cuda when available, else cpu")
@@ -102,19 +110,12 @@ def run(args: argparse.Namespace) -> int:
                             student_update_freq=args.student_update_freq)
         print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
         return 0
-    cfg = TeacherTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=args.warmup_steps,
-                             seed=args.seed, size=args.size,
-                             frames=args.frames, checkpoint_every=args.checkpoint_every,
-                             temporal_stride=args.temporal_stride, high_noise_fraction=args.high_noise_fraction,
-                             high_noise_min=args.high_noise_min, loss_weighting=args.loss_weighting,
-                             min_snr_gamma=args.min_snr_gamma, eval_every=args.eval_every,
-                             eval_prompts=args.eval_prompts, eval_steps=args.eval_steps,
-                             latent_transform=args.latent_transform, curriculum=args.curriculum,
-                             curriculum_gate=args.curriculum_gate, autocast=args.autocast,
-                             frame_noise_fraction=args.frame_noise_fraction)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)
+             if getattr(args, f.name, None) is not None}
+    cfg = TeacherTrainConfig(**given)
     cfg.dit = tiny_dit_config(cfg.latent_channels()).to_dict()
     print(train_teacher(cfg, args.out, device=args.device, threads=args.threads, max_minutes=args.max_minutes,
-                        resume_pack=args.resume_pack, init_from=args.init_from))
+                        resume_pack=args.resume_pack, init_from=args.init_from, overrides=given))
     return 0
 
 

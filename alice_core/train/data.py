@@ -66,6 +66,30 @@ class SyntheticVideoData:
         latents = self.autoencoder.encode(clips_to_video(clips))
         return latents, self.text.encode(captions), captions
 
+    def batch_with_object_mask(self, n: int, spatial_stride: int,
+                               temporal_stride: int) -> tuple[torch.Tensor, torch.Tensor, list[str], torch.Tensor]:
+        """batch(n) plus object_mask(clips) on the latent grid [n, 1, latent frames, h, w]."""
+        clips, captions = self.clips(n)
+        latents = self.autoencoder.encode(clips_to_video(clips))
+        return latents, self.text.encode(captions), captions, object_mask(clips, spatial_stride, temporal_stride)
+
+
+OBJECT_MIN_DISTANCE = 60.0  # RGB units from the frame's median colour: SynthBench's foreground threshold
+
+
+def object_mask(clips: np.ndarray, spatial_stride: int, temporal_stride: int) -> torch.Tensor:
+    """1.0 on latent positions whose pixel block holds any object pixel, else 0.0: [B, 1, latent frames, h, w].
+
+    Frame 0 has a latent frame of its own, later frames are packed temporal_stride at a time (the space-to-depth
+    and Wan layout), so the mask is a max over each latent position's pixels."""
+    pixels = clips.astype(np.float32)
+    background = np.median(pixels.reshape(*pixels.shape[:2], -1, 3), axis=2)
+    far = np.linalg.norm(pixels - background[:, :, None, None, :], axis=-1) > OBJECT_MIN_DISTANCE
+    mask = torch.from_numpy(far).float()[:, None]  # [B, 1, F, H, W]
+    mask = torch.cat([mask[:, :, :1].expand(-1, -1, temporal_stride, -1, -1), mask[:, :, 1:]], dim=2)
+    kernel = (temporal_stride, spatial_stride, spatial_stride)
+    return torch.nn.functional.max_pool3d(mask, kernel, stride=kernel)
+
 
 def video_statistics(rng: np.random.Generator, n: int, size: int, frames: int) -> tuple[float, float]:
     """Mean and std of pixel values over n rendered clips: the space-to-depth latent is a permutation of the

@@ -21,7 +21,8 @@ from ..models.dit import WanDiT
 from ..models.space_to_depth import BLOCK_TRANSFORMS, SpaceToDepthAutoencoder, SpaceToDepthConfig, latent_affine
 from ..world.render import BACKGROUND_SHADES, DIRECTIONS, HardExampleWeights, render_clip, sample_clip_spec
 from .data import CachedTextEncoder, SyntheticVideoData, clips_to_video, latent_channel_statistics, video_statistics
-from .flow_matching import LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, per_frame_times, sample_training_times
+from .flow_matching import (LOSS_WEIGHTINGS, flow_matching_loss, loss_weights, object_weights, per_frame_times,
+                            sample_training_times)
 from .probe import OPPOSITE, MetricsLog, MotionValidation, ProbeSettings, TrainingProbe, probe_prompts
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 from .warm_start import refit_latent, regroup_temporal_stride
@@ -68,6 +69,8 @@ class TeacherTrainConfig:
     # Share of samples whose latent frames get noise levels of their own (flow_matching.per_frame_times).
     frame_noise_fraction: float = 0.0
     loss_weighting: str = "none"  # or "min_snr" (flow_matching.loss_weights)
+    # Extra loss weight on the object's latent positions (flow_matching.object_weights; 0: none).
+    object_loss_weight: float = 0.0
     min_snr_gamma: float = 5.0
     # In-training SynthBench (probe.py) every eval_every steps with the EMA weights (0: never).
     eval_every: int = 200
@@ -115,11 +118,31 @@ class TeacherTrainConfig:
             raise AliceError(f"unknown --curriculum {self.curriculum!r}; use one of {', '.join(CURRICULA)}")
         if self.curriculum != "none" and self.eval_every <= 0:
             raise AliceError("--curriculum advances on the in-training evaluation; set --eval-every above 0")
+        if self.object_loss_weight < 0:
+            raise AliceError(f"--object-loss-weight must be >= 0; got {self.object_loss_weight}")
         if not 0.0 <= self.frame_noise_fraction <= 1.0:
             raise AliceError(f"--frame-noise-fraction must be in [0, 1]; got {self.frame_noise_fraction}")
         if not 0.0 <= self.high_noise_fraction <= 1.0 or not 0.0 <= self.high_noise_min < 1.0:
             raise AliceError(f"--high-noise-fraction must be in [0, 1] and --high-noise-min in [0, 1); got "
                              f"{self.high_noise_fraction} and {self.high_noise_min}")
+
+
+# What a resumed run may change; the rest (sizes, strides, latent, DiT, seed) is fixed by its weights and data.
+RECIPE_FIELDS: frozenset[str] = frozenset({
+    "steps", "batch_size", "lr", "warmup_steps", "checkpoint_every", "high_noise_fraction", "high_noise_min",
+    "frame_noise_fraction", "loss_weighting", "min_snr_gamma", "object_loss_weight", "eval_every", "eval_prompts",
+    "eval_steps", "curriculum", "curriculum_gate", "autocast",
+})
+
+
+def resumed_recipe_overrides(run_config: dict, overrides: dict) -> dict:
+    """The overrides a resumed run takes; AliceError for one that would change what its weights are tied to."""
+    for key, value in overrides.items():
+        if key not in RECIPE_FIELDS and key in run_config and run_config[key] != value:
+            flag = "--" + key.replace("_", "-")
+            raise AliceError(f"{flag} {value} differs from the resumed run's {run_config[key]}: a run cannot change "
+                             f"it; drop {flag} or start a new --out")
+    return {key: value for key, value in overrides.items() if key in RECIPE_FIELDS}
 
 
 def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
@@ -128,10 +151,11 @@ def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
 
 def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | None = None, threads: int | None = None,
                   max_minutes: float | None = None, resume_pack: str | Path | None = None,
-                  init_from: str | Path | None = None) -> Path:
+                  init_from: str | Path | None = None, overrides: dict | None = None) -> Path:
     """Train (or resume) until cfg.steps or max_minutes; returns the checkpoint path.
 
     Resumes from out_dir/checkpoint.pt when present (exact), else from `resume_pack` (a committed fp16 pack).
+    A resumed run keeps its own recipe except the `overrides` (RECIPE_FIELDS: what a running recipe may change).
     A new run may start from `init_from`, the resume pack of a teacher trained at a larger temporal stride."""
     from ..loading.text_encoders import load_minilm
 
@@ -147,7 +171,8 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     else:
         state = read_resume_pack(resume_pack) if resume_pack else None
     if state is not None:
-        cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps})
+        cfg = TeacherTrainConfig(**{**asdict(cfg), **state["config"], "steps": cfg.steps,
+                                    **resumed_recipe_overrides(state["config"], overrides or {})})
     cfg.check()
     dit_cfg = WanDiTConfig.from_dict(cfg.dit)
     if dit_cfg.in_dim != cfg.latent_channels() or dit_cfg.out_dim != cfg.latent_channels():
@@ -224,7 +249,13 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
             evaluate()
         while step < cfg.steps and time.monotonic() < deadline:
             started = time.monotonic()
-            x0, ctx, _ = data.batch(cfg.batch_size)
+            element_weights = None
+            if cfg.object_loss_weight > 0:
+                x0, ctx, _, mask = data.batch_with_object_mask(cfg.batch_size, cfg.spatial_stride,
+                                                               cfg.temporal_stride)
+                element_weights = object_weights(mask, cfg.object_loss_weight).to(dev)
+            else:
+                x0, ctx, _ = data.batch(cfg.batch_size)
             drop = torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout
             ctx[drop] = null_context
             s = sample_training_times(cfg.batch_size, cfg.shift, gen, cfg.uniform_time_fraction,
@@ -238,7 +269,8 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
             weights = loss_weights(s, cfg.loss_weighting, cfg.min_snr_gamma)
             weights = weights.mean(dim=1) if weights.ndim == 2 else weights  # one weight per sample
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
-                loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev))
+                loss = flow_matching_loss(model, x0.to(dev), ctx.to(dev), s.to(dev), noise.to(dev), weights.to(dev),
+                                          element_weights)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
