@@ -76,6 +76,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--threads", type=int, default=None)
     d.add_argument("--device", default=None)
     d.add_argument("--student-update-freq", type=int, default=5, help="after warm-up, 1 student update per N iterations")
+    d.add_argument("--mining-every", type=int, default=0,
+                   help="hard-example mining: score the student on held-out probe prompts every N iterations and "
+                        "render more clips like the ones it fails (0: off)")
+    d.add_argument("--mining-fraction", type=float, default=0.5, help="share of clips drawn from the mined failures")
     d.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
     b = stages.add_parser("bundle", help="assemble a model bundle (model.json + weights) from training runs")
     b.add_argument("--teacher-run", required=True)
@@ -107,7 +111,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = DistillConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
                             student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
                             seed=args.seed, checkpoint_every=args.checkpoint_every,
-                            student_update_freq=args.student_update_freq)
+                            student_update_freq=args.student_update_freq, mining_every=args.mining_every,
+                            mining_fraction=args.mining_fraction)
         print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
         return 0
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)

@@ -54,12 +54,15 @@ class SyntheticVideoData:
     frames: int = 17
     hard_weights: object | None = None
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    focus: tuple = ()  # PromptAttributes that focus_fraction of the clips render (hard-example mining)
+    focus_fraction: float = 0.0
 
     def clips(self, n: int) -> tuple[np.ndarray, list[str]]:
         """n rendered clips (uint8 [n, F, H, W, 3]) and their captions."""
         from ..world.captions import make_training_batch
 
-        return make_training_batch(self.rng, n, size=self.size, frames=self.frames, hard_weights=self.hard_weights)
+        return make_training_batch(self.rng, n, size=self.size, frames=self.frames, hard_weights=self.hard_weights,
+                                   focus=self.focus, focus_fraction=self.focus_fraction)
 
     def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         clips, captions = self.clips(n)

@@ -24,7 +24,9 @@ from ..bundle import ModelBundle
 from ..errors import AliceError
 from ..loading.dit import load_dit
 from ..models.dit import WanDiT
+from ..world.captions import PromptAttributes
 from .data import CachedTextEncoder, SyntheticVideoData
+from .mining import HardExampleMiner
 from .rcm import TrigFlow, backward_simulation, critic_loss, dmd_loss, sample_lognormal_angles, sample_shifted_angles, scm_loss
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 
@@ -51,10 +53,17 @@ class DistillConfig:
     ema_decay: float = 0.999
     seed: int = 0
     checkpoint_every: int = 50
+    # Hard-example mining (mining.py): every mining_every iterations (0: never) the student is scored on the probe
+    # prompts and mining_fraction of the clips then render the attributes of the ones it failed.
+    mining_every: int = 0
+    mining_fraction: float = 0.5
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise AliceError(f"distillation mode must be one of {sorted(MODES)}, got {self.mode!r}")
+        if self.mining_every < 0 or not 0.0 <= self.mining_fraction <= 1.0:
+            raise AliceError(f"--mining-every must be >= 0 and --mining-fraction in [0, 1]; got {self.mining_every} "
+                             f"and {self.mining_fraction}")
         self.betas = tuple(self.betas)
 
 
@@ -176,6 +185,7 @@ class Distiller:
             "step": self.iteration, "student": self._weights(self.student), "ema": self.ema.state_dict(),
             "opt_student": self.opt_student.state_dict(), "torch_rng": self.gen.get_state(),
             "numpy_rng": json.dumps(self.data.rng.bit_generator.state),
+            "focus": json.dumps([[a.colour, a.shape, a.motion] for a in self.data.focus]),
         }
         if self.fake is not None:
             state.update(fake=self._weights(self.fake), opt_fake=self.opt_fake.state_dict())
@@ -193,6 +203,7 @@ class Distiller:
                 self.opt_fake.load_state_dict(state["opt_fake"])
         self.gen.set_state(state["torch_rng"])
         self.data.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        self.data.focus = tuple(PromptAttributes(*a) for a in json.loads(state.get("focus", "[]")))
         self.iteration = int(state["step"])
 
 
@@ -233,6 +244,7 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     bar = tqdm(total=cfg.steps, initial=distiller.iteration, desc=f"distill[{cfg.mode}]", unit="it", disable=rank != 0)
     out_dir.mkdir(parents=True, exist_ok=True)
+    miner = _miner(distiller, out_dir / "mining.csv" if rank == 0 else None) if cfg.mining_every > 0 else None
     log = (out_dir / "loss.jsonl").open("a") if rank == 0 else None
     try:
         while distiller.iteration < cfg.steps and time.monotonic() < deadline:
@@ -241,6 +253,8 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
             if log:
                 log.write(json.dumps({"it": distiller.iteration, **logs}) + "\n")
+            if miner is not None and distiller.iteration % cfg.mining_every == 0:
+                distiller.data.focus = miner.mine(distiller.ema.state_dict(), distiller.iteration)
             if rank == 0 and distiller.iteration % cfg.checkpoint_every == 0:
                 save_atomic(distiller.state_dict(), ckpt)
     finally:
@@ -250,6 +264,15 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
     if rank == 0:
         save_atomic(distiller.state_dict(), ckpt)
     return ckpt
+
+
+def _miner(distiller: Distiller, log_path: Path | None) -> HardExampleMiner:
+    """Every rank mines the same way (same weights, same seed), so all draw from the same focus."""
+    data = distiller.data
+    latent_shape = data.autoencoder.encode(torch.zeros(1, 3, data.frames, data.size, data.size)).shape[1:]
+    distiller.data.focus_fraction = distiller.cfg.mining_fraction
+    return HardExampleMiner(distiller.student.config, data.autoencoder, data.text, tuple(latent_shape),
+                            distiller.device, log_path, seed=distiller.cfg.seed)
 
 
 def init_distributed_from_env() -> None:

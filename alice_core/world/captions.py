@@ -230,12 +230,22 @@ def make_training_batch(
     size: int = REFERENCE_SIZE,
     frames: int = REFERENCE_FRAMES,
     hard_weights: HardExampleWeights | None = None,
+    focus: Sequence[PromptAttributes] = (),
+    focus_fraction: float = 0.0,
 ) -> tuple[np.ndarray, list[str]]:
-    """n rendered clips (uint8 [n, frames, size, size, 3]) and captions, none of them a held-out prompt."""
+    """n rendered clips (uint8 [n, frames, size, size, 3]) and captions, none of them a held-out prompt.
+
+    focus: attribute sets (e.g. of the prompts a model gets wrong) that a `focus_fraction` of the clips render
+    (hard-example mining); their captions are other wordings, never the held-out prompt strings."""
     clips = np.empty((n, frames, size, size, 3), dtype=np.uint8)
     captions: list[str] = []
     for index in range(n):
-        spec = sample_clip_spec(rng, size, frames, hard_weights)
+        if focus and rng.random() < focus_fraction:  # drawn only with a focus: other runs keep their stream
+            wanted = focus[rng.integers(len(focus))]
+            spec = sample_clip_spec(rng, size, frames, hard_weights, colour=wanted.colour, shape=wanted.shape,
+                                    motion=wanted.motion)
+        else:
+            spec = sample_clip_spec(rng, size, frames, hard_weights)
         clips[index] = render_clip(spec)
         text = caption(spec, rng)
         while is_heldout(text):  # re-word rather than re-sample, so the attribute distribution is unchanged
