@@ -33,7 +33,7 @@ from .generation import (
 )
 from .models.dit import WanDiT
 from .models.interfaces import TextEncoder, VideoAutoencoder
-from .models.latent_space import LatentSpace, latent_space_for, latent_space_of, wan21_latent_space
+from .models.latent_space import LatentSpace, latent_space_for, latent_space_of, wan_latent_space
 from .models.runtime import DiTRuntime, prepare_dit
 from .models.vae import WanVAE
 from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_flow_matching, sample_rcm
@@ -406,7 +406,8 @@ def load_pipeline(
         # One network (or pair) serves whichever sampler the user picks.
         if not isinstance(defaults, ModelDefaults):
             defaults = ModelDefaults.from_dict(defaults or {}, f"{model}: defaults")
-        name, dits, space = Path(model).stem, {"rcm": dit, "teacher": dit}, wan21_latent_space()
+        # without the VAE loaded, the DiT's channels say which Wan VAE's latents it makes (48: TI2V-5B's Wan2.2 VAE)
+        name, dits, space = Path(model).stem, {"rcm": dit, "teacher": dit}, wan_latent_space(dit_config(dit).out_dim)
         encoder_source = text_encoder
 
     autoencoder = None

@@ -12,6 +12,9 @@ import torch
 from alice_core.errors import AliceError
 from alice_core.models.latent_space import LatentSpace
 
+# A Wan latent decoded with the other Wan VAE: the one it is for (TI2V-5B's latents are the Wan2.2 VAE's).
+WAN_VAE_FOR_CHANNELS = {16: "Wan2.1 VAE (z_dim 16)", 48: "Wan2.2 VAE (z_dim 48)"}
+
 
 def to_comfy_latent(latents: torch.Tensor, space: LatentSpace) -> dict[str, torch.Tensor]:
     """Normalised DiT latents [B, C, F, H, W] -> a ComfyUI LATENT dict holding raw latents on the CPU."""
@@ -25,9 +28,11 @@ def from_comfy_latent(latent: dict, space: LatentSpace) -> torch.Tensor:
         shape = tuple(samples.shape) if isinstance(samples, torch.Tensor) else type(samples).__name__
         raise AliceError(f"a video LATENT must hold 'samples' [B, C, F, H, W], got {shape}")
     if samples.shape[1] != space.latent_channels:
+        fix = WAN_VAE_FOR_CHANNELS.get(samples.shape[1]) if space.name.startswith("Wan") else None
         raise AliceError(
             f"the latent has {samples.shape[1]} channels but the {space.name} takes {space.latent_channels}; "
-            "decode with the VAE that matches the model (alice-tiny: the 'alice-tiny' VAE entry)"
+            + (f"choose the {fix} in Alice VAE Loader" if fix else
+               "decode with the VAE that matches the model (alice-tiny: the 'alice-tiny' VAE entry)")
         )
     return space.from_raw(samples)
 

@@ -50,8 +50,8 @@ class AliceModelLoader(AliceNode):
     DISPLAY_NAME = "Alice Model Loader"
     DESCRIPTION = (
         "Loads an Alice/Wan DiT: the bundled alice-tiny, a model bundle (folder with model.json), a single Wan "
-        "checkpoint from models/diffusion_models (text- or image-to-video), a Wan2.2 A14B pair (the high-noise file "
-        "here, the low-noise file in low_noise_model_name), or a catalogue model. A catalogue model missing on disk "
+        "checkpoint from models/diffusion_models (text- or image-to-video, TI2V-5B with the Wan2.2 VAE), a Wan2.2 "
+        "A14B pair (the high-noise file here, the low-noise file in low_noise_model_name), or a catalogue model. A catalogue model missing on disk "
         "is downloaded (with its VAE and text encoder, into the standard folders) only when download is on."
     )
     RETURN_TYPES = ("ALICE_MODEL",)
@@ -140,7 +140,8 @@ class AliceTextEncoderLoader(AliceNode):
 
 class AliceVAELoader(AliceNode):
     DISPLAY_NAME = "Alice VAE Loader"
-    DESCRIPTION = "Loads a model bundle's autoencoder (alice-tiny's lossless latent) or a Wan2.1 VAE from models/vae."
+    DESCRIPTION = ("Loads a model bundle's autoencoder (alice-tiny's lossless latent) or a Wan VAE from models/vae: "
+                   "Wan2.1's for Wan2.1 and the Wan2.2 A14B models, Wan2.2's (z_dim 48) for TI2V-5B.")
     RETURN_TYPES = ("ALICE_VAE",)
     RETURN_NAMES = ("vae",)
 
@@ -163,7 +164,7 @@ class AliceVAELoader(AliceNode):
             source = host.model_path("vae", vae_name)
         vae = load_vae(source, precision, device)
         if isinstance(vae, WanVAE):
-            remember_wan_vae(vae)  # the sampler nodes preview Wan2.1 latents with factors fitted on it
+            remember_wan_vae(vae)  # the sampler nodes preview Wan latents with factors fitted on it
         return (vae,)
 
 

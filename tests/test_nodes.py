@@ -239,7 +239,7 @@ def test_model_loader_single_checkpoints_and_catalogue(env):
     wan_like = WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=384,
                             text_len=32)
     save_dit(WanDiT(wan_like), folder / "tiny_wan.safetensors")
-    save_dit(WanDiT(WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=48, out_dim=48,
+    save_dit(WanDiT(WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=32, out_dim=32,
                                  text_dim=384, text_len=32)), folder / "wrong_channels.safetensors")
     choices = load_pack().NODE_CLASS_MAPPINGS["AliceModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
     assert {"alice-tiny", "tiny_wan.safetensors", "catalogue/rcm-wan2.1-t2v-1.3b"} <= set(choices)
@@ -253,7 +253,8 @@ def test_model_loader_single_checkpoints_and_catalogue(env):
                          offload=False, download=False)[0]
     assert any(is_quantized_linear(m) for m in quantized.dits["rcm"].modules())
 
-    with pytest.raises(AliceError, match="takes 48 latent channels but the Wan2.1 VAE has 16"):
+    # 48 channels are TI2V-5B's (the Wan2.2 VAE's latents: tests/test_ti2v_nodes.py); 32 are no Wan VAE's
+    with pytest.raises(AliceError, match="takes 32 latent channels but the Wan2.1 VAE has 16"):
         run_node("AliceModelLoader", model_name="wrong_channels.safetensors", precision="auto", offload=False,
                  download=False)
     with pytest.raises(AliceError, match="download"):  # never fetched without the toggle

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import AliceError
-from .config import WanVAEConfig
+from .config import WAN22_VAE, WanVAEConfig
 from .interfaces import VideoAutoencoder
 from .space_to_depth import SpaceToDepthAutoencoder, SpaceToDepthConfig
 from .vae import WanVAE
@@ -41,9 +41,15 @@ class LatentSpace:
         return (raw.float() - mean) / std
 
 
-def wan21_latent_space() -> LatentSpace:
-    cfg = WanVAEConfig()
-    return LatentSpace("Wan2.1 VAE", cfg.z_dim, cfg.temporal_stride, cfg.spatial_stride, cfg.latents_mean, cfg.latents_std)
+def _wan_vae_space(c: WanVAEConfig) -> LatentSpace:
+    name = "Wan2.2 VAE" if c.z_dim == WAN22_VAE.z_dim else "Wan2.1 VAE"
+    return LatentSpace(name, c.z_dim, c.temporal_stride, c.spatial_stride, c.latents_mean, c.latents_std)
+
+
+def wan_latent_space(channels: int = 16) -> LatentSpace:
+    """The latent space of the Wan VAE with `channels` latent channels, without loading it: the Wan2.2 VAE's for 48
+    (TI2V-5B), else the Wan2.1 VAE's (Wan2.1 and the Wan2.2 A14B models)."""
+    return _wan_vae_space(WAN22_VAE if channels == WAN22_VAE.z_dim else WanVAEConfig())
 
 
 def latent_space_of(autoencoder: VideoAutoencoder) -> LatentSpace:
@@ -55,9 +61,8 @@ def latent_space_of(autoencoder: VideoAutoencoder) -> LatentSpace:
             c.temporal_stride, c.spatial_stride, (c.mean,), (c.std,),
         )
     if isinstance(autoencoder, WanVAE):
-        c = autoencoder.config
-        return LatentSpace("Wan2.1 VAE", c.z_dim, c.temporal_stride, c.spatial_stride, c.latents_mean, c.latents_std)
-    raise AliceError(f"unsupported autoencoder {type(autoencoder).__name__}; use the space-to-depth latent or a Wan2.1 VAE")
+        return _wan_vae_space(autoencoder.config)
+    raise AliceError(f"unsupported autoencoder {type(autoencoder).__name__}; use the space-to-depth latent or a Wan VAE")
 
 
 def latent_space_for(spec: dict) -> LatentSpace:
@@ -65,5 +70,5 @@ def latent_space_for(spec: dict) -> LatentSpace:
     if spec.get("type") == "space_to_depth":  # weight-free: building it costs nothing
         return latent_space_of(SpaceToDepthAutoencoder(SpaceToDepthConfig(**{k: v for k, v in spec.items() if k != "type"})))
     if spec.get("type") == "wan_vae":
-        return wan21_latent_space()
+        return wan_latent_space()
     raise AliceError(f"model.json: autoencoder.type must be 'space_to_depth' or 'wan_vae', got {spec.get('type')!r}")
