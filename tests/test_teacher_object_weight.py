@@ -90,3 +90,19 @@ def test_cli_passes_only_the_flags_given_as_overrides(tmp_path, monkeypatch):
     train_command.run(args)
     assert seen["overrides"] == {"object_loss_weight": 4.0, "high_noise_fraction": 0.3}
     assert seen["cfg"].object_loss_weight == 4.0 and seen["cfg"].lr == TeacherTrainConfig().lr
+
+
+def test_a_resume_pack_rewarms_the_learning_rate_and_a_checkpoint_does_not(tmp_path):
+    from alice_core.train.state import write_run_resume_pack
+
+    run = tmp_path / "run"
+    train_teacher(_config(4, lr=1e-3), run, threads=1)
+    full = load_checkpoint(run / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert full == pytest.approx(1e-3)  # warm after 2 of 4 steps
+    write_run_resume_pack(run, tmp_path / "pack")
+    # From the pack (fresh Adam moments): the first step runs at half the rate again, the next at the full rate.
+    train_teacher(_config(5, lr=1e-3), tmp_path / "from-pack", threads=1, resume_pack=tmp_path / "pack")
+    state = load_checkpoint(tmp_path / "from-pack" / "checkpoint.pt")
+    assert state["warm_from"] == 4 and state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(5e-4)
+    train_teacher(_config(6, lr=1e-3), tmp_path / "from-pack", threads=1)  # exact resume
+    assert load_checkpoint(tmp_path / "from-pack" / "checkpoint.pt")["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3)

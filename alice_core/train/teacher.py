@@ -145,8 +145,10 @@ def resumed_recipe_overrides(run_config: dict, overrides: dict) -> dict:
     return {key: value for key, value in overrides.items() if key in RECIPE_FIELDS}
 
 
-def _lr_at(cfg: TeacherTrainConfig, step: int) -> float:
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+def _lr_at(cfg: TeacherTrainConfig, step: int, warm_from: int = 0) -> float:
+    """Linear warm-up over warmup_steps from warm_from: a run's first step, or where a resume pack (no optimiser
+    state) restarted Adam, whose fresh moments at the full rate would jolt the weights."""
+    return cfg.lr * min(1.0, (step - warm_from + 1) / cfg.warmup_steps)
 
 
 def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | None = None, threads: int | None = None,
@@ -191,7 +193,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
     ema = EMA(model, cfg.ema_decay)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     rng = np.random.default_rng(cfg.seed + 2)
-    step = 0
+    step = warm_from = 0
     train_seconds = 0.0  # training wall time so far, evaluations excluded: pilots are compared at equal time
     if state is not None:
         model.load_state_dict(state["model"])
@@ -201,6 +203,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
         gen.set_state(state["torch_rng"])
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         step = int(state["step"])
+        warm_from = int(state.get("warm_from", 0)) if "optimizer" in state else step
         train_seconds = float(state.get("train_seconds", 0.0))
         norm = tuple(state["latent_norm"])
     elif norm is None:
@@ -217,7 +220,8 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
 
     def save() -> None:
         save_atomic({
-            "config": asdict(cfg), "step": step, "train_seconds": train_seconds, "model": model.state_dict(),
+            "config": asdict(cfg), "step": step, "warm_from": warm_from, "train_seconds": train_seconds,
+            "model": model.state_dict(),
             "ema": ema.state_dict(),
             "optimizer": opt.state_dict(), "torch_rng": gen.get_state(),
             "numpy_rng": json.dumps(rng.bit_generator.state), "latent_norm": list(norm), "curriculum_stage": stage,
@@ -265,7 +269,7 @@ def train_teacher(cfg: TeacherTrainConfig, out_dir: str | Path, device: str | No
                                     cfg.high_noise_fraction, cfg.high_noise_min)
             noise = torch.randn(x0.shape, generator=gen)
             for group in opt.param_groups:
-                group["lr"] = _lr_at(cfg, step)
+                group["lr"] = _lr_at(cfg, step, warm_from)
             weights = loss_weights(s, cfg.loss_weighting, cfg.min_snr_gamma)
             weights = weights.mean(dim=1) if weights.ndim == 2 else weights  # one weight per sample
             with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cfg.autocast == "bf16"):
