@@ -46,6 +46,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..limits import check_output_location, parse_device
     from ..train.clips import clips_from_folder
+    from ..train.distributed import process_group_from_env, rank_world
     from ..train.finetune import FinetuneConfig, default_work_folder
     from ..train.finetune_job import FinetuneOutputsExist, run_finetune_job
 
@@ -68,8 +69,11 @@ def run(args: argparse.Namespace) -> int:
 
     work_dir = Path(args.work_dir) if args.work_dir else default_work_folder(output)
     try:
-        result = run_finetune_job(args.model, lambda: clips_from_folder(args.clips, args.caption), cfg, output,
-                                  work_dir, device=args.device, threads=args.threads, progress=progress)
+        with process_group_from_env():  # torchrun: one process per GPU (or CPU gloo), FSDP-sharded networks
+            result = run_finetune_job(args.model, lambda: clips_from_folder(args.clips, args.caption), cfg, output,
+                                      work_dir, device=args.device, threads=args.threads, progress=progress)
+            if rank_world()[0] != 0:
+                return 0
     except FinetuneOutputsExist as exc:
         raise AliceError(f"{exc.path} already exists; choose another -o path or delete it") from None
     finally:

@@ -105,15 +105,19 @@ def run(args: argparse.Namespace) -> int:
         print(write_tiny_bundle(args.out, args.teacher_run, args.student_run, args.name))
         return 0
     if args.stage == "distill":
-        from ..train.distill import DistillConfig, distill, init_distributed_from_env
+        from ..train.distill import DistillConfig, distill
+        from ..train.distributed import process_group_from_env, rank_world
 
-        init_distributed_from_env()
         cfg = DistillConfig(mode=args.mode, steps=args.steps, batch_size=args.batch_size, guidance=args.guidance,
                             student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
                             seed=args.seed, checkpoint_every=args.checkpoint_every,
                             student_update_freq=args.student_update_freq, mining_every=args.mining_every,
                             mining_fraction=args.mining_fraction)
-        print(distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes, args.resume_pack))
+        with process_group_from_env():  # torchrun: one process per GPU (or CPU gloo), FSDP-sharded networks
+            ckpt = distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes,
+                           args.resume_pack)
+            if rank_world()[0] == 0:
+                print(ckpt)
         return 0
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TeacherTrainConfig)
              if getattr(args, f.name, None) is not None}

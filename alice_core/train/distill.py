@@ -1,8 +1,8 @@
 """The rCM distillation loop: student (from the teacher) trained with sCM + DMD, a fake-score critic, EMA.
 
-Switches: mode "rcm" (both), "scm" (consistency only), "dmd" (score distillation only). Multi-process data
-parallel through torch.distributed (gloo on CPU, nccl on GPU): gradients are averaged explicitly after each
-backward, so every replica applies the same update and stays identical.
+Switches: mode "rcm" (both), "scm" (consistency only), "dmd" (score distillation only). Under torchrun the
+three networks are sharded with FSDP2 (gloo on CPU, nccl on GPU): `batch_size` is the global batch, each rank
+renders its own clips for its rows and draws the shared noise of the whole batch (see distributed.py).
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from ..bundle import ModelBundle
@@ -27,6 +25,10 @@ from ..models.dit import WanDiT
 from ..world.captions import PromptAttributes
 from .data import CachedTextEncoder, SyntheticVideoData
 from .mining import HardExampleMiner
+from .distributed import (
+    any_rank, copy_full_into, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks,
+    rank_world, restore_stream, shard, stream_states,
+)
 from .rcm import TrigFlow, backward_simulation, critic_loss, dmd_loss, sample_lognormal_angles, sample_shifted_angles, scm_loss
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 
@@ -67,23 +69,8 @@ class DistillConfig:
         self.betas = tuple(self.betas)
 
 
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]
-
-
-def _average_gradients(model: torch.nn.Module, world: int) -> None:
-    if world == 1:
-        return
-    for p in model.parameters():
-        if p.grad is not None:
-            dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-            p.grad.div_(world)
 
 
 class Distiller:
@@ -92,24 +79,27 @@ class Distiller:
     def __init__(self, teacher: WanDiT, cfg: DistillConfig, data: SyntheticVideoData, null_context: torch.Tensor,
                  device: torch.device, student: WanDiT | None = None, fake: WanDiT | None = None) -> None:
         """`student` / `fake` default to full copies of the teacher (rCM's set_up_model). A LoRA finetune passes
-        its own networks with only the adapters trainable; then only those are optimised and checkpointed."""
+        its own networks with only the adapters trainable; then only those are optimised and checkpointed.
+        Under torchrun all three are sharded here (FSDP2), so pass them unsharded."""
         self.cfg = cfg
+        self.rows = local_rows(cfg.batch_size)
         self.data = data
         self.device = device
         self.scm_scale, self.dmd_scale = MODES[cfg.mode]
-        self.teacher = teacher.to(device).eval().requires_grad_(False)
-        self.student = (student if student is not None else copy.deepcopy(self.teacher).requires_grad_(True)).to(device).train()
+        teacher = teacher.to(device).eval().requires_grad_(False)
+        student = (student if student is not None else copy.deepcopy(teacher).requires_grad_(True)).to(device).train()
+        self.student = shard(student)
         self.fake = None
         if self.dmd_scale > 0:
-            self.fake = (fake if fake is not None else copy.deepcopy(self.teacher).requires_grad_(True)).to(device).train()
+            self.fake = shard((fake if fake is not None else copy.deepcopy(teacher).requires_grad_(True)).to(device).train())
+        self.teacher = shard(teacher)
         self.opt_student = torch.optim.AdamW(_trainable(self.student), lr=cfg.student_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_fake = (torch.optim.AdamW(_trainable(self.fake), lr=cfg.fake_score_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
                          if self.fake is not None else None)
         self.partial = student is not None  # only some weights train: save and average just those
         self.ema = EMA(self.student, cfg.ema_decay, trainable_only=self.partial)
         self.null_context = null_context.to(device)
-        rank, self.world = _rank_world()
-        self.gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank)
+        self.gen = torch.Generator().manual_seed(cfg.seed * 1000)  # the same on every rank: shared noise
         self.iteration = 0
 
     # TrigFlow views are rebuilt per call so they always wrap the current modules.
@@ -126,46 +116,45 @@ class Distiller:
 
     def step(self) -> dict[str, float]:
         cfg, it = self.cfg, self.iteration
-        x0, ctx, _ = self.data.batch(cfg.batch_size)
+        x0, ctx, _ = self.data.batch(self.rows.stop - self.rows.start)
         x0, ctx = x0.to(self.device), ctx.to(self.device)
         null = self.null_context.expand_as(ctx)
+        shape, rows = (cfg.batch_size, *x0.shape[1:]), self.rows  # the global batch's and this rank's rows of it
         logs: dict[str, float] = {}
         n_sim = it % cfg.max_simulation_steps + 1
         if self.is_student_phase(it):
             self.opt_student.zero_grad(set_to_none=True)
             if self.scm_scale > 0:
-                t = sample_lognormal_angles(cfg.batch_size, cfg.p_mean, cfg.p_std, self.gen).to(self.device)
-                noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+                t = sample_lognormal_angles(cfg.batch_size, cfg.p_mean, cfg.p_std, self.gen)[rows].to(self.device)
+                noise = torch.randn(shape, generator=self.gen)[rows].to(self.device)
                 out = scm_loss(self._tf(self.student), self._tf(self.teacher), x0, ctx, null, t, noise, cfg.guidance,
                                self.warmup_ratio(it), self.scm_scale)
                 out.loss.backward()
                 logs["scm"] = out.loss.item()
             dmd_active = self.dmd_scale > 0 and (self.scm_scale == 0 or it >= cfg.tangent_warmup)
             if dmd_active:
-                g = backward_simulation(self._tf(self.student), tuple(x0.shape), ctx, n_sim, self.gen)
-                t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen).to(self.device)
-                noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+                g = backward_simulation(self._tf(self.student), shape, ctx, n_sim, self.gen, rows)
+                t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen)[rows].to(self.device)
+                noise = torch.randn(shape, generator=self.gen)[rows].to(self.device)
                 loss = dmd_loss(g, self._tf(self.fake), self._tf(self.teacher), ctx, null, t_d, noise, cfg.guidance, self.dmd_scale)
                 loss.backward()
                 logs["dmd"] = loss.item()
-            _average_gradients(self.student, self.world)
             torch.nn.utils.clip_grad_norm_(_trainable(self.student), cfg.grad_clip)
             self.opt_student.step()
             self.ema.update(self.student, it)
         else:
             with torch.no_grad():
-                g = backward_simulation(self._tf(self.student), tuple(x0.shape), ctx, n_sim, self.gen)
-            t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen).to(self.device)
-            noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
+                g = backward_simulation(self._tf(self.student), shape, ctx, n_sim, self.gen, rows)
+            t_d = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen)[rows].to(self.device)
+            noise = torch.randn(shape, generator=self.gen)[rows].to(self.device)
             self.opt_fake.zero_grad(set_to_none=True)
             loss = critic_loss(self._tf(self.fake), g, ctx, t_d, noise)
             loss.backward()
-            _average_gradients(self.fake, self.world)
             torch.nn.utils.clip_grad_norm_(_trainable(self.fake), cfg.grad_clip)
             self.opt_fake.step()
             logs["critic"] = loss.item()
         self.iteration += 1
-        return logs
+        return mean_over_ranks(logs)
 
     def _weights(self, net: torch.nn.Module) -> dict[str, torch.Tensor]:
         if self.partial:
@@ -174,35 +163,39 @@ class Distiller:
 
     def _load_weights(self, net: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
         # A partial (LoRA) checkpoint holds only the trainable weights: every one of them, and nothing else.
-        unexpected = net.load_state_dict(weights, strict=not self.partial).unexpected_keys
-        if self.partial and (unexpected or set(self._weights(net)) - set(weights)):
+        targets = self._weights(net)
+        if set(targets) != set(weights):
             raise AliceError("the checkpoint's trainable weights do not match this run's networks; "
                              "delete the run folder or resume with the same settings")
+        copy_full_into(targets, weights)
 
     def state_dict(self) -> dict:
+        """The full (unsharded) state in the single-process layout. Under FSDP every rank must call it (it
+        gathers) and only rank 0 gets the tensors: rank 0 writes. `numpy_rng` holds each rank's data stream."""
         state = {
             "config": {**asdict(self.cfg), "dit": self.teacher.config.to_dict()},
-            "step": self.iteration, "student": self._weights(self.student), "ema": self.ema.state_dict(),
-            "opt_student": self.opt_student.state_dict(), "torch_rng": self.gen.get_state(),
-            "numpy_rng": json.dumps(self.data.rng.bit_generator.state),
+            "step": self.iteration, "student": full_tensors(self._weights(self.student)),
+            "ema": full_tensors(self.ema.state_dict()), "opt_student": full_optimizer_state(self.opt_student),
+            "torch_rng": self.gen.get_state(), "numpy_rng": stream_states(self.data.rng),
             "focus": json.dumps([[a.colour, a.shape, a.motion] for a in self.data.focus]),
         }
         if self.fake is not None:
-            state.update(fake=self._weights(self.fake), opt_fake=self.opt_fake.state_dict())
+            state.update(fake=full_tensors(self._weights(self.fake)), opt_fake=full_optimizer_state(self.opt_fake))
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a checkpoint; a resume pack has no optimiser states, so those start fresh."""
+        """Restore a checkpoint written by any number of processes; a resume pack has no optimiser states, so
+        those start fresh."""
         self._load_weights(self.student, state["student"])
         self.ema.load_state_dict(state.get("ema", self._weights(self.student)))  # a resume pack restarts the EMA
         if "opt_student" in state:
-            self.opt_student.load_state_dict(state["opt_student"])
+            load_optimizer_state(self.opt_student, state["opt_student"])
         if self.fake is not None:
             self._load_weights(self.fake, state["fake"])
             if "opt_fake" in state:
-                self.opt_fake.load_state_dict(state["opt_fake"])
+                load_optimizer_state(self.opt_fake, state["opt_fake"])
         self.gen.set_state(state["torch_rng"])
-        self.data.rng.bit_generator.state = json.loads(state["numpy_rng"])
+        restore_stream(self.data.rng, state["numpy_rng"])
         self.data.focus = tuple(PromptAttributes(*a) for a in json.loads(state.get("focus", "[]")))
         self.iteration = int(state["step"])
 
@@ -216,7 +209,7 @@ def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str 
     if "teacher" not in bundle.dits:
         raise AliceError(f"{bundle.folder / 'model.json'}: no 'teacher' entry in dits; distillation needs the teacher")
     dev = training_device(device)
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
     teacher = load_dit(bundle.dits["teacher"]).float()
     autoencoder = load_autoencoder(bundle.autoencoder, bundle.folder)
     text = CachedTextEncoder(load_text_encoder(bundle.text_encoder_source), teacher.config.text_len)
@@ -235,7 +228,8 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
         torch.set_num_threads(threads)
     out_dir = Path(out_dir)
     ckpt = out_dir / "checkpoint.pt"
-    rank, _ = _rank_world()
+    rank, _ = rank_world()
+    local_rows(cfg.batch_size)  # a batch that does not split over the processes fails before anything loads
     distiller = build_distiller(teacher_bundle, cfg, device)
     if ckpt.exists():
         distiller.load_state_dict(load_checkpoint(ckpt))
@@ -243,26 +237,33 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
         distiller.load_state_dict(read_resume_pack(resume_pack))
     deadline = time.monotonic() + max_minutes * 60 if max_minutes else math.inf
     bar = tqdm(total=cfg.steps, initial=distiller.iteration, desc=f"distill[{cfg.mode}]", unit="it", disable=rank != 0)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        out_dir.mkdir(parents=True, exist_ok=True)
     miner = _miner(distiller, out_dir / "mining.csv" if rank == 0 else None) if cfg.mining_every > 0 else None
     log = (out_dir / "loss.jsonl").open("a") if rank == 0 else None
+
+    def save() -> None:
+        state = distiller.state_dict()  # every rank gathers; rank 0 writes
+        if rank == 0:
+            save_atomic(state, ckpt)
+
     try:
-        while distiller.iteration < cfg.steps and time.monotonic() < deadline:
+        while distiller.iteration < cfg.steps and not any_rank(time.monotonic() >= deadline):
             logs = distiller.step()
             bar.update(1)
             bar.set_postfix({k: f"{v:.3f}" for k, v in logs.items()})
             if log:
                 log.write(json.dumps({"it": distiller.iteration, **logs}) + "\n")
             if miner is not None and distiller.iteration % cfg.mining_every == 0:
-                distiller.data.focus = miner.mine(distiller.ema.state_dict(), distiller.iteration)
-            if rank == 0 and distiller.iteration % cfg.checkpoint_every == 0:
-                save_atomic(distiller.state_dict(), ckpt)
+                ema = full_tensors(distiller.ema.state_dict(), all_ranks=True)  # gathered: every rank mines alike
+                distiller.data.focus = miner.mine(ema, distiller.iteration)
+            if distiller.iteration % cfg.checkpoint_every == 0:
+                save()
     finally:
         bar.close()
         if log:
             log.close()
-    if rank == 0:
-        save_atomic(distiller.state_dict(), ckpt)
+    save()
     return ckpt
 
 
@@ -273,9 +274,3 @@ def _miner(distiller: Distiller, log_path: Path | None) -> HardExampleMiner:
     distiller.data.focus_fraction = distiller.cfg.mining_fraction
     return HardExampleMiner(distiller.student.config, data.autoencoder, data.text, tuple(latent_shape),
                             distiller.device, log_path, seed=distiller.cfg.seed)
-
-
-def init_distributed_from_env() -> None:
-    """Join a process group when launched by torchrun / accelerate (WORLD_SIZE > 1)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")

@@ -12,6 +12,9 @@ a flow-matching velocity model, so that loss would pull it away from few-step sa
 The work folder holds one checkpoint (written atomically every `checkpoint_every` steps and on cancel); calling
 `finetune` again with the same settings resumes exactly, so a killed run ends with the same weights as an
 uninterrupted one. Outputs are LoRA safetensors files in the PEFT layout with `alice_lora` metadata.
+
+Under torchrun (`alice finetune` only) the networks are sharded with FSDP2, `batch_size` is the global batch, each
+rank draws its own clips for its rows, and rank 0 alone writes the checkpoint and the LoRA files.
 """
 
 from __future__ import annotations
@@ -31,13 +34,17 @@ import torch
 from ..bundle import ModelBundle, resolve_bundle
 from ..errors import AliceError
 from ..limits import available_bytes, check_finite
-from ..loading.lora import remove_loras, with_lora, write_loras
+from ..loading.lora import with_lora, write_loras
 from ..loading.output import file_sha256
 from ..models.config import WanDiTConfig
 from ..models.dit import WanDiT
 from .clips import TrainingClip, fit_frames
 from .data import CachedTextEncoder, clips_to_video
 from .distill import DistillConfig, Distiller
+from .distributed import (
+    any_rank, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks, rank_world,
+    restore_stream, shard, stream_states,
+)
 from .flow_matching import flow_matching_loss, sample_training_times
 from .lora_layers import (
     DEFAULT_TARGET_MODULES,
@@ -122,18 +129,20 @@ class ClipLatents:
 
 # ------------------------------------------------------------------------------------------------- memory
 def estimate_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
-                    weight_bytes: int = 4) -> dict[str, int]:
-    """Bytes the finetune needs at its peak (stage 2): three base networks of `base_params` weights (teacher,
+                    weight_bytes: int = 4, processes: int = 1) -> dict[str, int]:
+    """Bytes one process needs at its peak (stage 2): three base networks of `base_params` weights (teacher,
     student, critic), the adapters with gradients and AdamW moments, the activations one backward pass keeps
     (about 14 dim + 2 ffn_dim floats per token and block), and the JVP's attention scores with their tangents
-    (math attention, [L, L] per head, one block at a time: the JVP runs without grad)."""
+    (math attention, [L, L] per head, one block at a time: the JVP runs without grad). With FSDP over
+    `processes`, weights and adapters are sharded and each process runs its share of the batch."""
     adapters = sum(cfg.rank * (i + o) for o, i in _linear_shapes(config, cfg.target_modules))
-    tokens = cfg.batch_size * tokens_per_clip
+    batch = cfg.batch_size // processes
+    tokens = batch * tokens_per_clip
     return {
-        "weights": 3 * base_params * weight_bytes,
-        "adapters": 3 * adapters * 4 * 4,  # student + critic + the teacher's stage-1 adapter: value, grad, 2 moments
+        "weights": 3 * base_params * weight_bytes // processes,
+        "adapters": 3 * adapters * 4 * 4 // processes,  # student + critic + stage-1 teacher: value, grad, 2 moments
         "activations": config.num_layers * tokens * (14 * config.dim + 2 * config.ffn_dim) * 4
-        + 2 * cfg.batch_size * config.num_heads * tokens_per_clip**2 * 4,
+        + 2 * batch * config.num_heads * tokens_per_clip**2 * 4,
     }
 
 
@@ -148,7 +157,7 @@ def _linear_shapes(config: WanDiTConfig, targets: Sequence[str]) -> list[tuple[i
 def check_memory(config: WanDiTConfig, cfg: FinetuneConfig, tokens_per_clip: int, base_params: int,
                  device: torch.device, weight_bytes: int = 4) -> dict[str, int]:
     """The estimate, or an AliceError naming what to lower when it exceeds what the device has free."""
-    parts = estimate_memory(config, cfg, tokens_per_clip, base_params, weight_bytes)
+    parts = estimate_memory(config, cfg, tokens_per_clip, base_params, weight_bytes, rank_world()[1])
     need, have = sum(parts.values()), available_bytes(device)
     if need > 0.9 * have:
         gib = 1024**3
@@ -230,6 +239,7 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
         raise AliceError(f"LoRA output {out_file} must end in .safetensors")
     if not clips:
         raise AliceError("no training clips; give at least one video (or image batch) with a caption")
+    local_rows(cfg.batch_size)  # the global batch splits evenly over the processes
     bundle = _finetunable_bundle(model)
     dev = training_device(device)
     d = bundle.defaults
@@ -251,8 +261,9 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
         latents = torch.cat([autoencoder.encode(clips_to_video(c.frames[None])) for c in fitted]).to(dev)
     tokens_per_clip = math.prod(s // p for s, p in zip(latents.shape[2:], teacher.config.patch_size))
     check_memory(teacher.config, cfg, tokens_per_clip, sum(p.numel() for p in teacher.parameters()), dev)
+    rank = rank_world()[0]
     data = ClipLatents(latents, text.encode([c.caption for c in fitted]).to(dev), [c.caption for c in fitted],
-                       np.random.default_rng(cfg.seed))
+                       np.random.default_rng(cfg.seed if rank == 0 else (cfg.seed, rank)))  # a stream per rank
     null_context = text.encode([""]).to(dev)
     metadata = {
         "format": "alice-lora/1", "base_model": bundle.name, "rank": cfg.rank, "alpha": cfg.alpha,
@@ -264,28 +275,31 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
     run = _Run(cfg, ckpt_path, fingerprint, data, null_context, dev, progress, should_cancel)
 
     adapters_t = add_trainable_loras(teacher, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
-    run.train_teacher(teacher, adapters_t, d.shift, state)
+    run.train_teacher(shard(teacher), adapters_t, d.shift, state)
     teacher_sd = lora_state_dict(adapters_t)
+    teacher_lora = full_tensors(lora_parameters(adapters_t), all_ranks=True)
     teacher_file = teacher_lora_path(out_file)
-    if not teacher_file.exists():  # a resumed run finds the one its interrupted run wrote after stage 1
+    if rank == 0 and not teacher_file.exists():  # a resumed run finds the one its interrupted run wrote after stage 1
         write_loras([(teacher_file, teacher_sd,
                       {**metadata, "applies_to": "teacher", "base_sha256": base_hashes["teacher"]})])
 
-    # The finetuned teacher (adapter merged) is what the student and the critic distil from.
-    remove_loras(teacher)
+    # The finetuned teacher (adapter merged into a fresh, unsharded copy: stage 1's may be sharded) is what the
+    # student and the critic distil from.
+    del teacher
+    teacher = load_dit(bundle.dits["teacher"]).float().to(dev)
     with_lora({"teacher": teacher}, teacher_sd, copy=False, merge=True)
     student = load_dit(bundle.dits["rcm"]).float().to(dev)
     adapters_s = add_trainable_loras(student, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 1)
     # The student starts from the teacher's adapter: the student was distilled from that same base teacher, so the
     # adapter transfers (measured on alice-tiny: it alone teaches the 4-step student a new colour); rCM refines it.
-    load_lora_parameters(adapters_s, lora_parameters(adapters_t))
+    load_lora_parameters(adapters_s, teacher_lora)
     fake = copy.deepcopy(teacher)
     add_trainable_loras(fake, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 2)
     distiller = run.train_student(teacher, student, fake, state)
     _use_ema(distiller, adapters_s)
-    write_loras([
-        (out_file, lora_state_dict(adapters_s), {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]}),
-    ])
+    student_sd = lora_state_dict(adapters_s)
+    if rank == 0:
+        write_loras([(out_file, student_sd, {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]})])
     return FinetuneResult(out_file, teacher_file, run.losses)
 
 
@@ -311,7 +325,8 @@ def _use_ema(distiller: Distiller, adapters) -> None:
 
 
 class _Run:
-    """One finetune's loops, sharing progress, cancellation and the single atomic checkpoint."""
+    """One finetune's loops, sharing progress, cancellation and the single atomic checkpoint (rank 0 reports and
+    writes; a stop request on any rank stops all)."""
 
     def __init__(self, cfg, ckpt_path, fingerprint, data, null_context, device, progress, should_cancel) -> None:
         self.cfg, self.ckpt_path, self.fingerprint = cfg, ckpt_path, fingerprint
@@ -322,14 +337,16 @@ class _Run:
 
     def _report(self, stage: str, step: int, total: int, loss: float) -> None:
         self.losses[stage].append(loss)
-        if self.progress:
+        if self.progress and rank_world()[0] == 0:
             self.progress(stage, step, total, loss)
 
     def _save(self, extra: dict) -> None:
-        save_atomic({"fingerprint": self.fingerprint, "config": asdict(self.cfg), **self.teacher_state, **extra}, self.ckpt_path)
+        if rank_world()[0] == 0:
+            save_atomic({"fingerprint": self.fingerprint, "config": asdict(self.cfg), **self.teacher_state, **extra},
+                        self.ckpt_path)
 
     def _stop_requested(self, save: Callable[[], None]) -> None:
-        if self.should_cancel and self.should_cancel():
+        if any_rank(bool(self.should_cancel and self.should_cancel())):
             save()
             raise FinetuneCancelled(f"finetune cancelled; run it again with the same settings to resume from {self.ckpt_path}")
 
@@ -337,7 +354,8 @@ class _Run:
         cfg, data = self.cfg, self.data
         params = list(lora_parameters(adapters).values())
         opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.99), weight_decay=0.0)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank: noise for the global batch
+        rows = local_rows(cfg.batch_size)
         step = 0
         if state is not None:
             load_lora_parameters(adapters, state["teacher_lora"])
@@ -345,36 +363,37 @@ class _Run:
             if state["stage"] == "teacher":
                 # Restored even when stage 1 had finished: stage 2 draws its batches from where stage 1 left the data
                 # stream (a crash between the last stage-1 and the first stage-2 checkpoint lands here).
-                opt.load_state_dict(state["teacher_opt"])
+                load_optimizer_state(opt, state["teacher_opt"])
                 gen.set_state(state["teacher_rng"])
-                data.rng.bit_generator.state = json.loads(state["numpy_rng"])
+                restore_stream(data.rng, state["numpy_rng"])
+
+        def keep_result() -> None:  # every later checkpoint carries stage 1's result (stage 2 rebuilds from it)
+            lora = full_tensors(lora_parameters(adapters))  # gathered: every rank calls it
+            self.teacher_state = {"teacher_lora": {k: v.clone() for k, v in lora.items()}, "teacher_step": step}
 
         def save() -> None:
-            self.teacher_state = {"teacher_lora": {k: v.detach().clone() for k, v in lora_parameters(adapters).items()},
-                                  "teacher_step": step}
-            self._save({"stage": "teacher", "teacher_opt": opt.state_dict(), "teacher_rng": gen.get_state(),
-                        "numpy_rng": json.dumps(data.rng.bit_generator.state)})
+            keep_result()
+            self._save({"stage": "teacher", "teacher_opt": full_optimizer_state(opt), "teacher_rng": gen.get_state(),
+                        "numpy_rng": stream_states(data.rng)})
 
         teacher.train()
         while step < cfg.teacher_steps:
             self._stop_requested(save)
-            x0, ctx, _ = data.batch(cfg.batch_size)
-            drop = (torch.rand(cfg.batch_size, generator=gen) < cfg.caption_dropout).to(ctx.device)
+            x0, ctx, _ = data.batch(rows.stop - rows.start)
+            drop = (torch.rand(cfg.batch_size, generator=gen)[rows] < cfg.caption_dropout).to(ctx.device)
             ctx = torch.where(drop[:, None, None], self.null_context, ctx)
-            s = sample_training_times(cfg.batch_size, shift, gen, cfg.uniform_time_fraction).to(self.device)
-            noise = torch.randn(x0.shape, generator=gen).to(self.device)
+            s = sample_training_times(cfg.batch_size, shift, gen, cfg.uniform_time_fraction)[rows].to(self.device)
+            noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=gen)[rows].to(self.device)
             loss = flow_matching_loss(teacher, x0, ctx, s, noise)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             step += 1
-            self._report("teacher", step, cfg.teacher_steps, loss.item())
+            self._report("teacher", step, cfg.teacher_steps, mean_over_ranks({"loss": loss.item()})["loss"])
             if step % cfg.checkpoint_every == 0 or step == cfg.teacher_steps:
                 save()
-        # Every later checkpoint carries stage 1's result, so a resume in stage 2 can rebuild the finetuned teacher.
-        self.teacher_state = {"teacher_lora": {k: v.detach().clone() for k, v in lora_parameters(adapters).items()},
-                              "teacher_step": step}
+        keep_result()
         teacher.eval()
 
     def train_student(self, teacher: WanDiT, student: WanDiT, fake: WanDiT, state: dict | None) -> Distiller:

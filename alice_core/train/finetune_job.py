@@ -8,7 +8,8 @@ in their own terms (a node names its input, the app its checkbox, the CLI its fl
   - its checkpoint lives in the work folder; the same job again resumes from it; a checkpoint of a run with other
     clips, settings or base model is refused (`ForeignCheckpoint`) unless the job restarts;
   - restart discards the checkpoint and the outputs of that name first;
-  - a completed run removes its work folder (the LoRA files are the result).
+  - a completed run removes its work folder (the LoRA files are the result);
+  - under torchrun, rank 0 alone deletes and writes files.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import AliceError
+from .distributed import barrier, rank_world
 from .finetune import (
     CHECKPOINT_NAME, FinetuneConfig, FinetuneProgress, FinetuneResult, ForeignCheckpoint, TrainingClip, finetune,
     teacher_lora_path,
@@ -55,10 +57,12 @@ def run_finetune_job(
     function, called only once the job's files are known to be free (reading videos takes time)."""
     work_dir = Path(work_dir)
     outputs = finetune_outputs(out_file)
-    if restart:
+    rank = rank_world()[0]
+    if restart and rank == 0:
         shutil.rmtree(work_dir, ignore_errors=True)
         for path in outputs:
             path.unlink(missing_ok=True)
+    barrier()
     existing = next((p for p in outputs if p.exists() or p.is_symlink()), None)
     resuming = (work_dir / CHECKPOINT_NAME).exists() and not outputs[0].exists()  # stage 1 wrote the teacher LoRA
     if existing is not None and not resuming:
@@ -68,6 +72,7 @@ def run_finetune_job(
     clips = clips() if callable(clips) else clips
     result = finetune(model, clips, cfg, out_file, work_dir, device=device, threads=threads, progress=progress,
                       should_cancel=should_cancel)
-    shutil.rmtree(work_dir, ignore_errors=True)
+    if rank == 0:
+        shutil.rmtree(work_dir, ignore_errors=True)
     return result
 

@@ -18,6 +18,7 @@ from torch import nn
 
 from ..errors import AliceError
 from ..loading.lora import attach_adapter
+from .distributed import copy_full_into, full_tensors
 
 # Attention projections and the feed-forward layers of every block: the layers LoRA finetunes of Wan usually train.
 DEFAULT_TARGET_MODULES = ("self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o",
@@ -74,20 +75,21 @@ def lora_parameters(adapters: dict[str, TrainableLora]) -> dict[str, torch.Tenso
 
 
 def load_lora_parameters(adapters: dict[str, TrainableLora], state: dict[str, torch.Tensor]) -> None:
+    """Full adapter weights into the adapters (their shards, when the model is sharded)."""
     params = lora_parameters(adapters)
     if set(params) != set(state):
         raise AliceError("the finetune checkpoint's LoRA layers do not match this run's settings; "
                          "delete the work folder or use the same rank and target modules")
-    with torch.no_grad():
-        for key, p in params.items():
-            p.copy_(state[key])
+    copy_full_into(params, state)
 
 
 def lora_state_dict(adapters: dict[str, TrainableLora], dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
-    """PEFT layout (`<layer>.lora_A.weight`, `.lora_B.weight`, `.alpha`) in official Wan names."""
+    """PEFT layout (`<layer>.lora_A.weight`, `.lora_B.weight`, `.alpha`) in official Wan names, on every rank
+    (under FSDP every rank must call it: it gathers the shards)."""
+    full = full_tensors(lora_parameters(adapters), all_ranks=True)
     out: dict[str, torch.Tensor] = {}
     for name, a in adapters.items():
-        out[f"{name}.lora_A.weight"] = a.down.detach().to(dtype).cpu().contiguous()
-        out[f"{name}.lora_B.weight"] = a.up.detach().to(dtype).cpu().contiguous()
+        out[f"{name}.lora_A.weight"] = full[f"{name}.down"].to(dtype).contiguous()
+        out[f"{name}.lora_B.weight"] = full[f"{name}.up"].to(dtype).contiguous()
         out[f"{name}.alpha"] = torch.tensor(float(a.alpha))
     return out

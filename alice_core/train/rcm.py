@@ -131,21 +131,23 @@ def backward_simulation(
     context: torch.Tensor,
     steps: int,
     generator: torch.Generator | None,
+    rows: slice = slice(None),
     mid_angles: tuple[float, ...] = (1.5, 1.4, 1.0),
 ) -> torch.Tensor:
     """A student sample from pure noise in `steps` steps (the rCM few-step sampler in TrigFlow form); gradients
-    flow only through the last step, as in rCM."""
+    flow only through the last step, as in rCM. Data parallel: `shape` is the global batch's, and this process
+    samples its `rows` of it (every process draws the same noise)."""
     angles = [math.pi / 2, *mid_angles[: steps - 1]]
-    x = torch.randn(shape, generator=generator).to(context.device)
+    x = torch.randn(shape, generator=generator)[rows].to(context.device)
     for i, angle in enumerate(angles):
-        t = torch.full((shape[0],), angle, device=context.device)
+        t = torch.full((x.shape[0],), angle, device=context.device)
         last = i == len(angles) - 1
         with torch.set_grad_enabled(last and torch.is_grad_enabled()):
             x0 = student.x0(x, t, context)
         if last:
             return x0
         nxt = angles[i + 1]
-        x = math.cos(nxt) * x0.detach() + math.sin(nxt) * torch.randn(shape, generator=generator).to(context.device)
+        x = math.cos(nxt) * x0.detach() + math.sin(nxt) * torch.randn(shape, generator=generator)[rows].to(context.device)
     raise AssertionError("unreachable")
 
 

@@ -13,6 +13,7 @@ from ..loading.checkpoint import read_safetensors_metadata, read_state_dict
 from ..loading.checkpoint import read_training_state as load_checkpoint
 from ..loading.output import save_tensors
 from ..loading.output import save_training_state as save_atomic
+from .distributed import copy_full_into
 
 __all__ = ["EMA", "load_checkpoint", "read_resume_pack", "save_atomic", "training_device", "write_resume_pack",
            "write_run_resume_pack"]
@@ -48,7 +49,8 @@ class EMA:
         return self.shadow
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        self.shadow = {k: v.clone().float() for k, v in state.items()}
+        """In place, so a sharded (FSDP) shadow takes its shard of a full checkpoint's."""
+        copy_full_into(self.shadow, state)
 
 
 RESUME_WEIGHTS = "resume.safetensors"
