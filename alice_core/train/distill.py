@@ -177,10 +177,11 @@ class Distiller:
             "step": self.iteration, "student": full_tensors(self._weights(self.student)),
             "ema": full_tensors(self.ema.state_dict()), "opt_student": full_optimizer_state(self.opt_student),
             "torch_rng": self.gen.get_state(), "numpy_rng": stream_states(self.data.rng),
-            "focus": json.dumps([[a.colour, a.shape, a.motion] for a in self.data.focus]),
         }
         if self.fake is not None:
             state.update(fake=full_tensors(self._weights(self.fake)), opt_fake=full_optimizer_state(self.opt_fake))
+        if hasattr(self.data, "focus"):  # rendered clips (hard-example mining); a finetune's own clips have none
+            state["focus"] = json.dumps([[a.colour, a.shape, a.motion] for a in self.data.focus])
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -196,7 +197,8 @@ class Distiller:
                 load_optimizer_state(self.opt_fake, state["opt_fake"])
         self.gen.set_state(state["torch_rng"])
         restore_stream(self.data.rng, state["numpy_rng"])
-        self.data.focus = tuple(PromptAttributes(*a) for a in json.loads(state.get("focus", "[]")))
+        if "focus" in state:
+            self.data.focus = tuple(PromptAttributes(*a) for a in json.loads(state["focus"]))
         self.iteration = int(state["step"])
 
 
