@@ -9,7 +9,6 @@ state in CPU memory while it writes, which fits the DiT sizes Alice trains (up t
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 from collections.abc import Iterator, Mapping
@@ -19,7 +18,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 
@@ -48,20 +47,15 @@ def rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def local_rows(global_batch: int, flag: str = "--batch-size") -> slice:
+def local_rows(global_batch: int) -> slice:
     """This rank's rows of a global batch. Every rank draws the noise of the whole global batch from one shared
     generator and keeps its rows, so N processes compute what one process computes on the same batch."""
     rank, world = rank_world()
     if global_batch % world:
-        raise AliceError(f"{flag} {global_batch} is the global batch and must be divisible by the {world} processes; "
+        raise AliceError(f"--batch-size {global_batch} is the global batch and must be divisible by the {world} processes; "
                          f"use a multiple of {world}")
     n = global_batch // world
     return slice(rank * n, (rank + 1) * n)
-
-
-@functools.cache
-def _mesh(device_type: str, world: int) -> DeviceMesh:
-    return init_device_mesh(device_type, (world,))
 
 
 def shard(model: nn.Module) -> nn.Module:
@@ -70,7 +64,7 @@ def shard(model: nn.Module) -> nn.Module:
     _, world = rank_world()
     if world == 1:
         return model
-    mesh = _mesh(next(model.parameters()).device.type, world)
+    mesh = init_device_mesh(next(model.parameters()).device.type, (world,))  # over the default process group
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
