@@ -78,7 +78,9 @@ class VideoPipeline:
         """A pipeline sharing this one's parts except `changes` (e.g. other DiTs)."""
         parts = {k: getattr(self, k) for k in ("name", "dits", "latent_space", "text_encoder", "autoencoder",
                                                 "defaults", "device", "offload_device", "loras", "lora_targets")}
-        return VideoPipeline(**{**parts, **changes})
+        pipe = VideoPipeline(**{**parts, **changes})
+        pipe.image_encoder = self.image_encoder  # a LoRA copy of a Wan2.1 I2V model keeps its CLIP encoder
+        return pipe
 
     # -- settings -----------------------------------------------------------------------------------------------
     def size_multiples(self, sampler: str | None = None) -> tuple[int, int]:

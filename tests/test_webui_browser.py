@@ -23,6 +23,8 @@ from webui.app import EXAMPLE_PROMPT, serve
 from webui.studio import MAX_FINETUNE_STEPS, START_IMAGE_NAME, Studio
 
 from tests.bundles import random_tiny_bundle
+from tests.test_clip_vision import WIDTH as CLIP_WIDTH
+from tests.test_clip_vision import clip_files  # noqa: F401  (fixture: tiny CLIP vision file)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")  # Debian's chromium-driver, same version as the browser
@@ -35,12 +37,17 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="module")
-def studio(tmp_path_factory):
+def studio(tmp_path_factory, clip_files):  # noqa: F811
     models = tmp_path_factory.mktemp("models")
     random_tiny_bundle(models / "random-test")  # a second model with a teacher and a student
     # Steps slow enough to watch a run's progress and cancel it mid-way (about 0.1-0.2 s each on one CPU core).
     random_tiny_bundle(models / "slow-test", dim=384, num_layers=6, name="slow-test")
     random_tiny_bundle(models / "i2v-test", name="i2v-test", image_to_video=True)  # takes a start image
+    # Wan2.1 I2V's inputs: a start image and the CLIP image embedding, from a file in the models folder's clip_vision/
+    random_tiny_bundle(models / "clip-i2v-test", name="clip-i2v-test", image_dim=CLIP_WIDTH)
+    (models / "clip_vision").mkdir()
+    (models / "clip_vision" / "clip_vision_tiny.safetensors").write_bytes(
+        (clip_files[0] / "clip_vision_tiny.safetensors").read_bytes())
     return Studio(tmp_path_factory.mktemp("out"), models_dir=models)
 
 
@@ -431,3 +438,56 @@ def test_the_start_image_upload_shows_for_an_image_to_video_model_and_reaches_th
     pick(browser, "model", "local/random-test")  # a text-to-video model again: the upload goes away
     WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"), "random-test:"))
     WebDriverWait(browser, 30).until(lambda _: not start_image_shown(browser))
+
+
+def clip_vision_shown(browser) -> bool:
+    return any(e.is_displayed() for e in browser.find_elements(By.CSS_SELECTOR, "#clip-vision"))
+
+
+def choose_model(browser, label):
+    pick(browser, "model", label)
+    WebDriverWait(browser, 60).until(ec.text_to_be_present_in_element((By.CSS_SELECTOR, "#model-info"),
+                                                                      f"{label.removeprefix('local/')}:"))
+
+
+def test_the_clip_vision_choice_shows_for_a_wan21_i2v_model_and_its_file_makes_the_video(browser, url, studio,
+                                                                                         tmp_path):
+    from PIL import Image
+
+    sized(browser, url, (1400, 1000))
+    WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#model input")))
+    assert not clip_vision_shown(browser)  # text-to-video: no CLIP vision choice
+    choose_model(browser, "local/i2v-test")  # image-to-video without CLIP (as Wan2.2 I2V): the upload only
+    WebDriverWait(browser, 30).until(lambda _: start_image_shown(browser))
+    assert not clip_vision_shown(browser)
+
+    choose_model(browser, "local/clip-i2v-test")
+    WebDriverWait(browser, 30).until(lambda _: clip_vision_shown(browser) and start_image_shown(browser))
+    box = browser.find_element(By.CSS_SELECTOR, "#clip-vision input")
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    seen_text(browser, "#clip-vision", "CLIP vision")
+    assert box.get_attribute("value") == "clip_vision_tiny.safetensors" and seen(browser, box)
+    click(browser, box)  # its list holds the file the app found
+    options = WebDriverWait(browser, 10).until(
+        lambda b: [o.text.replace("✓", "").strip() for o in b.find_elements(By.CSS_SELECTOR, "[role=option]")
+                   if o.is_displayed()])  # the chosen one is ticked
+    assert "clip_vision_tiny.safetensors" in options, options
+    browser.find_element(By.TAG_NAME, "h1").click()
+
+    picture = tmp_path / "start.png"
+    Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(picture)
+    label = browser.find_element(By.CSS_SELECTOR, "#start-image")
+    label.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(picture))
+    WebDriverWait(browser, 30).until(lambda b: any(b.execute_script(SEEN, i, label)
+                                                   for i in b.find_elements(By.CSS_SELECTOR, "#start-image img")))
+    before = set(studio.output_dir.glob("*.mp4"))
+    click_generate(browser)
+    seen_text(browser, "#generate-status", "Done:", timeout=120)
+    [made] = set(studio.output_dir.glob("*.mp4")) - before
+    assert read_video_metadata(made)["model"] == "clip-i2v-test" and read_video_metadata(made)["image"] == START_IMAGE_NAME
+    assert studio.pipeline("local/clip-i2v-test").image_encoder.width == CLIP_WIDTH  # the chosen file was read
+    video = browser.find_element(By.CSS_SELECTOR, "#output-video video")
+    assert video.get_attribute("src").endswith(made.name) and seen(browser, video)
+
+    choose_model(browser, "local/random-test")  # text-to-video again: both go away
+    WebDriverWait(browser, 30).until(lambda _: not clip_vision_shown(browser) and not start_image_shown(browser))

@@ -27,6 +27,7 @@ from alice_core.pipeline import VideoPipeline
 from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
 
 from .feedback import ErrorNotes, whole_number
+from .image_inputs import START_IMAGE_NOTES, build_image_inputs, clip_vision_update, start_image_update
 from .finetune_tab import build_finetune_tab, lora_choices
 from .jobs import CancelFlags, LivePreviews
 from .models import default_frames, default_size, frame_presets, size_presets
@@ -69,20 +70,6 @@ def _model_info(pipe: VideoPipeline) -> str:
     return f"**{pipe.name}**: {kind}; {samplers}; default {width}x{height}, {default_frames(pipe)} frames."
 
 
-# What the model does with a start image (pipeline.start_image_use), as the model line says it.
-START_IMAGE_NOTES = {"needed": "image to video (upload a start image)", "optional": "text or image to video (start "
-                     "image optional)", "none": "text to video"}
-START_IMAGE_LABELS = {"needed": "Start image (this model needs one)", "optional": "Start image (optional)"}
-
-
-def _start_image_update(pipe: VideoPipeline) -> dict:
-    """Shown only for a model that takes a start image; a text-to-video model's stays hidden and empty."""
-    use = pipe.start_image_use()
-    if use == "none":
-        return gr.update(visible=False, value=None)
-    return gr.update(visible=True, label=START_IMAGE_LABELS[use])
-
-
 class _Handlers:
     """The event handlers. Their parameter names are the public API names (gradio_client keyword arguments); a
     parameter with a default may be left out by an API client (start_image: text-to-video needs none)."""
@@ -95,14 +82,14 @@ class _Handlers:
         self.errors = ErrorNotes(studio)
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
-             fps, lora, lora_strength, start_image) -> Job:
+             fps, lora, lora_strength, start_image, clip_vision) -> Job:
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         seed = whole_number("Seed", seed, 0, MAX_SEED)
         return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
                    frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision,
                    lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0),
-                   image=start_image)
+                   image=start_image, clip_vision=clip_vision or "")
 
     def _run(self, session: str, progress: gr.Progress, work):
         """work(progress_fn, should_cancel, preview_fn) under this session's cancel flag; None when cancelled.
@@ -128,12 +115,12 @@ class _Handlers:
         return history
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                 randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, history=None,
-                 request: gr.Request = None, progress=gr.Progress()):
+                 randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, clip_vision=None,
+                 history=None, request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             steps = student_steps if sampler == "rcm" else teacher_steps
             job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
-                            frames, fps, lora, lora_strength, start_image)
+                            frames, fps, lora, lora_strength, start_image, clip_vision)
             result = self._run(request.session_hash, progress, lambda p, c, v: self.studio.generate(job, p, c, v))
         if result is None:
             return [gr.skip()] * 5 + [CANCELLED_TEXT]
@@ -142,11 +129,11 @@ class _Handlers:
         return str(result.path), result.summary(), job.seed, history, history, done
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
-                randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, history=None,
-                request: gr.Request = None, progress=gr.Progress()):
+                randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, clip_vision=None,
+                history=None, request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
-                            fps, lora, lora_strength, start_image)
+                            fps, lora, lora_strength, start_image, clip_vision)
 
             def both(report, should_cancel, preview):
                 return self.studio.compare(job, int(student_steps), int(teacher_steps), report, should_cancel, preview)
@@ -196,13 +183,17 @@ class _Handlers:
             ui.sampler: gr.update(choices=[(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe)),
             ui.student_steps: gr.update(visible="rcm" in pipe.dits),
             ui.teacher_steps: gr.update(visible="teacher" in pipe.dits, value=_teacher_steps(pipe)),
-            ui.start_image: _start_image_update(pipe),
+            ui.start_image: start_image_update(pipe), ui.clip_vision: clip_vision_update(self.studio, pipe, model),
         }
 
     def refresh(self, model):
         choices = _model_choices(self.studio)
         known = [value for _, value in choices]
         return gr.update(choices=choices, value=model if model in known else self.studio.default_label)
+
+    def refresh_clip_vision(self, clip_vision):
+        names = self.studio.clip_vision_names()
+        return gr.update(choices=names, value=clip_vision if clip_vision in names else next(iter(names), None))
 
     def refresh_loras(self, lora):
         return gr.update(choices=lora_choices(self.studio), value=lora if lora in self.studio.lora_names() else "")
@@ -251,10 +242,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                         ui.cancel = gr.Button("Cancel", variant="stop", elem_id="cancel")
                     # Progress, the outcome and errors show here, next to the buttons, at any window size.
                     ui.status = gr.Markdown("", elem_id="generate-status", elem_classes="alice-status")
-                    use = pipe.start_image_use()
-                    ui.start_image = gr.Image(label=START_IMAGE_LABELS.get(use, "Start image"), type="numpy",
-                                              image_mode="RGB", sources=["upload", "clipboard"], height=200,
-                                              visible=use != "none", elem_id="start-image")
+                    build_image_inputs(studio, pipe, studio.default_label, ui)
                     ui.negative_prompt = gr.Textbox(label="Negative prompt", value=defaults.negative_prompt)
                     with gr.Row():
                         # No min/max here: the handler's check names the field (Gradio's own does not).
@@ -316,7 +304,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
         inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
                   ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, ui.lora, ui.lora_strength,
-                  ui.start_image, history]
+                  ui.start_image, ui.clip_vision, history]
         # Generation and comparison share one queue slot: one job at a time on the device. Progress and errors show
         # on the status block only, so an error leaves the last video, its settings and the gallery as they were.
         # The live preview's polling starts with the click (the job may wait in the queue), then the job runs.
@@ -337,13 +325,14 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         h.previews.attach(ui.preview_timer, ui.preview, ui.preview_box, ui.video_box,
                           [gen_event, cmp_event], cancel_event)
         model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
-                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.start_image]
+                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.start_image, ui.clip_vision]
         for control in (ui.model, ui.precision):
             control.change(h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private",
                            concurrency_id="loading")
         for trigger in (ui.refresh.click, demo.load):  # pick up new bundles and LoRAs
             trigger(h.refresh, [ui.model], [ui.model], api_visibility="private", queue=False)
             trigger(h.refresh_loras, [ui.lora], [ui.lora], api_visibility="private", queue=False)
+            trigger(h.refresh_clip_vision, [ui.clip_vision], [ui.clip_vision], api_visibility="private", queue=False)
         ui.download.click(h.download, [ui.model], [ui.model], api_visibility="private", concurrency_id="loading").then(
             h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private", concurrency_id="loading"
         )

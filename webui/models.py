@@ -1,4 +1,5 @@
-"""Which models the app offers, a cache of loaded pipelines, and the size/frame presets each model allows.
+"""Which models the app offers, a cache of loaded pipelines, the size/frame presets each model allows, and the start
+image and CLIP vision encoder it takes.
 
 The UI only ever sends a model *label* back; the label is looked up in the list built here on the server, so a
 user can never make the app read a path of their choosing. Three sources: bundled models, model bundles found
@@ -17,10 +18,14 @@ from pathlib import Path
 from alice_core.bundle import bundled_models
 from alice_core.errors import AliceError
 from alice_core.loading.precision import check_precision
+from alice_core.models.clip_vision import ClipImageEncoder
 from alice_core.models.runtime import DiTRuntime
+from alice_core.generation import dit_config
 from alice_core.pipeline import VideoPipeline, load_pipeline
 
 MODELS_DIR_ENV = "ALICE_MODELS_DIR"
+CLIP_VISION_FOLDER = "clip_vision"
+CLIP_VISION_SUFFIXES = (".safetensors", ".pth", ".pt")  # what load_clip_vision reads as a single file
 LOCAL_PREFIX = "local/"
 HUB_PREFIX = "hub/"
 
@@ -40,6 +45,7 @@ class ModelChoice:
     text_encoder: str | None = None
     low_noise_model: str | None = None  # a catalogue Wan2.2 pair's low-noise expert
     defaults: dict | None = None        # a catalogue model's preset (steps, sigma_max, boundary, size, ...)
+    clip_vision: str | None = None      # a catalogue Wan2.1 I2V model's CLIP vision file name (the list's default)
 
     @property
     def available(self) -> bool:
@@ -62,8 +68,41 @@ def _catalogue_choice(model) -> ModelChoice:
     except AliceError:
         return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, None, model.description)
     low = str(paths["dit_low"]) if "dit_low" in paths else None
+    clip = paths["clip_vision"].name if "clip_vision" in paths else None
     return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, str(paths["dit"]), model.description,
-                       str(paths["vae"]), str(paths["text_encoder"]), low, model.defaults)
+                       str(paths["vae"]), str(paths["text_encoder"]), low, model.defaults, clip)
+
+
+def clip_vision_files(models_dir: Path) -> dict[str, Path]:
+    """The CLIP vision files the app may load (Wan2.1 I2V), by file name: those in the models folder's
+    clip_vision/, then those `alice download` placed ($ALICE_HOME/clip_vision); the first of a name wins."""
+    from alice_core.hub import standalone_folders
+
+    files: dict[str, Path] = {}
+    for folder in (models_dir / CLIP_VISION_FOLDER, *standalone_folders()[CLIP_VISION_FOLDER]):
+        if folder.is_dir():
+            for path in sorted(folder.iterdir()):
+                if path.is_file() and path.suffix in CLIP_VISION_SUFFIXES and not path.name.startswith("."):
+                    files.setdefault(path.name, path)
+    return files
+
+
+class ImageEncoderCache:
+    """The CLIP vision encoder last used, kept loaded by file (one at a time: ViT-H is 1.26 GB)."""
+
+    def __init__(self) -> None:
+        self._loaded: tuple[tuple[Path, int], ClipImageEncoder] | None = None
+        self._lock = threading.Lock()
+
+    def get(self, path: Path) -> ClipImageEncoder:
+        from alice_core.loading.clip_vision import load_clip_vision
+
+        key = (path, path.stat().st_mtime_ns)
+        with self._lock:
+            if self._loaded is None or self._loaded[0] != key:
+                self._loaded = None  # free the previous one first
+                self._loaded = (key, load_clip_vision(path))
+            return self._loaded[1]
 
 
 def list_model_choices(models_dir: Path, extra: dict[str, Path] | None = None) -> list[ModelChoice]:
@@ -183,3 +222,25 @@ def parse_frames(value: int | str, pipe: VideoPipeline) -> int:
             f"pick one of {', '.join(map(str, frame_presets(pipe)))}"
         )
     return frames
+
+
+# -- what a model takes -----------------------------------------------------------------------------------------
+def check_start_image(pipe: VideoPipeline, sampler: str | None, image_given: bool, clip_vision: str) -> None:
+    """The start image as the model takes it, in the app's words: needed (image-to-video), refused (text-to-video),
+    and a Wan2.1 I2V model's CLIP vision encoder chosen."""
+    use = pipe.start_image_use(sampler)
+    if use == "needed" and not image_given:
+        raise AliceError(f"{pipe.name} is an image-to-video model: upload a start image (Start image, under the "
+                         "prompt)")
+    if use == "none" and image_given:
+        raise AliceError(f"{pipe.name} is a text-to-video model and takes no start image; remove the picture from "
+                         "Start image")
+    if use == "needed" and not clip_vision and needs_clip_vision(pipe, sampler):
+        raise AliceError(f"{pipe.name} is a Wan2.1 image-to-video model and needs the CLIP vision encoder: choose it "
+                         "in CLIP vision (under Start image); if the list is empty, put clip_vision_h.safetensors in "
+                         "the clip_vision folder (alice download clip-vision-h-comfy)")
+
+
+def needs_clip_vision(pipe: VideoPipeline, sampler: str | None = None) -> bool:
+    sampler = sampler or pipe.defaults.sampler_for(pipe.dits)
+    return dit_config(pipe.dits.get(sampler) or next(iter(pipe.dits.values()))).image_dim is not None

@@ -22,7 +22,6 @@ from alice_core.errors import AliceError
 from alice_core.limits import APP_WORDS
 from alice_core.loading.lora import lora_samplers
 from alice_core.models.runtime import DiTRuntime
-from alice_core.generation import dit_config
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.preview import previewer_for
 from alice_core.sampling import RCM_MAX_STEPS
@@ -34,8 +33,8 @@ from alice_core.train.finetune_job import FinetuneOutputsExist, ForeignCheckpoin
 from alice_core.video_io import unique_path
 
 from .models import (
-    LOCAL_PREFIX, ModelChoice, PipelineCache, default_models_dir, download_model, list_model_choices, parse_frames,
-    parse_size,
+    LOCAL_PREFIX, ImageEncoderCache, ModelChoice, PipelineCache, check_start_image, clip_vision_files,
+    default_models_dir, download_model, list_model_choices, needs_clip_vision, parse_frames, parse_size,
 )
 
 MAX_TEACHER_STEPS_UI = 100  # the library allows more; the app keeps one request from holding the device for long
@@ -70,6 +69,7 @@ class Job:
     lora: str = ""              # a name from Studio.lora_names(); "" means none
     lora_strength: float = 1.0
     image: np.ndarray | None = None  # image-to-video: the uploaded start picture (uint8 [H, W, 3])
+    clip_vision: str = ""       # Wan2.1 I2V: a name from Studio.clip_vision_names()
 
 
 @dataclass
@@ -122,6 +122,7 @@ class Studio:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.models_dir = Path(models_dir).expanduser().resolve() if models_dir else default_models_dir()
         self.pipelines = PipelineCache(device, runtime=runtime)
+        self.image_encoders = ImageEncoderCache()
         self._device_lock = threading.Lock()  # one job at a time on this device, whatever the queue does
         self.loras_dir = self.models_dir / "loras"  # inside the models folder: never served to the browser
         self._lora_pipe: tuple[tuple, VideoPipeline] | None = None  # the last LoRA-patched pipeline, reused
@@ -163,6 +164,17 @@ class Studio:
         """Fetch a catalogue model; progress(label, bytes_done, bytes_total) as alice_core.hub reports it."""
         return download_model(self.choice(label), progress)
 
+    def clip_vision_names(self) -> list[str]:
+        """The CLIP vision files the app offers (Wan2.1 I2V): see models.clip_vision_files."""
+        return list(clip_vision_files(self.models_dir))
+
+    def clip_vision_path(self, name: str) -> Path:
+        files = clip_vision_files(self.models_dir)
+        if name not in files:
+            raise AliceError(f"unknown CLIP vision file {name!r}; pick one from the CLIP vision list (click ↻ after "
+                             f"adding a file to the clip_vision folder)")
+        return files[name]
+
     def busy(self) -> bool:
         return self._device_lock.locked()
 
@@ -182,7 +194,9 @@ class Studio:
             raise AliceError(f"teacher steps must be 1..{MAX_TEACHER_STEPS_UI} in the app, got {job.steps}")
         if sampler == "rcm" and job.steps is not None and not 1 <= job.steps <= RCM_MAX_STEPS:
             raise AliceError(f"student steps must be 1..{RCM_MAX_STEPS}, got {job.steps}")
-        check_start_image(job, pipe, sampler)
+        check_start_image(pipe, sampler, job.image is not None, job.clip_vision)
+        if job.image is not None and needs_clip_vision(pipe, sampler):
+            self.clip_vision_path(job.clip_vision)  # a name from the list, checked before any work
         settings = GenerationSettings(
             prompt=job.prompt, negative_prompt=job.negative_prompt or None, seed=int(job.seed), sampler=sampler,
             steps=job.steps, width=width, height=height, frames=frames, fps=job.fps,
@@ -265,6 +279,8 @@ class Studio:
             if show is not None:
                 hooks.preview(show(x0))
 
+        if job.image is not None and needs_clip_vision(pipe, settings.sampler):
+            pipe.image_encoder = self.image_encoders.get(self.clip_vision_path(job.clip_vision))  # device held
         video = pipe.generate(settings, progress=report, should_cancel=hooks.should_cancel, image=job.image)
         path = pipe.save(video, unique_path(self.output_dir, "alice", ".mp4"))
         return Result(path, video, time.perf_counter() - start, job.lora, job.lora_strength)
@@ -365,26 +381,6 @@ class Studio:
             except ForeignCheckpoint:
                 raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
                                  "or model; tick 'Start over' to discard it, or choose another name") from None
-
-
-def check_start_image(job: Job, pipe: VideoPipeline, sampler: str | None) -> None:
-    """The start image as the model takes it, in the app's words: needed (image-to-video), refused (text-to-video),
-    a Wan2.1 I2V model refused as the app loads no CLIP vision encoder."""
-    use = pipe.start_image_use(sampler)
-    if use == "needed" and job.image is None:
-        raise AliceError(f"{pipe.name} is an image-to-video model: upload a start image (Start image, under the "
-                         "prompt)")
-    if use == "none" and job.image is not None:
-        raise AliceError(f"{pipe.name} is a text-to-video model and takes no start image; remove the picture from "
-                         "Start image")
-    if use == "needed" and pipe.image_encoder is None and needs_clip_vision(pipe, sampler):
-        raise AliceError(f"{pipe.name} is a Wan2.1 image-to-video model and needs the CLIP vision encoder, which the "
-                         "app does not load; use alice generate --clip-vision or ComfyUI")
-
-
-def needs_clip_vision(pipe: VideoPipeline, sampler: str | None = None) -> bool:
-    sampler = sampler or pipe.defaults.sampler_for(pipe.dits)
-    return dit_config(pipe.dits.get(sampler) or next(iter(pipe.dits.values()))).image_dim is not None
 
 
 def _student_of(name: str) -> str:
