@@ -35,8 +35,9 @@ from .errors import AliceError
 from .loading.output import file_sha256, place
 
 FOLDER_KINDS = ("diffusion_models", "text_encoders", "vae", "loras", "clip_vision")  # ComfyUI's folder names
-# dit_low: a Wan2.2 pair's low-noise expert; clip_vision: the CLIP image encoder a Wan2.1 I2V model needs
-MODEL_ROLES = ("dit", "dit_low", "vae", "text_encoder", "clip_vision")
+# dit_low: a Wan2.2 pair's low-noise expert; clip_vision: the CLIP image encoder a Wan2.1 I2V model needs; lora: a
+# LoRA applied (strength 1) on load, which makes its base model the few-step one (lightx2v)
+MODEL_ROLES = ("dit", "dit_low", "vae", "text_encoder", "clip_vision", "lora")
 PRESET_KEYS = tuple(f.name for f in dataclasses.fields(ModelDefaults))  # a preset is a model's typed defaults
 CATALOGUE_PATH = Path(__file__).with_name("catalogue.json")
 # Left free on the disk beyond the downloads themselves, so a download never fills a disk to the last byte.
@@ -84,7 +85,7 @@ class CatalogueModel:
 
     name: str
     description: str
-    roles: dict[str, str]                        # "dit" / "vae" / "text_encoder" (+ "dit_low", "clip_vision") -> file
+    roles: dict[str, str]                        # a MODEL_ROLES name -> file entry name
     extra_files: tuple[str, ...] = ()            # needed beside the role files (the umT5 tokenizer)
     comfyui_only: bool = False                   # its files load only through ComfyUI's own loaders
     defaults: dict = field(default_factory=dict)  # the model's preset: steps, sigma_max, boundary, size, frames, fps

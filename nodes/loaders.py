@@ -51,8 +51,9 @@ class AliceModelLoader(AliceNode):
     DESCRIPTION = (
         "Loads an Alice/Wan DiT: the bundled alice-tiny, a model bundle (folder with model.json), a single Wan "
         "checkpoint from models/diffusion_models (text- or image-to-video, TI2V-5B with the Wan2.2 VAE), a Wan2.2 "
-        "A14B pair (the high-noise file here, the low-noise file in low_noise_model_name), or a catalogue model. A catalogue model missing on disk "
-        "is downloaded (with its VAE and text encoder, into the standard folders) only when download is on."
+        "A14B pair (the high-noise file here, the low-noise file in low_noise_model_name), or a catalogue model "
+        "(with its own LoRA, if it has one). A catalogue model missing on disk is downloaded (with its VAE and text "
+        "encoder, into the standard folders) only when download is on."
     )
     RETURN_TYPES = ("ALICE_MODEL",)
     RETURN_NAMES = ("model",)
@@ -86,11 +87,11 @@ class AliceModelLoader(AliceNode):
                 boundary: float = 0.0) -> tuple[VideoPipeline]:
         low = None if low_noise_model_name == NO_LOW_NOISE_MODEL else host.model_path("diffusion_models",
                                                                                     low_noise_model_name)
-        defaults = None
+        defaults = catalogue_lora = None
         if model_name.startswith(CATALOGUE_PREFIX):
             name = model_name.removeprefix(CATALOGUE_PREFIX)
             files = resolve_catalogue_model(name, download, host.download_progress(), host.model_folders())
-            source, defaults = files["dit"], load_catalogue().models[name].defaults
+            source, defaults, catalogue_lora = files["dit"], load_catalogue().models[name].defaults, files.get("lora")
             if "dit_low" in files:
                 if low is not None:
                     raise AliceError(f"{model_name} is a pair and brings its own low-noise expert; set input "
@@ -109,8 +110,11 @@ class AliceModelLoader(AliceNode):
         device = host.compute_device()
         offload_device = host.offload_device() if offload else None
         runtime = DiTRuntime(attention, blocks_on_gpu or None, compile)
-        return (load_pipeline(source, precision, device=device, low_noise_model=low, boundary=boundary or None,
-                              offload_device=offload_device, parts=("dits",), defaults=defaults, runtime=runtime),)
+        pipe = load_pipeline(source, precision, device=device, low_noise_model=low, boundary=boundary or None,
+                             offload_device=offload_device, parts=("dits",), defaults=defaults, runtime=runtime)
+        if catalogue_lora is not None:  # the catalogue model's own LoRA (lightx2v's 4 steps) on its base model
+            pipe = pipe.with_lora(catalogue_lora, copy=False)
+        return (pipe,)
 
 
 class AliceTextEncoderLoader(AliceNode):

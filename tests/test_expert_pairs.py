@@ -150,6 +150,10 @@ def test_cli_bad_input_is_one_line(files, tmp_path, capsys):
     assert code == 2 and "text-to-video model: it takes no start image; drop --image" in err
     code, _, err = generate(files, tmp_path, capsys, "--model", str(t2v), "--boundary", "0.9")
     assert code == 2 and "also pass --low-noise-model LOW" in err
+    i2v, _ = write_variant(official_state(8), "official", tmp_path / "i2v")
+    code, _, err = generate(files, tmp_path, capsys, "--model", str(t2v), "--low-noise-model", str(i2v))
+    assert code == 2 and "have different architectures (in_dim 16 vs 36); pass the two experts of one" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     code, _, err = generate(files, tmp_path, capsys, "--model", str(root / "official"), "--image", str(root / "nope.png"))
     assert code == 2 and "--image" in err and "file not found" in err
 

@@ -238,17 +238,11 @@ def test_legacy_non_zip_wan_t5_checkpoint_loads(tmp_path, tiny_umt5):
     from alice_core.loading.text_encoders import load_umt5
     from tests.test_text_encoders import PROMPTS
 
+    from tests.test_text_encoders import wan_umt5_state
+
     root, model, _ = tiny_umt5
-    hf = model.state_dict()
-    wan = {"token_embedding.weight": hf["shared.weight"], "norm.weight": hf["encoder.final_layer_norm.weight"]}
-    names = {"norm1": "0.layer_norm", "attn.q": "0.SelfAttention.q", "attn.k": "0.SelfAttention.k",
-             "attn.v": "0.SelfAttention.v", "attn.o": "0.SelfAttention.o",
-             "pos_embedding.embedding": "0.SelfAttention.relative_attention_bias", "norm2": "1.layer_norm",
-             "ffn.gate.0": "1.DenseReluDense.wi_0", "ffn.fc1": "1.DenseReluDense.wi_1", "ffn.fc2": "1.DenseReluDense.wo"}
-    for i in range(2):
-        wan |= {f"blocks.{i}.{w}.weight": hf[f"encoder.block.{i}.layer.{h}.weight"] for w, h in names.items()}
     file = tmp_path / "models_t5_umt5-xxl-enc-bf16.pth"
-    torch.save(wan, file, _use_new_zipfile_serialization=False)
+    torch.save(wan_umt5_state(model), file, _use_new_zipfile_serialization=False)
     legacy = load_umt5(file, tokenizer_path=root / "tokenizer")
     folder = load_umt5(root)
     torch.testing.assert_close(legacy.encode(PROMPTS), folder.encode(PROMPTS), atol=1e-6, rtol=1e-6)

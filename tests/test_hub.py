@@ -364,10 +364,20 @@ def test_packaged_catalogue_has_the_models_the_project_promises():
     loras = [f for f in catalogue.files.values() if f.folder == "loras"]
     assert loras and all(f.repo_id == "lightx2v/Wan2.1-Distill-Loras" and
                          f.filename.endswith("_lora_rank64_lightx2v_4step.safetensors") for f in loras)
+    folders = {"dit": "diffusion_models", "dit_low": "diffusion_models", "vae": "vae", "text_encoder": "text_encoders",
+               "clip_vision": "clip_vision", "lora": "loras"}
     for model in catalogue.models.values():
-        assert set(model.roles) - {"dit_low"} == {"dit", "vae", "text_encoder"}
-        assert [catalogue.files[model.roles[r]].folder for r in ("dit", "vae", "text_encoder")] == [
-            "diffusion_models", "vae", "text_encoders"]
+        assert {"dit", "vae", "text_encoder"} <= set(model.roles) <= set(folders)
+        assert all(catalogue.files[file].folder == folders[role] for role, file in model.roles.items()), model.name
+    # lightx2v's 4-step LoRAs with their base models (the I2V one with the CLIP vision file), 4-step preset
+    for name, base in (("lightx2v-wan2.1-t2v-14b", "wan2.1_t2v_14B_fp16.safetensors"),
+                       ("lightx2v-wan2.1-i2v-14b-480p", "wan2.1_i2v_480p_14B_fp16.safetensors")):
+        roles = {r: catalogue.files[f].filename.rsplit("/", 1)[-1] for r, f in catalogue.models[name].roles.items()}
+        assert roles["dit"] == base and roles["lora"].endswith("_lora_rank64_lightx2v_4step.safetensors")
+        assert catalogue.models[name].defaults["rcm_steps"] == 4
+    assert "clip_vision" in catalogue.models["lightx2v-wan2.1-i2v-14b-480p"].roles
+    ti2v = catalogue.models["wan2.2-ti2v-5b"]
+    assert catalogue.files[ti2v.roles["vae"]].filename == "Wan2.2_VAE.pth" and ti2v.defaults["frames"] == 121
     # the released 4-step Wan2.2 I2V pair, with rCM's I2V preset (sigma_max 200, boundary 0.9: two steps per expert)
     pair = catalogue.models["turbowan2.2-i2v-a14b-720p"]
     assert [catalogue.files[pair.roles[r]].filename for r in ("dit", "dit_low")] == [
@@ -422,7 +432,8 @@ def test_generate_hook_maps_a_present_catalogue_model_to_pipeline_paths(tmp_path
     assert args == {"model": str(tmp_path / "diffusion_models" / "rCM_Wan2.1_T2V_1.3B_480p.pt"),
                     "vae": str(tmp_path / "vae" / "Wan2.1_VAE.pth"),
                     "text_encoder": str(tmp_path / "text_encoders" / "models_t5_umt5-xxl-enc-bf16.pth"),
-                    "low_noise_model": None, "defaults": catalogue.models["rcm-wan2.1-t2v-1.3b"].defaults}
+                    "low_noise_model": None, "clip_vision": None, "lora": None,
+                    "defaults": catalogue.models["rcm-wan2.1-t2v-1.3b"].defaults}
     for file in catalogue.expand(["turbowan2.2-i2v-a14b-720p"]):
         path = hub.target_path(file)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -155,6 +155,19 @@ def build_tokenizer(folder: Path):
     return tokenizer
 
 
+def wan_umt5_state(model) -> dict[str, torch.Tensor]:
+    """A transformers UMT5EncoderModel's weights in Wan's own module names (models_t5_umt5-xxl-enc-bf16.pth)."""
+    hf = model.state_dict()
+    wan = {"token_embedding.weight": hf["shared.weight"], "norm.weight": hf["encoder.final_layer_norm.weight"]}
+    names = {"norm1": "0.layer_norm", "attn.q": "0.SelfAttention.q", "attn.k": "0.SelfAttention.k",
+             "attn.v": "0.SelfAttention.v", "attn.o": "0.SelfAttention.o",
+             "pos_embedding.embedding": "0.SelfAttention.relative_attention_bias", "norm2": "1.layer_norm",
+             "ffn.gate.0": "1.DenseReluDense.wi_0", "ffn.fc1": "1.DenseReluDense.wi_1", "ffn.fc2": "1.DenseReluDense.wo"}
+    for i in range(model.config.num_layers):
+        wan |= {f"blocks.{i}.{w}.weight": hf[f"encoder.block.{i}.layer.{h}.weight"] for w, h in names.items()}
+    return wan
+
+
 @pytest.fixture(scope="module")
 def tiny_umt5(tmp_path_factory):
     """Diffusers layout: root/text_encoder (config.json + weights) and root/tokenizer."""

@@ -46,6 +46,7 @@ class ModelChoice:
     low_noise_model: str | None = None  # a catalogue Wan2.2 pair's low-noise expert
     defaults: dict | None = None        # a catalogue model's preset (steps, sigma_max, boundary, size, ...)
     clip_vision: str | None = None      # a catalogue Wan2.1 I2V model's CLIP vision file name (the list's default)
+    lora: str | None = None             # a catalogue model's own LoRA (lightx2v), applied on load
 
     @property
     def available(self) -> bool:
@@ -69,8 +70,9 @@ def _catalogue_choice(model) -> ModelChoice:
         return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, None, model.description)
     low = str(paths["dit_low"]) if "dit_low" in paths else None
     clip = paths["clip_vision"].name if "clip_vision" in paths else None
+    lora = str(paths["lora"]) if "lora" in paths else None
     return ModelChoice(HUB_PREFIX + model.name, "catalogue", model.name, str(paths["dit"]), model.description,
-                       str(paths["vae"]), str(paths["text_encoder"]), low, model.defaults, clip)
+                       str(paths["vae"]), str(paths["text_encoder"]), low, model.defaults, clip, lora)
 
 
 def clip_vision_files(models_dir: Path) -> dict[str, Path]:
@@ -134,7 +136,7 @@ def download_model(choice: ModelChoice, progress=None) -> Path:
 
 
 class PipelineCache:
-    """Loaded pipelines keyed by (model source, precision); keeps the most recently used few in memory."""
+    """Loaded pipelines keyed by (model source, its own LoRA, precision); keeps the most recently used few in memory."""
 
     def __init__(self, device: str, max_items: int = 2, runtime: DiTRuntime = DiTRuntime()) -> None:
         self.device = device
@@ -147,7 +149,7 @@ class PipelineCache:
         if not choice.available:
             raise AliceError(f"model {choice.label} is not downloaded yet; click Download first")
         check_precision(precision)
-        key = (choice.source, precision)
+        key = (choice.source, choice.lora, precision)
         with self._lock:  # also stops two sessions from loading the same weights twice
             if key in self._pipes:
                 self._pipes.move_to_end(key)
@@ -157,6 +159,8 @@ class PipelineCache:
             pipe = load_pipeline(choice.source, precision=precision, vae=choice.vae, text_encoder=choice.text_encoder,
                                  device=self.device, low_noise_model=choice.low_noise_model,
                                  defaults=choice.defaults, runtime=self.runtime)
+            if choice.lora:  # in place: the cached pipeline is this model's (LoRAs the user picks go on copies)
+                pipe = pipe.with_lora(choice.lora, copy=False)
             self._pipes[key] = pipe
             return pipe
 

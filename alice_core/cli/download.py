@@ -93,4 +93,5 @@ def catalogue_pipeline_args(model: str | None, download: bool) -> dict[str, str]
     return {"model": str(paths["dit"]), "vae": str(paths["vae"]), "text_encoder": str(paths["text_encoder"]),
             "low_noise_model": str(paths["dit_low"]) if "dit_low" in paths else None,
             "clip_vision": str(paths["clip_vision"]) if "clip_vision" in paths else None,
+            "lora": str(paths["lora"]) if "lora" in paths else None,
             "defaults": catalogue.models[model].defaults}

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
         args.text_encoder = args.text_encoder or found["text_encoder"]
         args.low_noise_model = args.low_noise_model or found["low_noise_model"]
         args.clip_vision = args.clip_vision or found["clip_vision"]
+        if found["lora"]:  # the model's own LoRA (lightx2v) first, then the user's
+            loras.insert(0, (found["lora"], 1.0))
     if args.blocks_on_gpu is not None and args.blocks_on_gpu < 1:
         raise AliceError(f"--blocks-on-gpu {args.blocks_on_gpu}: give at least 1 block (or leave it out: all blocks)")
     from ..models.runtime import DiTRuntime

@@ -1,0 +1,133 @@
+"""Catalogue models that bring more than a DiT, run by their catalogue names from stand-in files (small random
+weights in the real layouts) placed where `alice download` puts them: lightx2v's Wan2.1 I2V base model with its
+4-step LoRA applied on load and the CLIP vision file (CLI, ComfyUI node, app), and TI2V-5B with the Wan2.2 VAE and
+Wan's preset (CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from diffusers import WanTransformer3DModel
+from PIL import Image
+from safetensors.torch import save_file
+
+from alice_core import hub
+from alice_core.cli import main
+from alice_core.loading.checkpoint import read_state_dict
+from alice_core.models.config import WAN22_VAE, WanVAEConfig
+from alice_core.models.vae import WanVAE
+from alice_core.video_io import read_video, read_video_metadata
+
+from tests.comfy_host import ComfyHost
+from tests.test_clip_vision import WIDTH as CLIP_WIDTH
+from tests.test_clip_vision import clip_files  # noqa: F401  (fixture: tiny CLIP vision file)
+from tests.test_dit_parity import official_key
+from tests.test_text_encoders import tiny_umt5, wan_umt5_state  # noqa: F401  (fixture: umT5 folder)
+
+I2V = "lightx2v-wan2.1-i2v-14b-480p"
+LORA_KEY = "diffusion_model.blocks.0.ffn.2.diff"  # lightx2v's full weight difference of one Linear
+SIZE = ["--frames", "5", "--width", "48", "--height", "32", "--seed", "1"]
+
+
+def dit_state(seed: int, channels: int, image_dim: int | None = None) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    extra = {"image_dim": image_dim, "added_kv_proj_dim": 128} if image_dim else {}
+    dit = WanTransformer3DModel(num_layers=1, num_attention_heads=1, attention_head_dim=128, ffn_dim=64, text_dim=32,
+                                in_channels=channels + (20 if image_dim else 0), out_channels=channels, **extra)
+    return {official_key(k): (v * 0.5).half().contiguous() for k, v in dit.state_dict().items()}  # fp16 as Comfy-Org
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, tiny_umt5, clip_files):  # noqa: F811
+    monkeypatch.setenv("ALICE_HOME", str(tmp_path / "alice"))
+    monkeypatch.setenv("ALICE_OUTPUT_DIR", str(tmp_path / "out"))
+    catalogue = hub.load_catalogue()
+
+    def target(name: str):
+        path = hub.target_path(catalogue.files[name])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    torch.save(wan_umt5_state(tiny_umt5[1]), target("wan2.1-umt5-xxl-enc-bf16"))
+    tokenizer = tiny_umt5[0] / "tokenizer"
+    for name in [n for n in catalogue.models[I2V].extra_files if "tokenizer" in n]:
+        path = target(name)
+        source = tokenizer / path.name
+        if source.is_file():
+            shutil.copy(source, path)
+        else:  # a file this tokenizer does without (the catalogue lists Wan's four)
+            path.write_text("{}")
+    save_file(dit_state(3, 16, CLIP_WIDTH), str(target("wan2.1-i2v-14b-480p-comfy")))
+    torch.manual_seed(4)
+    torch.save(WanVAE(WanVAEConfig(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).state_dict(),
+               target("wan2.1-vae"))
+    shutil.copy(clip_files[0] / "clip_vision_tiny.safetensors", target("clip-vision-h-comfy"))
+    diff = torch.randn(128, 64, generator=torch.Generator().manual_seed(5)) * 0.1
+    save_file({LORA_KEY: diff}, str(target("lightx2v-wan2.1-i2v-14b-4step-lora")))
+    save_file(dit_state(6, 48), str(target("wan2.2-ti2v-5b-comfy")))
+    torch.manual_seed(7)
+    torch.save(WanVAE(dataclasses.replace(WAN22_VAE, base_dim=8, decoder_base_dim=8, dim_mult=(1, 2, 2, 2),
+                                          num_res_blocks=1)).state_dict(), target("wan2.2-vae"))
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(tmp_path / "start.png")
+    base = read_state_dict(target("wan2.1-i2v-14b-480p-comfy"))["blocks.0.ffn.2.weight"].float()
+    return {"root": tmp_path, "catalogue": catalogue, "lora_weight": base + diff,
+            "lora_file": target("lightx2v-wan2.1-i2v-14b-4step-lora").name}
+
+
+def test_lightx2v_i2v_by_its_catalogue_name_in_the_cli(home, capsys):
+    out = home["root"] / "i2v.mp4"
+    code = main(["generate", "a cat", "--model", I2V, "--image", str(home["root"] / "start.png"), "-o", str(out),
+                 *SIZE])
+    assert code == 0, capsys.readouterr().err
+    meta = read_video_metadata(out)
+    assert (meta["lora"], float(meta["lora_strength"]), meta["steps"], float(meta["sigma_max"])) == (
+        home["lora_file"], 1.0, 4, 80.0)  # the model's own LoRA and its 4-step preset
+    assert read_video(out)[0].shape == (5, 32, 48, 3)
+
+
+def test_lightx2v_i2v_catalogue_model_in_the_node_and_the_app(home):
+    comfy = ComfyHost()
+    model = comfy.run("AliceModelLoader", model_name=f"catalogue/{I2V}", precision="fp32", offload=False,
+                      download=False)[0]
+    assert model.loras == ((home["lora_file"], 1.0),)
+    torch.testing.assert_close(model.dits["rcm"].blocks[0].ffn[2].weight, home["lora_weight"])  # base + difference
+
+    from webui.studio import Job, Studio
+
+    studio = Studio(home["root"] / "app-out", models_dir=home["root"] / "app-models")
+    choice = studio.choice(f"hub/{I2V}")
+    assert choice.available and choice.clip_vision == "clip_vision_h.safetensors"
+    assert "clip_vision_h.safetensors" in studio.clip_vision_names()  # where `alice download` put it
+    picture = np.asarray(Image.open(home["root"] / "start.png"))
+    made = studio.generate(Job(model=f"hub/{I2V}", prompt="a cat", seed=1, size="48x32", frames=5, image=picture,
+                               clip_vision="clip_vision_h.safetensors"))
+    assert made.video.loras == ((home["lora_file"], 1.0),) and made.video.settings.steps == 4
+    torch.testing.assert_close(studio.pipeline(f"hub/{I2V}").dits["rcm"].blocks[0].ffn[2].weight,
+                               home["lora_weight"])
+
+
+def test_ti2v_5b_by_its_catalogue_name_with_wans_preset(home, capsys):
+    preset = home["catalogue"].models["wan2.2-ti2v-5b"].defaults
+    assert {k: preset[k] for k in ("frames", "fps", "width", "height", "sampler")} == {
+        "frames": 121, "fps": 24, "width": 1280, "height": 704, "sampler": "teacher"}
+    out = home["root"] / "ti2v.mp4"
+    code = main(["generate", "a kite", "--model", "wan2.2-ti2v-5b", "--steps", "2", "--frames", "5", "--width", "64",
+                 "--height", "64", "--image", str(home["root"] / "start.png"), "-o", str(out)])
+    assert code == 0, capsys.readouterr().err
+    meta = read_video_metadata(out)
+    assert (meta["sampler"], meta["fps"], float(meta["shift"]), float(meta["guidance"])) == ("teacher", 24, 5.0, 5.0)
+    assert read_video(out)[0].shape == (5, 64, 64, 3)
+
+    from webui.studio import Job, Studio  # the app runs it too, with and without a start image
+
+    studio = Studio(home["root"] / "app-out", models_dir=home["root"] / "app-models")
+    assert studio.pipeline("hub/wan2.2-ti2v-5b").start_image_use() == "optional"
+    picture = np.asarray(Image.open(home["root"] / "start.png"))
+    for image in (None, picture):
+        made = studio.generate(Job(model="hub/wan2.2-ti2v-5b", prompt="a kite", size="64x64", frames=5,
+                                   sampler="teacher", steps=2, image=image))
+        assert made.video.settings.fps == 24 and read_video(made.path)[0].shape == (5, 64, 64, 3)
