@@ -1,21 +1,26 @@
-"""Alice's Wan DiT forward and VAE decode against diffusers' `WanTransformer3DModel` / `AutoencoderKLWan` on the
-same random weights: time (interleaved runs, ratio per pair, in one process) and peak memory (a fresh process
-per model and part, so each peak is its own). One table per part.
+"""Alice's Wan DiT forward, VAE decode and VAE encode against diffusers' `WanTransformer3DModel` /
+`AutoencoderKLWan` on the same random weights: time (interleaved runs, ratio per pair, in one process) and peak
+memory (a fresh process per model and part, so each peak is its own). One table per part.
 
-    python benchmarks/vs_diffusers.py [--part dit|vae|both] [--device cpu|cuda] [--dtype fp32|bf16]
-                                      [--layers 2] [--latent 3x16x16] [--repeats 5] [--threads 2]
+    python benchmarks/vs_diffusers.py [--part dit|vae|vae-encode|all] [--device cpu|cuda] [--dtype fp32|bf16]
+                                      [--layers 2] [--latent 3x16x16] [--repeats 5] [--threads 2] [--clock wall|cpu]
 
 CPU defaults: the Wan2.1 1.3B block shape (dim 1536, 12 heads, ffn 8960) at 2 blocks, a 3x16x16 latent; the VAE
-at its real width decoding 2 latent frames of 16x16. On a GPU: `--device cuda --dtype bf16 --layers 30
+at its real width decoding 2 latent frames of 16x16 (encoding the 5 frames of 128x128 they stand for). On a
+shared CPU, `--threads 1 --clock cpu` times each run by the process's CPU time, which other people's jobs do not
+inflate the way they inflate wall time. On a GPU: `--device cuda --dtype bf16 --layers 30
 --latent 21x60x104` is the 1.3B at 480p x 81 frames; the table then adds the forward's FLOP count and the time at
 the compute limit (790 TFLOP/s bf16). Goal: <= 0.9x diffusers' time and <= 1.0x its peak memory.
-Peak memory is CUDA's max_memory_allocated on a GPU, the process's peak RSS growth during the part on the CPU.
+Peak memory is CUDA's max_memory_allocated on a GPU, the process's peak RSS growth during the part on the CPU (the
+peak RSS reset after the warm-up run, so building the model does not count; glibc told to unmap freed blocks of
+64 KiB or more, so the RSS follows the live tensors).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -28,7 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere without installing
 
 from alice_core.loading.dit import build_dit  # noqa: E402
-from alice_core.loading.vae_keys import vae_diffusers_to_official  # noqa: E402
+from alice_core.loading.vae import vae_diffusers_to_official  # noqa: E402
 from alice_core.models.vae import WanVAE  # noqa: E402
 
 TEXT_LEN = 512
@@ -62,7 +67,7 @@ def diffusers_vae():
 
 
 def build(part: str, which: str, layers: int, device: str, dtype: torch.dtype):
-    """(model, run) for one part and implementation; run() does one timed forward / decode."""
+    """The model of one part (dit, vae, vae-encode) and implementation, on `device` in `dtype`."""
     if part == "dit":
         ref = diffusers_dit(layers)
         model = ref if which == "diffusers" else build_dit(ref.state_dict())
@@ -81,6 +86,8 @@ def make_inputs(part: str, latent: tuple[int, int, int], device: str, dtype: tor
     x = torch.randn(1, 16, f, h, w, generator=g).to(device, dtype)
     if part == "dit":
         return x, torch.tensor([900.0], device=device), torch.randn(1, TEXT_LEN, 4096, generator=g).to(device, dtype)
+    if part == "vae-encode":  # the video these latents stand for: 1 + 4(f-1) frames, 8x the size
+        return (torch.rand(1, 3, 1 + 4 * (f - 1), 8 * h, 8 * w, generator=g).to(device, dtype) * 2 - 1,)
     return (x,)
 
 
@@ -90,6 +97,10 @@ def runner(part: str, which: str, model, inputs):
         return lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
     if part == "dit":
         return lambda: model(*inputs)
+    if part == "vae-encode" and which == "diffusers":
+        return lambda: model.encode(inputs[0], return_dict=False)[0].mode()
+    if part == "vae-encode":
+        return lambda: model.encode(inputs[0])
     if which == "diffusers":
         return lambda: model.decode(inputs[0], return_dict=False)[0]
     return lambda: model.decode(inputs[0])
@@ -130,6 +141,8 @@ def peak_worker(args) -> None:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
         else:
+            # VmHWM is the process's lifetime peak, building the model included: reset it to the RSS of now
+            Path("/proc/self/clear_refs").write_text("5")
             base = rss_bytes("VmRSS")
         run()
         sync(device)
@@ -140,13 +153,17 @@ def peak_worker(args) -> None:
 def peak_of(args, which: str) -> int:
     cmd = [sys.executable, __file__, "--worker", which, "--part", args.part, "--device", args.device,
            "--dtype", args.dtype, "--layers", str(args.layers), "--latent", "x".join(map(str, args.latent)),
-           "--threads", str(args.threads)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600)
+           "--threads", str(args.threads), "--clock", args.clock]
+    # glibc then maps every block of 64 KiB or more on its own and unmaps it when freed, so the RSS follows the
+    # tensors alive (by default freed memory stays in the heap and a second run's peak would barely show)
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=3600, env=env)
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
 def timed(part: str, args) -> dict[str, list[float]]:
     dtype, device = DTYPES[args.dtype], args.device
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     runs = {}
     for which in ("alice", "diffusers"):
         model = build(part, which, args.layers, device, dtype)
@@ -158,10 +175,10 @@ def timed(part: str, args) -> dict[str, list[float]]:
         for _ in range(args.repeats):
             for which, run in runs.items():  # interleaved: a drift in machine speed hits both
                 sync(device)
-                start = time.perf_counter()
+                start = clock()
                 run()
                 sync(device)
-                times[which].append(time.perf_counter() - start)
+                times[which].append(clock() - start)
     return times
 
 
@@ -169,11 +186,13 @@ def table(part: str, args) -> str:
     times = timed(part, args)
     ratios = [a / d for a, d in zip(times["alice"], times["diffusers"])]
     peaks = {which: peak_of(argparse.Namespace(**{**vars(args), "part": part}), which) for which in times}
-    what = f"DiT forward, {args.layers} blocks at 1.3B width" if part == "dit" else "VAE decode (Wan2.1, full width)"
+    what = {"dit": f"DiT forward, {args.layers} blocks at 1.3B width", "vae": "VAE decode (Wan2.1, full width)",
+            "vae-encode": "VAE encode (Wan2.1, full width)"}[part]
     lines = [
-        f"{what}, latent {'x'.join(map(str, args.latent))}, {args.dtype} on {args.device}, {args.repeats} interleaved runs",
+        f"{what}, latent {'x'.join(map(str, args.latent))}, {args.dtype} on {args.device}, {args.threads} threads, "
+        f"{args.repeats} interleaved runs, {args.clock} time",
         "",
-        "| | median s | min s | peak MiB |",
+        f"| | median {args.clock} s | min s | peak MiB |",
         "|---|---|---|---|",
     ]
     for which in ("alice", "diffusers"):
@@ -191,7 +210,7 @@ def table(part: str, args) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=("dit", "vae", "both"), default="both")
+    p.add_argument("--part", choices=("dit", "vae", "vae-encode", "all"), default="all")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="fp32")
     p.add_argument("--layers", type=int, default=2)
@@ -199,12 +218,14 @@ def main() -> None:
                    help="FxHxW latent size (default 3x16x16 for the DiT, 2x16x16 for the VAE)")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="cpu: the process's CPU time (with --threads 1, robust to other jobs on a shared machine)")
     p.add_argument("--worker", choices=("alice", "diffusers"), help=argparse.SUPPRESS)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     if args.worker:
         return peak_worker(args)
-    for part in ("dit", "vae") if args.part == "both" else (args.part,):
+    for part in ("dit", "vae", "vae-encode") if args.part == "all" else (args.part,):
         part_args = argparse.Namespace(**{**vars(args), "latent": args.latent or ((3, 16, 16) if part == "dit" else (2, 16, 16))})
         print(table(part, part_args), end="\n\n", flush=True)
 

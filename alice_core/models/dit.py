@@ -42,13 +42,15 @@ def rope_frequency_split(head_dim: int) -> tuple[int, int, int]:
 
 
 @functools.lru_cache(maxsize=8)
-def rope_cos_sin(
+def rope_rotations(
     head_dim: int, grid: tuple[int, int, int], device: torch.device, dtype: torch.dtype = torch.float32
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token grid.
+) -> torch.Tensor:
+    """Unit complex rotations e^(i angle) [L, head_dim/2] of Wan's 3D RoPE for a (frames, height, width) token
+    grid, complex64 for a float32 `dtype` (complex128 for float64).
 
-    Built once per grid in float64 and cached: every forward of a generation (and every step) reuses them. Built
-    outside inference mode so tables first made under ComfyUI's inference_mode still serve a training step."""
+    Built once per (grid, device, dtype) in float64 and cached: every forward of a generation (and every step)
+    reuses them. Built outside inference mode so tables first made under ComfyUI's inference_mode still serve a
+    training step."""
     with torch.inference_mode(False), torch.no_grad():
         tables = []
         for n_pairs, size in zip(rope_frequency_split(head_dim), grid):
@@ -64,20 +66,17 @@ def rope_cos_sin(
             ],
             dim=-1,
         ).reshape(f * h * w, -1)
-        return torch.cos(angles).to(dtype), torch.sin(angles).to(dtype)
+        rotations = torch.polar(torch.ones_like(angles), angles)
+        return rotations if dtype == torch.float64 else rotations.to(torch.complex64)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] (complex multiplication, as Wan does).
+def apply_rope(x: torch.Tensor, rotations: torch.Tensor) -> torch.Tensor:
+    """Rotate adjacent channel pairs of x [B, L, heads, head_dim] by `rope_rotations`, in float32 (float64 stays).
 
-    The rotated pairs are written into the even/odd strided slices of one output: no stack + flatten copy."""
-    xf = upcast(x)
-    real, imag = xf[..., 0::2], xf[..., 1::2]
-    cos, sin = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.empty_like(xf)
-    out[..., 0::2] = real * cos - imag * sin
-    out[..., 1::2] = real * sin + imag * cos
-    return out
+    One complex multiplication, as Wan does: about 12x faster on a CPU than writing the rotated pairs into even/odd
+    strided slices, with the same values."""
+    pairs = torch.view_as_complex(upcast(x).unflatten(-1, (-1, 2)))
+    return torch.view_as_real(pairs * rotations[None, :, None, :]).flatten(-2)
 
 
 def modulation_table(rows: int, dim: int) -> nn.Parameter:
@@ -106,10 +105,10 @@ class Attention(nn.Module):
 
 
 class SelfAttention(Attention):
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         v = self.v(x)
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), *rope).to(v.dtype)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), *rope).to(v.dtype)
+        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope).to(v.dtype)
+        k = apply_rope(self.heads(self.norm_k(self.k(x))), rope).to(v.dtype)
         return self.o(self.attention(q, k, self.heads(v)))
 
 
@@ -175,16 +174,17 @@ class WanBlock(nn.Module):
         x: torch.Tensor,
         e0: torch.Tensor,
         context: torch.Tensor,
-        rope: tuple[torch.Tensor, torch.Tensor],
+        rope: torch.Tensor,
         image_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        # Modulation math in float32: shift/scale/gate for attention, then for the FFN; e0 is [B, 1 or L, 6, dim].
+        # The residual stream x stays in the model's dtype, as in diffusers (a float32 stream beside bf16 weights
+        # costs peak memory); norms, modulation and the gated sums run in float32 and are cast back. Shift/scale/gate for attention, then for the FFN; e0 is [B, 1 or L, 6, dim].
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (upcast(self.modulation) + e0).unbind(2)
-        y = self.self_attn(self.norm1(x) * (1 + scale_a) + shift_a, rope)
-        x = x + upcast(y) * gate_a
-        x = x + upcast(self.cross_attn(self.norm3(x), context, image_context))
-        y = self.ffn(self.norm2(x) * (1 + scale_f) + shift_f)
-        return x + upcast(y) * gate_f
+        y = self.self_attn((self.norm1(x) * (1 + scale_a) + shift_a).to(x.dtype), rope)
+        x = (upcast(x) + y * gate_a).to(x.dtype)
+        x = x + self.cross_attn(self.norm3(x), context, image_context).to(x.dtype)
+        y = self.ffn((self.norm2(x) * (1 + scale_f) + shift_f).to(x.dtype))
+        return (upcast(x) + y * gate_f).to(x.dtype)
 
 
 class Head(nn.Module):
@@ -322,11 +322,14 @@ class WanDiT(nn.Module):
         self.check_inputs(x, t, context, y, clip_embedding)
         tokens = self.patch_embedding(x if y is None else torch.cat([x, y.to(x.dtype)], dim=1))
         grid = tuple(tokens.shape[2:])
-        tokens = upcast(tokens.flatten(2).transpose(1, 2))
-        rope = rope_cos_sin(cfg.head_dim, grid, x.device, tokens.dtype)
+        # The residual stream's dtype is the weights' (also under autocast); contiguous once here, not in each block.
+        tokens = tokens.flatten(2).transpose(1, 2)
+        tokens = tokens.to(self.patch_embedding.weight.dtype, memory_format=torch.contiguous_format)
+        rope = rope_rotations(cfg.head_dim, grid, x.device, upcast(tokens).dtype)
 
         e, e0 = self.embed_time(t)
-        context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
+        if context.shape[1] < cfg.text_len:  # F.pad copies even when there is nothing to pad
+            context = F.pad(context, (0, 0, 0, cfg.text_len - context.shape[1]))
         context = self.text_embedding(context)
         image_context = self.img_emb(clip_embedding) if clip_embedding is not None else None
 

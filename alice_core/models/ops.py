@@ -13,13 +13,13 @@ from torch import nn
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
-    """Float32 for the precision-sensitive parts (norms, modulation, residual stream); float64 stays float64 so
+    """Float32 for the precision-sensitive parts (norms, modulation, residual sums); float64 stays float64 so
     numerical checks (finite differences) can run the whole model in double precision."""
     return x if x.dtype == torch.float64 else x.float()
 
 
 class Linear(nn.Linear):
-    """nn.Linear that casts its input to the weight dtype, so a float32 residual stream can feed bf16 layers."""
+    """nn.Linear that casts its input to the weight dtype, so float32 norm and modulation outputs can feed bf16 layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
