@@ -19,6 +19,9 @@ import torch.nn.functional as F
 
 from .errors import AliceError
 from .models.interfaces import VideoAutoencoder
+from .models.latent_space import LatentSpace
+
+TI2V_CHANNELS = 48  # Wan2.2 TI2V-5B's latent: text-to-video, or image-to-video with the image as first frame
 
 
 def fit_image(image: np.ndarray | torch.Tensor, width: int, height: int) -> torch.Tensor:
@@ -87,3 +90,41 @@ class ImageCondition:
     y: torch.Tensor | None = None
     clip: torch.Tensor | None = None
     first_frame: FirstFrame | None = None
+
+
+def start_image_use(cfg, space: LatentSpace) -> str:
+    """'needed' (image-to-video: y beside the noise, in_dim > out_dim), 'optional' (Wan2.2 TI2V-5B on the Wan2.2
+    VAE's latents: the image as the first latent frame) or 'none' (text-to-video) for a DiT of architecture `cfg`
+    sampling in `space` (alice-tiny's 48-channel space-to-depth latent is no TI2V)."""
+    if cfg.in_dim > cfg.out_dim:
+        return "needed"
+    return "optional" if cfg.out_dim == TI2V_CHANNELS and space.name.startswith("Wan") else "none"
+
+
+def start_image_condition(name: str, cfg, autoencoder: VideoAutoencoder, image_encoder,
+                          image: np.ndarray | torch.Tensor, width: int, height: int, frames: int,
+                          device: torch.device | str = "cpu") -> ImageCondition:
+    """What `image` (uint8 [H, W, 3] or float [3, H, W] in [-1, 1]), fitted to width x height, gives a DiT of
+    architecture `cfg` for a video of `frames` frames: TI2V's first frame, or y (+ CLIP tokens for Wan2.1 I2V)."""
+    start = fit_image(image, width, height).to(device)
+    if cfg.in_dim == cfg.out_dim:
+        return ImageCondition(first_frame=FirstFrame.encode(autoencoder, start))
+    if cfg.image_dim is not None:
+        check_image_encoder(name, cfg.image_dim, image_encoder)
+    clip = image_encoder.encode(start) if cfg.image_dim is not None else None
+    return ImageCondition(y=image_condition(autoencoder, start, frames), clip=clip)
+
+
+def check_image_encoder(name: str, image_dim: int, encoder) -> None:
+    """A Wan2.1 I2V model needs the CLIP vision encoder, with tokens as wide as its `img_emb` takes."""
+    if encoder is None:
+        raise AliceError(
+            f"{name!r} is a Wan2.1 image-to-video model: it needs the CLIP vision encoder; pass --clip-vision "
+            "PATH (ComfyUI's clip_vision_h.safetensors or a transformers CLIPVisionModel folder)"
+        )
+    if encoder.width != image_dim:
+        raise AliceError(
+            f"the CLIP vision encoder gives {encoder.width}-wide tokens but {name!r} takes {image_dim} "
+            "(CLIP ViT-H/14): pass the CLIP file Wan ships"
+        )
+
