@@ -37,6 +37,7 @@ class ModelDefaults:
     shift: float = 5.0
     negative_prompt: str = ""
     boundary: float | None = None  # two-expert models: None means the pair's own (Wan's default for its task)
+    guidance_low: float | None = None  # two-expert models: the low-noise expert's guidance (None: `guidance`)
 
     @classmethod
     def from_dict(cls, values: dict, where: str = "defaults") -> "ModelDefaults":

@@ -36,6 +36,7 @@ class GenerationSettings:
     guidance: float | None = None
     shift: float | None = None
     boundary: float | None = None  # two-expert models: RF time where the low-noise expert takes over
+    guidance_low: float | None = None  # two-expert models: the low-noise expert's guidance (None: as `guidance`)
     image: str | None = None  # image-to-video: the start image's name (the picture itself goes to the call)
 
 

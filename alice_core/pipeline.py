@@ -63,7 +63,7 @@ def load_pipeline(
         dits = _load_bundle_dits(bundle.dits, precision, device, offload_device, runtime)
         encoder_source = text_encoder or bundle.text_encoder_source
     else:
-        from .loading.experts import find_expert_pair
+        from .loading.experts import default_teacher_settings, find_expert_pair
         from .loading.formats import inspect_checkpoint
 
         # A single file's header says whether it is a DiT checkpoint (and which) before anything else is asked for.
@@ -77,7 +77,9 @@ def load_pipeline(
         dit = _load_single_or_pair(model, low_noise_model, boundary, precision, device, offload_device, runtime)
         # One network (or pair) serves whichever sampler the user picks.
         if not isinstance(defaults, ModelDefaults):
-            defaults = ModelDefaults.from_dict(defaults or {}, f"{model}: defaults")
+            # a Wan2.2 pair gets Wan's teacher guidance and shift for its task unless its preset says otherwise
+            wan = default_teacher_settings(dit_config(dit)) if isinstance(dit, Experts) else {}
+            defaults = ModelDefaults.from_dict({**wan, **(defaults or {})}, f"{model}: defaults")
         # without the VAE loaded, the DiT's channels say which Wan VAE's latents it makes (48: TI2V-5B's Wan2.2 VAE)
         name, dits, space = Path(model).stem, {"rcm": dit, "teacher": dit}, wan_latent_space(dit_config(dit).out_dim)
         encoder_source = text_encoder

@@ -41,6 +41,11 @@ from .sampling import RCM_MAX_STEPS, Experts, ProgressFn, StepControl, sample_fl
 MAX_TEACHER_STEPS = 1000
 
 
+def teacher_guided(s: GenerationSettings) -> bool:
+    """Whether resolved settings run the teacher's guidance (on either expert), which needs the negative prompt."""
+    return s.sampler == "teacher" and (s.guidance != 1.0 or s.guidance_low not in (None, 1.0))
+
+
 class VideoPipeline:
     def __init__(
         self,
@@ -119,7 +124,7 @@ class VideoPipeline:
         check_finite(r.guidance, "--guidance")
         check_finite(r.shift, "--shift", positive=True)
         check_finite(r.sigma_max, "--sigma-max", positive=True)
-        r = self._resolve_experts_and_image(r)
+        r = self._resolve_experts_and_image(r, guidance_given=s.guidance is not None)
         max_steps = RCM_MAX_STEPS if r.sampler == "rcm" else MAX_TEACHER_STEPS
         if not 1 <= r.steps <= max_steps:
             raise AliceError(f"steps must be 1..{max_steps} for the {r.sampler} sampler, got {r.steps}")
@@ -139,15 +144,22 @@ class VideoPipeline:
             raise AliceError(f"seed must be 0..2^63-1, got {r.seed}")
         return r
 
-    def _resolve_experts_and_image(self, r: GenerationSettings) -> GenerationSettings:
+    def _resolve_experts_and_image(self, r: GenerationSettings, guidance_given: bool) -> GenerationSettings:
         dit = self.dits[r.sampler]
         cfg = dit_config(dit)
         if isinstance(dit, Experts):
             preset = self.defaults.boundary if self.defaults.boundary is not None else dit.boundary
             r = dataclasses.replace(r, boundary=preset if r.boundary is None else r.boundary)
             Experts(None, None, r.boundary)  # validates: one line naming the range
+            # one --guidance value guides both experts; none: the preset's pair of values (Wan2.2 T2V-A14B: 4, 3)
+            low = r.guidance_low if r.guidance_low is not None else None if guidance_given else self.defaults.guidance_low
+            r = dataclasses.replace(r, guidance_low=low if low is not None else r.guidance)
+            check_finite(r.guidance_low, "--guidance")
         elif r.boundary is not None:
             raise AliceError(f"--boundary is for two-expert (Wan2.2 A14B) models; {self.name!r} has one DiT: drop --boundary")
+        elif r.guidance_low is not None:
+            raise AliceError(f"a second --guidance value (HIGH,LOW) is for two-expert (Wan2.2 A14B) models; "
+                             f"{self.name!r} has one DiT: use --guidance {r.guidance:g}")
         use = start_image_use(cfg, self.latent_space)
         if use == "needed" and r.image is None:
             raise AliceError(f"{self.name!r} is an image-to-video model: pass a start image (--image START.png)")
@@ -232,7 +244,7 @@ class VideoPipeline:
         shape = self.latent_shape(s)
         if latents is not None and tuple(latents.shape) != shape:
             raise AliceError(f"start latents have shape {tuple(latents.shape)}; these settings need {shape}")
-        guided = s.sampler == "teacher" and s.guidance != 1.0
+        guided = teacher_guided(s)
         if guided and conditioning.negative is None:
             raise AliceError("the teacher's guidance needs the negative prompt encoded; encode it too, or use guidance 1")
         dits = self.dits[s.sampler]
@@ -252,7 +264,8 @@ class VideoPipeline:
             else:
                 uncond = velocities(dits, conditioning.negative.to(self.device), y, clip, swap=swap,
                                     first_frame=first_frame) if guided else None
-                result = sample_flow_matching(cond, uncond, shape, generator, s.steps, s.guidance, s.shift,
+                guidance = s.guidance if s.guidance_low is None else Experts(s.guidance, s.guidance_low, s.boundary)
+                result = sample_flow_matching(cond, uncond, shape, generator, s.steps, guidance, s.shift,
                                               self.device, control, noise=latents)
         return result if first_frame is None else first_frame.apply(result)
 
@@ -303,7 +316,7 @@ class VideoPipeline:
         timings = {}
         start = time.perf_counter()
         if conditioning is None:
-            guided = s.sampler == "teacher" and s.guidance != 1.0
+            guided = teacher_guided(s)
             conditioning = self.encode_prompts(s.prompt, s.negative_prompt if guided else None)
         timings["text_encoding"] = time.perf_counter() - start
 

@@ -35,7 +35,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--height", type=int, default=None)
     p.add_argument("--fps", type=int, default=None)
     p.add_argument("--negative-prompt", default=None)
-    p.add_argument("--guidance", type=float, default=None, help="teacher CFG scale")
+    p.add_argument("--guidance", default=None, metavar="W|HIGH,LOW",
+                   help="teacher CFG scale; two-expert models take one per expert as HIGH,LOW "
+                        "(default: Wan2.2's, T2V-A14B 4,3, I2V-A14B 3.5)")
     p.add_argument("--shift", type=float, default=None, help="teacher flow shift")
     p.add_argument("--sigma-max", type=float, default=None, help="rCM starting sigma (default 80)")
     p.add_argument("--ode", action="store_true", help="rCM: deterministic ODE steps instead of re-noising")
@@ -87,6 +89,21 @@ def _parse_lora_arg(spec: str) -> tuple[str, float]:
     return str(file), value
 
 
+def _parse_guidance(text: str | None) -> tuple[float | None, float | None]:
+    """--guidance W (both experts) or HIGH,LOW: (guidance, low-noise expert's guidance or None)."""
+    if text is None:
+        return None, None
+    parts = text.split(",")
+    try:
+        if len(parts) > 2:
+            raise ValueError
+        values = [float(part) for part in parts]
+    except ValueError:
+        raise AliceError(f"--guidance {text!r}: give one number, or HIGH,LOW for the two experts, e.g. "
+                         f"--guidance 4,3") from None
+    return values[0], values[1] if len(values) == 2 else None
+
+
 def _read_start_image(path: str):
     """--image: an RGB picture as uint8 [H, W, 3]."""
     import numpy as np
@@ -126,12 +143,13 @@ def run(args: argparse.Namespace) -> int:
     from ..models.runtime import DiTRuntime
 
     runtime = DiTRuntime(args.attention, args.blocks_on_gpu, args.compile)
+    guidance, guidance_low = _parse_guidance(args.guidance)
     image = _read_start_image(args.image) if args.image else None
     settings = GenerationSettings(
         prompt=args.prompt, negative_prompt=args.negative_prompt, seed=args.seed, sampler=args.sampler,
         steps=args.steps, width=args.width, height=args.height, frames=args.frames, fps=args.fps,
-        sigma_max=args.sigma_max, ode=args.ode, guidance=args.guidance, shift=args.shift, boundary=args.boundary,
-        image=Path(args.image).name if args.image else None,
+        sigma_max=args.sigma_max, ode=args.ode, guidance=guidance, shift=args.shift, boundary=args.boundary,
+        guidance_low=guidance_low, image=Path(args.image).name if args.image else None,
     )
     defaults = found["defaults"] if found else None
     preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,

@@ -58,6 +58,14 @@ def default_boundary(config: WanDiTConfig) -> float:
     return I2V_BOUNDARY if config.in_dim > config.out_dim else T2V_BOUNDARY
 
 
+def default_teacher_settings(config: WanDiTConfig) -> dict[str, float]:
+    """Wan2.2's teacher settings for a pair of this architecture (wan/configs `sample_shift`, `sample_guide_scale`
+    given there as (low, high)): T2V-A14B shift 12, guidance 4 high / 3 low; I2V-A14B shift 5, guidance 3.5."""
+    if config.in_dim > config.out_dim:
+        return {"shift": 5.0, "guidance": 3.5, "guidance_low": 3.5}
+    return {"shift": 12.0, "guidance": 4.0, "guidance_low": 3.0}
+
+
 def check_same_architecture(high: WanDiTConfig, low: WanDiTConfig, high_name: str, low_name: str) -> None:
     differ = [f"{k} {a} vs {b}" for k, a in high.to_dict().items() if a != (b := low.to_dict()[k])]
     if differ:
