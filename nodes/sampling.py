@@ -5,12 +5,13 @@ from __future__ import annotations
 import functools
 
 from alice_core.bundle import DEFAULT_MODEL, resolve_bundle
+from alice_core.errors import AliceError
 from alice_core.limits import NODE_WORDS
 from alice_core.loading.formats import inspect_checkpoint
 from alice_core.models.interfaces import TextEncoder
 from alice_core.pipeline import Conditioning, GenerationSettings, VideoPipeline, encode_prompts
 from alice_core.preview import previewer_for_space
-from alice_core.sampling import RCM_MAX_STEPS
+from alice_core.sampling import RCM_MAX_STEPS, Experts
 
 from . import host
 from .base import AliceNode
@@ -129,10 +130,20 @@ class AliceTeacherSampler(AliceNode):
             "shift": ("FLOAT", {"default": d.get("shift", 5.0), "min": 0.01, "max": 100.0, "step": 0.1,
                                 "tooltip": "flow time shift: higher spends more steps at high noise"}),
             **_size_inputs(),
+        }, "optional": {
+            "guidance_low_noise": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 30.0, "step": 0.1, "tooltip":
+                                   "Wan2.2 A14B: the low-noise expert's CFG (cfg is then the high-noise one's; "
+                                   "Wan2.2 T2V: cfg 4, this 3); -1: the same as cfg"}),
         }}
 
     def execute(self, model: VideoPipeline, conditioning: Conditioning, seed: int, steps: int, cfg: float,
-                shift: float, width: int, height: int, frames: int) -> tuple[dict]:
+                shift: float, width: int, height: int, frames: int, guidance_low_noise: float = -1.0) -> tuple[dict]:
+        low = None if guidance_low_noise < 0 else guidance_low_noise
+        if low is not None and not isinstance(model.dits.get("teacher"), Experts):
+            raise AliceError("input 'guidance_low_noise' is for two-expert (Wan2.2 A14B) models; this model has one "
+                             "DiT: set it to -1")
+        if low is not None and low < 1.0:
+            raise AliceError(f"input 'guidance_low_noise' must be -1 (same as cfg) or 1.0..30.0, got {low:g}")
         settings = GenerationSettings(prompt="", seed=seed, sampler="teacher", steps=steps, width=width,
-                                      height=height, frames=frames, guidance=cfg, shift=shift)
+                                      height=height, frames=frames, guidance=cfg, shift=shift, guidance_low=low)
         return _run_sampler(model, conditioning, settings)

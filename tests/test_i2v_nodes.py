@@ -175,3 +175,31 @@ def test_bad_image_input_names_the_node_and_input(models):
     with pytest.raises(AliceError, match=r"^Alice Model Loader: the high-noise model .* and the low-noise model .* "
                                          r"have different architectures \(in_dim 16 vs 36\)"):
         load_model(comfy, "t2v.safetensors", low_noise_model_name="i2v_low.safetensors")
+
+
+def test_teacher_sampler_guides_each_expert_of_a_pair(models):
+    """guidance_low_noise: the low-noise expert's CFG (Wan2.2's per-expert guidance), -1 the same as cfg; the node
+    gives what the library's per-expert teacher sampling gives (tests/test_expert_guidance.py checks that against
+    `sample_flow_matching` with an `Experts` guidance)."""
+    comfy = ComfyHost()
+    model = load_model(comfy, "i2v_high.safetensors", low_noise_model_name="i2v_low.safetensors")
+    conditioning, vae = prompt_and_vae(comfy)
+    with_image = comfy.run("AliceStartImage", conditioning=conditioning, vae=vae, start_image=models.image)[0]
+    teacher = dict(model=model, conditioning=with_image, seed=3, steps=3, cfg=4.0, shift=5.0, **SIZE)
+    latent = comfy.run("AliceTeacherSampler", guidance_low_noise=2.0, **teacher)[0]["samples"]
+    same = comfy.run("AliceTeacherSampler", **teacher)[0]["samples"]
+
+    pipe = load_pipeline(models.home / "diffusion_models" / "i2v_high.safetensors", "fp32",
+                         vae=models.home / "vae" / "Wan2.1_VAE.pth", text_encoder=models.home / "text_encoders" / "umt5",
+                         low_noise_model=models.home / "diffusion_models" / "i2v_low.safetensors")
+    s = GenerationSettings(prompt=PROMPT, negative_prompt="", sampler="teacher", seed=3, steps=3, guidance=4.0,
+                           guidance_low=2.0, shift=5.0, **SIZE)
+    expected = pipe(s, output_type="latent", image=models.picture)
+    assert expected.experts == ["high", "high", "low"]  # shift 5: times 1, 0.909, 0.714 at boundary 0.9
+    torch.testing.assert_close(latent, model.latent_space.to_raw(expected.latents), atol=1e-4, rtol=1e-4)
+    assert latent.is_inference() and not torch.allclose(latent, same, atol=1e-4)
+
+    single = load_model(comfy, "t2v.safetensors")
+    with pytest.raises(AliceError, match=r"^Alice Teacher Sampler: input 'guidance_low_noise' is for two-expert .* "
+                                          r"set it to -1$"):
+        comfy.run("AliceTeacherSampler", guidance_low_noise=3.0, **{**teacher, "model": single, "conditioning": conditioning})
