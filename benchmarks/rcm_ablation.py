@@ -41,6 +41,7 @@ from alice_core.train.distill import MODES
 from alice_core.train.state import load_checkpoint
 from alice_core.train.teacher import export_dit
 from alice_core.world.captions import synthbench_prompts
+from alice_core.world.frame_quality import FrameQuality
 from alice_core.world.synthbench import ATTRIBUTES, ClipScore, SynthBenchResult, format_table, run_synthbench
 
 CACHE_VERSION = 1
@@ -186,6 +187,7 @@ def measure_row(row: Row, pipe: VideoPipeline, prompts: list[str], seeds: list[i
                    for per_seed in result.scores],
         "accuracy_per_seed": {a: [_finite_or_none(float(v)) for v in result.accuracy_per_seed(a)] for a in ATTRIBUTES},
         "frechet_distance": _finite_or_none(result.frechet_distance),
+        "quality": [[[q.background_rms, q.fragments_per_frame] for q in per_seed] for per_seed in result.quality],
         "seconds_per_video": float(np.mean(totals)), "sampling_seconds_per_video": float(np.mean(sampling)),
         "seconds_per_clip": totals, "torch_threads": torch.get_num_threads(), "cpu": cpu_name(),
         "computed_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -259,7 +261,10 @@ def load_cached_rows(cache: Path, prompts: list[str], seeds: list[int]) -> tuple
 def synthbench_result(data: dict) -> SynthBenchResult:
     scores = tuple(tuple(ClipScore(**clip) for clip in per_seed) for per_seed in data["scores"])
     fd = data["frechet_distance"]
-    return SynthBenchResult(tuple(data["prompts"]), tuple(data["seeds"]), scores, math.nan if fd is None else fd)
+    # Rows cached before frame quality was recorded have none: their bg RMS and fragments read nan.
+    quality = tuple(tuple(FrameQuality(*clip) for clip in per_seed) for per_seed in data.get("quality", ()))
+    return SynthBenchResult(tuple(data["prompts"]), tuple(data["seeds"]), scores,
+                            math.nan if fd is None else fd, quality)
 
 
 def results_table(rows: dict[str, dict], results: dict[str, SynthBenchResult]) -> str:

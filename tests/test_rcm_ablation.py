@@ -15,6 +15,7 @@ from scipy import stats
 
 from alice_core.train.distill import DistillConfig, distill
 from benchmarks import rcm_ablation as ablation
+from alice_core.world.frame_quality import frame_quality
 from tests.bundles import random_tiny_bundle
 
 ROW_LABELS = {
@@ -117,6 +118,25 @@ def test_report_from_cache_has_every_row_and_the_cached_numbers(setup: dict) -> 
         assert row["speed-up vs teacher 50"] == f"{base_seconds / data['seconds_per_video']:.1f}×"
     assert "first 2 SynthBench held-out prompts × seeds 0, 1 = 4 clips" in markdown
     assert "Missing rows" not in markdown and "![accuracy and time per video](ablation.png)" in markdown
+
+
+def test_frame_quality_is_cached_per_clip_and_reported(setup: dict) -> None:
+    """Each cached clip's background RMS / fragments equal frame_quality of the same clip generated afresh, and
+    the report's columns are their means."""
+    cached = _cached(setup)
+    _, rows = _table(setup["out"].read_text())
+    pipe = ablation.load_pipeline(setup["bundle"])
+    data = cached["teacher4"]
+    prompt, seed = data["prompts"][1], data["seeds"][1]
+    clip = pipe.generate(ablation.GenerationSettings(prompt, seed=seed, sampler="teacher", steps=4)).frames
+    fresh = frame_quality(clip)
+    assert data["quality"][1][1] == pytest.approx([fresh.background_rms, fresh.fragments_per_frame], rel=1e-6)
+    for key, data in cached.items():
+        quality = np.array(data["quality"], dtype=float)
+        assert quality.shape == (2, 2, 2)  # seeds x prompts x (bg RMS, fragments)
+        row = rows[ROW_LABELS[key]]
+        assert row["bg RMS"] == f"{quality[..., 0].mean():.2f}"
+        assert row["fragments"] == f"{quality[..., 1].mean():.2f}"
 
 
 def test_verdict_is_computed_from_the_cached_numbers(setup: dict) -> None:
