@@ -18,16 +18,29 @@ import numpy as np
 import torch
 
 
-from alice_core.pipeline import GenerationSettings, load_pipeline
+from safetensors.torch import load_file
+
+from alice_core.loading.lora import with_lora
+from alice_core.pipeline import GenerationSettings, VideoPipeline, load_pipeline
 from alice_core.train.clips import TrainingClip
 from alice_core.train.finetune import FinetuneConfig, finetune
 from alice_core.world import attribute_probe_prompts, format_table, render_attribute_clips, run_synthbench
 
 
-def score(lora: Path | None, seeds: list[int], colour: str):
+def student_pipeline(lora: Path | None, onto_student: bool = False) -> VideoPipeline:
+    """The bundled model with `lora` applied as its file says; onto_student puts a teacher adapter on the 4-step
+    student instead (the file names the teacher, so the pipeline alone would leave the student untouched)."""
     pipe = load_pipeline(None)
-    if lora is not None:
-        pipe = pipe.with_lora(lora, copy=False)
+    if lora is None:
+        return pipe
+    if not onto_student:
+        return pipe.with_lora(lora, copy=False)
+    patched = with_lora({"rcm": pipe.dits["rcm"]}, load_file(str(lora)), copy=False)
+    return pipe.replace(dits={**pipe.dits, **patched})
+
+
+def score(lora: Path | None, seeds: list[int], colour: str, onto_student: bool = False):
+    pipe = student_pipeline(lora, onto_student)
     prompts = attribute_probe_prompts(colour)
     return run_synthbench(lambda p, s: pipe.generate(GenerationSettings(p, seed=s, sampler="rcm")).frames, prompts, seeds)
 
@@ -62,7 +75,7 @@ def main() -> int:
         result = finetune(None, clips, cfg, work / "lora.safetensors", work / "run", progress=progress)
         rows = {
             "no LoRA": score(None, seeds, args.colour),
-            f"teacher adapter transferred (stage 1 only, {args.teacher_steps} steps)": score(result.teacher_lora, seeds, args.colour),
+            f"teacher adapter transferred (stage 1 only, {args.teacher_steps} steps)": score(result.teacher_lora, seeds, args.colour, onto_student=True),
             f"rCM-refined student adapter (+{args.student_steps} iterations)": score(result.student_lora, seeds, args.colour),
         }
     finally:
