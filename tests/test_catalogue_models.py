@@ -41,6 +41,26 @@ def dit_state(seed: int, channels: int, image_dim: int | None = None) -> dict[st
     return {official_key(k): (v * 0.5).half().contiguous() for k, v in dit.state_dict().items()}  # fp16 as Comfy-Org
 
 
+def catalogue_target(catalogue, name: str):
+    """Where `alice download` puts the catalogue file `name` (under $ALICE_HOME), its folder made."""
+    path = hub.target_path(catalogue.files[name])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def place_wan_text_encoder(catalogue, model: str, tiny_umt5) -> None:  # noqa: F811
+    """The tiny umT5 as Wan's .pth and its tokenizer files, where a download of catalogue `model` puts them."""
+    torch.save(wan_umt5_state(tiny_umt5[1]), catalogue_target(catalogue, "wan2.1-umt5-xxl-enc-bf16"))
+    tokenizer = tiny_umt5[0] / "tokenizer"
+    for name in [n for n in catalogue.models[model].extra_files if "tokenizer" in n]:
+        path = catalogue_target(catalogue, name)
+        source = tokenizer / path.name
+        if source.is_file():
+            shutil.copy(source, path)
+        else:  # a file this tokenizer does without (the catalogue lists Wan's four)
+            path.write_text("{}")
+
+
 @pytest.fixture
 def home(tmp_path, monkeypatch, tiny_umt5, clip_files):  # noqa: F811
     monkeypatch.setenv("ALICE_HOME", str(tmp_path / "alice"))
@@ -48,19 +68,9 @@ def home(tmp_path, monkeypatch, tiny_umt5, clip_files):  # noqa: F811
     catalogue = hub.load_catalogue()
 
     def target(name: str):
-        path = hub.target_path(catalogue.files[name])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return catalogue_target(catalogue, name)
 
-    torch.save(wan_umt5_state(tiny_umt5[1]), target("wan2.1-umt5-xxl-enc-bf16"))
-    tokenizer = tiny_umt5[0] / "tokenizer"
-    for name in [n for n in catalogue.models[I2V].extra_files if "tokenizer" in n]:
-        path = target(name)
-        source = tokenizer / path.name
-        if source.is_file():
-            shutil.copy(source, path)
-        else:  # a file this tokenizer does without (the catalogue lists Wan's four)
-            path.write_text("{}")
+    place_wan_text_encoder(catalogue, I2V, tiny_umt5)
     save_file(dit_state(3, 16, CLIP_WIDTH), str(target("wan2.1-i2v-14b-480p-comfy")))
     torch.manual_seed(4)
     torch.save(WanVAE(WanVAEConfig(base_dim=8, dim_mult=(1, 2, 2, 2), num_res_blocks=1)).state_dict(),

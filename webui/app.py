@@ -24,16 +24,16 @@ from alice_core.errors import AliceError
 from alice_core.loading.precision import PRECISION_NAMES
 from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import VideoPipeline
-from alice_core.sampling import RCM_MAX_STEPS, GenerationCancelled
+from alice_core.sampling import GenerationCancelled
 
 from .feedback import ErrorNotes, whole_number
 from .image_inputs import START_IMAGE_NOTES, build_image_inputs, clip_vision_update, start_image_update
 from .finetune_tab import build_finetune_tab, lora_choices
 from .jobs import CancelFlags, LivePreviews
 from .models import default_frames, default_size, frame_presets, size_presets
-from .studio import MAX_TEACHER_STEPS_UI, Job, Result, Studio
+from .sampler_inputs import build_sampler_inputs, sampler_updates
+from .studio import Job, Result, Studio
 
-SAMPLER_LABELS = {"rcm": "student (rCM, 1-4 steps)", "teacher": "teacher"}
 SAMPLERS_TEXT = {"rcm": "4-step student (rCM)", "teacher": "teacher"}
 GALLERY_LIMIT = 48
 PREVIEW_POLL_S = 0.25  # how often a page with a job running asks for its newest step preview
@@ -84,14 +84,14 @@ class _Handlers:
         self.errors = ErrorNotes(studio)
 
     def _job(self, model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size, frames,
-             fps, lora, lora_strength, start_image, clip_vision) -> Job:
+             fps, lora, lora_strength, start_image, clip_vision, guidance, guidance_low) -> Job:
         if randomize_seed:
             seed = random.randint(0, MAX_SEED)
         seed = whole_number("Seed", seed, 0, MAX_SEED)
         return Job(model=model, prompt=prompt, negative_prompt=negative_prompt or "", seed=int(seed), size=size or "",
                    frames=frames, fps=int(fps), sampler=sampler, steps=int(steps), precision=precision,
                    lora=lora or "", lora_strength=float(lora_strength if lora_strength is not None else 1.0),
-                   image=start_image, clip_vision=clip_vision or "")
+                   image=start_image, clip_vision=clip_vision or "", guidance=guidance, guidance_low=guidance_low)
 
     def _run(self, session: str, progress: gr.Progress, work):
         """work(progress_fn, should_cancel, preview_fn) under this session's cancel flag; None when cancelled.
@@ -118,11 +118,11 @@ class _Handlers:
 
     def generate(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
                  randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, clip_vision=None,
-                 history=None, request: gr.Request = None, progress=gr.Progress()):
+                 guidance=None, guidance_low=None, history=None, request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             steps = student_steps if sampler == "rcm" else teacher_steps
             job = self._job(model, precision, sampler, steps, prompt, negative_prompt, seed, randomize_seed, size,
-                            frames, fps, lora, lora_strength, start_image, clip_vision)
+                            frames, fps, lora, lora_strength, start_image, clip_vision, guidance, guidance_low)
             result = self._run(request.session_hash, progress, lambda p, c, v: self.studio.generate(job, p, c, v))
         if result is None:
             return [gr.skip()] * 5 + [CANCELLED_TEXT]
@@ -132,10 +132,10 @@ class _Handlers:
 
     def compare(self, model, precision, sampler, student_steps, teacher_steps, prompt, negative_prompt, seed,
                 randomize_seed, size, frames, fps, lora, lora_strength, start_image=None, clip_vision=None,
-                history=None, request: gr.Request = None, progress=gr.Progress()):
+                guidance=None, guidance_low=None, history=None, request: gr.Request = None, progress=gr.Progress()):
         with self.errors.noted(request):
             job = self._job(model, precision, None, 1, prompt, negative_prompt, seed, randomize_seed, size, frames,
-                            fps, lora, lora_strength, start_image, clip_vision)
+                            fps, lora, lora_strength, start_image, clip_vision, guidance, guidance_low)
 
             def both(report, should_cancel, preview):
                 return self.studio.compare(job, int(student_steps), int(teacher_steps), report, should_cancel, preview)
@@ -174,7 +174,9 @@ class _Handlers:
             pipe = self.studio.pipeline(model, precision)
         except AliceError as exc:
             raise gr.Error(self.errors.public(str(exc)), print_exception=False) from None
+        sampler_fields = (ui.sampler, ui.student_steps, ui.teacher_steps, ui.guidance, ui.guidance_low)
         return {
+            **dict(zip(sampler_fields, sampler_updates(pipe))),
             ui.model_info: _model_info(pipe), ui.download: gr.update(visible=False),
             ui.generate: gr.update(interactive=True),
             ui.compare: gr.update(interactive={"rcm", "teacher"} <= set(pipe.dits)),
@@ -182,9 +184,6 @@ class _Handlers:
             ui.size: gr.update(choices=size_presets(pipe), value=size_presets(pipe)[0]),
             ui.frames: gr.update(choices=frame_presets(pipe), value=default_frames(pipe)),
             ui.fps: gr.update(value=pipe.defaults.fps),
-            ui.sampler: gr.update(choices=[(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe)),
-            ui.student_steps: gr.update(visible="rcm" in pipe.dits),
-            ui.teacher_steps: gr.update(visible="teacher" in pipe.dits, value=_teacher_steps(pipe)),
             ui.start_image: start_image_update(pipe), ui.clip_vision: clip_vision_update(self.studio, pipe, model),
         }
 
@@ -216,15 +215,6 @@ class _Handlers:
 CANCELLED_TEXT = "**Cancelled.** No new video was made; the last one stays. Press **Generate** to start again."
 
 
-def _default_sampler(pipe: VideoPipeline) -> str:
-    sampler = pipe.defaults.sampler_for(pipe.dits)
-    return sampler if sampler in pipe.dits else next(iter(pipe.dits))
-
-
-def _teacher_steps(pipe: VideoPipeline) -> int:
-    return min(pipe.defaults.teacher_steps, MAX_TEACHER_STEPS_UI)
-
-
 def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
     """The UI around `studio`, with the queue set to one generation at a time."""
     pipe = studio.pipeline(studio.default_label, precision)
@@ -254,7 +244,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                         ui.size = gr.Dropdown(size_presets(pipe), value=size_presets(pipe)[0], label="Size (WxH)",
                                               allow_custom_value=True, elem_id="size")
                         ui.frames = gr.Dropdown(frame_presets(pipe), value=default_frames(pipe), label="Frames",
-                                                allow_custom_value=True)
+                                                allow_custom_value=True, elem_id="frames")
                         ui.fps = gr.Slider(1, 60, value=defaults.fps, step=1, label="FPS")
                     with gr.Row():
                         ui.model = gr.Dropdown(_model_choices(studio), value=studio.default_label, label="Model",
@@ -264,14 +254,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
                         ui.precision = gr.Dropdown(list(PRECISION_NAMES), value=precision, label="Precision", scale=2,
                                                    info=PRECISION_INFO)
                     ui.model_info = gr.Markdown(_model_info(pipe), elem_id="model-info")
-                    ui.sampler = gr.Radio([(SAMPLER_LABELS[s], s) for s in pipe.dits], value=_default_sampler(pipe),
-                                          label="Sampler")
-                    with gr.Row():
-                        ui.student_steps = gr.Slider(1, RCM_MAX_STEPS, value=defaults.rcm_steps,
-                                                     step=1, label="Student steps", visible="rcm" in pipe.dits)
-                        ui.teacher_steps = gr.Slider(1, MAX_TEACHER_STEPS_UI, value=_teacher_steps(pipe), step=1,
-                                                     label="Teacher steps", visible="teacher" in pipe.dits,
-                                                     elem_id="teacher-steps")
+                    build_sampler_inputs(pipe, ui)
                     with gr.Row():
                         # allow_custom_value: the list grows while the app runs; Studio checks every name.
                         ui.lora = gr.Dropdown(lora_choices(studio), value="", label="LoRA", allow_custom_value=True,
@@ -306,7 +289,7 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         history = gr.State([])  # (path, caption) pairs; kept on the server, never sent to the browser
         inputs = [ui.model, ui.precision, ui.sampler, ui.student_steps, ui.teacher_steps, ui.prompt,
                   ui.negative_prompt, ui.seed, ui.randomize_seed, ui.size, ui.frames, ui.fps, ui.lora, ui.lora_strength,
-                  ui.start_image, ui.clip_vision, history]
+                  ui.start_image, ui.clip_vision, ui.guidance, ui.guidance_low, history]
         # Generation and comparison share one queue slot: one job at a time on the device. Progress and errors show
         # on the status block only, so an error leaves the last video, its settings and the gallery as they were.
         # The live preview's polling starts with the click (the job may wait in the queue), then the job runs.
@@ -327,7 +310,8 @@ def build_app(studio: Studio, precision: str = "fp32") -> gr.Blocks:
         h.previews.attach(ui.preview_timer, ui.preview, ui.preview_box, ui.video_box,
                           [gen_event, cmp_event], cancel_event)
         model_outputs = [ui.model_info, ui.download, ui.generate, ui.compare, ui.compare_note, ui.size, ui.frames,
-                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.start_image, ui.clip_vision]
+                         ui.fps, ui.sampler, ui.student_steps, ui.teacher_steps, ui.guidance, ui.guidance_low,
+                         ui.start_image, ui.clip_vision]
         for control in (ui.model, ui.precision):
             control.change(h.model_changed, [ui.model, ui.precision], model_outputs, api_visibility="private",
                            concurrency_id="loading")

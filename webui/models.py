@@ -22,10 +22,14 @@ from alice_core.models.clip_vision import ClipImageEncoder
 from alice_core.models.runtime import DiTRuntime
 from alice_core.generation import dit_config
 from alice_core.pipeline import VideoPipeline, load_pipeline
+from alice_core.sampling import Experts
 
 MODELS_DIR_ENV = "ALICE_MODELS_DIR"
 CLIP_VISION_FOLDER = "clip_vision"
 CLIP_VISION_SUFFIXES = (".safetensors", ".pth", ".pt")  # what load_clip_vision reads as a single file
+GUIDANCE_RANGE = (1.0, 30.0)  # as the ComfyUI Teacher Sampler's cfg; 1 turns guidance off
+GUIDANCE_LABEL = {False: "Teacher guidance", True: "Teacher guidance, high-noise expert"}  # by has_two_experts
+GUIDANCE_LOW_LABEL = "Teacher guidance, low-noise expert"
 LOCAL_PREFIX = "local/"
 HUB_PREFIX = "hub/"
 
@@ -248,3 +252,21 @@ def check_start_image(pipe: VideoPipeline, sampler: str | None, image_given: boo
 def needs_clip_vision(pipe: VideoPipeline, sampler: str | None = None) -> bool:
     sampler = sampler or pipe.defaults.sampler_for(pipe.dits)
     return dit_config(pipe.dits.get(sampler) or next(iter(pipe.dits.values()))).image_dim is not None
+
+
+def has_two_experts(pipe: VideoPipeline) -> bool:
+    """Whether the teacher is a Wan2.2 A14B pair (a high- and a low-noise DiT), each with its own guidance."""
+    return isinstance(pipe.dits.get("teacher"), Experts)
+
+
+def check_guidance(pipe: VideoPipeline, guidance: float | None, guidance_low: float | None) -> None:
+    """The teacher's guidance fields in the app's words (None: the model's preset): numbers in GUIDANCE_RANGE, and
+    the low-noise expert's only for a two-expert model."""
+    low, high = GUIDANCE_RANGE
+    pair = has_two_experts(pipe)
+    if guidance_low is not None and not pair:
+        raise AliceError(f"{GUIDANCE_LOW_LABEL} is for two-expert (Wan2.2 A14B) models; {pipe.name} has one DiT: "
+                         "leave it empty")
+    for label, value in ((GUIDANCE_LABEL[pair], guidance), (GUIDANCE_LOW_LABEL, guidance_low)):
+        if value is not None and not low <= value <= high:  # NaN fails the comparison too
+            raise AliceError(f"{label} must be a number from {low:g} to {high:g}, got {value!r}")

@@ -33,7 +33,7 @@ from alice_core.train.finetune_job import FinetuneOutputsExist, ForeignCheckpoin
 from alice_core.video_io import unique_path
 
 from .models import (
-    LOCAL_PREFIX, ImageEncoderCache, ModelChoice, PipelineCache, check_start_image, clip_vision_files,
+    LOCAL_PREFIX, ImageEncoderCache, ModelChoice, PipelineCache, check_guidance, check_start_image, clip_vision_files,
     default_models_dir, download_model, list_model_choices, needs_clip_vision, parse_frames, parse_size,
 )
 
@@ -70,6 +70,8 @@ class Job:
     lora_strength: float = 1.0
     image: np.ndarray | None = None  # image-to-video: the uploaded start picture (uint8 [H, W, 3])
     clip_vision: str = ""       # Wan2.1 I2V: a name from Studio.clip_vision_names()
+    guidance: float | None = None      # the teacher's CFG (a Wan2.2 A14B pair: the high-noise expert's); None: preset
+    guidance_low: float | None = None  # a Wan2.2 A14B pair: the low-noise expert's CFG; None: the preset's
 
 
 @dataclass
@@ -197,10 +199,14 @@ class Studio:
         check_start_image(pipe, sampler, job.image is not None, job.clip_vision)
         if job.image is not None and needs_clip_vision(pipe, sampler):
             self.clip_vision_path(job.clip_vision)  # a name from the list, checked before any work
+        check_guidance(pipe, job.guidance, job.guidance_low)
+        # guidance is the teacher's: a student's video records the preset it ignores, not the fields' values
+        teacher = (sampler or pipe.defaults.sampler_for(pipe.dits)) == "teacher"
         settings = GenerationSettings(
             prompt=job.prompt, negative_prompt=job.negative_prompt or None, seed=int(job.seed), sampler=sampler,
             steps=job.steps, width=width, height=height, frames=frames, fps=job.fps,
             image=START_IMAGE_NAME if job.image is not None else None,
+            guidance=job.guidance if teacher else None, guidance_low=job.guidance_low if teacher else None,
         )
         resolved = pipe.resolve(settings)
         pipe.check_memory(resolved, words=APP_WORDS)  # refused in the app's words before the job starts
