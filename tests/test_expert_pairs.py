@@ -91,14 +91,16 @@ def test_official_and_diffusers_folders_load_the_same_experts(files):
     assert not torch.equal(official.high.head.head.weight, official.low.head.head.weight)
 
 
+@pytest.mark.parametrize("precision,stored", [("fp8_e4m3fn", torch.float8_e4m3fn), ("nf4", torch.uint8)])
 @pytest.mark.parametrize("high_layout,low_layout", [("rcm", "rcm"), ("turbodiffusion", "turbodiffusion-int8"),
                                                     ("comfy-scaled-fp8", "comfy-scaled-fp8")])
-def test_single_file_pairs_load_with_quantisation_on_both(tmp_path, high_layout, low_layout):
+def test_single_file_pairs_load_with_quantisation_on_both(tmp_path, high_layout, low_layout, precision, stored):
     high, _ = write_variant(official_state(3), high_layout, tmp_path / "high")
     low, _ = write_variant(official_state(4), low_layout, tmp_path / "low")
-    pair = load_expert_pair(high, low, "fp8_e4m3fn", boundary=0.9)
+    pair = load_expert_pair(high, low, precision, boundary=0.9)
     for expert in (pair.high, pair.low):
-        assert is_quantized_linear(expert.blocks[0].ffn[0]) and expert.config.in_dim == 36
+        layer = expert.blocks[0].ffn[0]
+        assert is_quantized_linear(layer) and layer.weight.dtype == stored and expert.config.in_dim == 36
 
 
 def test_pair_with_different_architectures_is_refused(tmp_path):
