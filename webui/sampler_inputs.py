@@ -16,8 +16,8 @@ from .studio import MAX_TEACHER_STEPS_UI
 
 SAMPLER_LABELS = {"rcm": "student (rCM, 1-4 steps)", "teacher": "teacher"}
 GUIDANCE_INFO = {False: "the teacher sampler's classifier-free guidance; 1 turns it off",
-                 True: "Wan2.2 A14B: the expert for the first, noisiest steps (Wan's T2V preset: 4)"}
-GUIDANCE_LOW_INFO = "Wan2.2 A14B: the expert for the last, low-noise steps (Wan's T2V preset: 3)"
+                 True: "Wan2.2 A14B: the teacher's guidance on the expert of the first, noisiest steps"}
+GUIDANCE_LOW_INFO = "Wan2.2 A14B: the teacher's guidance on the expert of the last, low-noise steps"
 
 
 def default_sampler(pipe: VideoPipeline) -> str:
