@@ -39,7 +39,7 @@ def full_size_table(modes: list[str]) -> str:
 
 def write_pair(folder: Path) -> tuple[Path, Path]:
     from benchmarks.quantization import random_tensor
-    from alice_core.loading.checkpoint import OutputTensor, write_safetensors
+    from alice_core.loading.output import OutputTensor, write_safetensors
     from alice_core.models.dit import WanDiT
     import torch
 
