@@ -39,10 +39,7 @@ class Encoder3d(nn.Module):
         self.head = _head(dims[-1], 2 * cfg.z_dim)
 
     def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        x = _run(self.downsamples, x, cache)
-        x = _run(self.middle, x, cache)
-        return _run(self.head, x, cache)
+        return _run((self.conv1, *self.downsamples, *self.middle, *self.head), x, cache)
 
 
 class Decoder3d(nn.Module):
@@ -67,10 +64,7 @@ class Decoder3d(nn.Module):
         self.head = _head(dims[-1], 3)
 
     def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        x = _run(self.middle, x, cache)
-        x = _run(self.upsamples, x, cache)
-        return _run(self.head, x, cache)
+        return _run((self.conv1, *self.middle, *self.upsamples, *self.head), x, cache)
 
 
 def _tile_starts(size: int, tile: int, overlap: int) -> list[int]:

@@ -121,10 +121,7 @@ class ResidualEncoder3d(nn.Module):
         self.head = _head(dims[-1], 2 * cfg.z_dim)
 
     def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for part in (self.downsamples, self.middle, self.head):
-            x = _run(part, x, cache)
-        return x
+        return _run((self.conv1, *self.downsamples, *self.middle, *self.head), x, cache)
 
 
 class ResidualDecoder3d(nn.Module):
@@ -145,7 +142,4 @@ class ResidualDecoder3d(nn.Module):
         self.head = _head(dims[-1], 3 * cfg.patch_size**2)
 
     def forward(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-        x = self.conv1(x, cache)
-        for part in (self.middle, self.upsamples, self.head):
-            x = _run(part, x, cache)
-        return x
+        return _run((self.conv1, *self.middle, *self.upsamples, *self.head), x, cache)

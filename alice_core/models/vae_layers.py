@@ -3,6 +3,8 @@ attention blocks, resamplers (Wan2.1's vae.py; Wan2.2's residual stages in vae22
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,18 +33,19 @@ class CausalConv3d(nn.Conv3d):
         self.space_pad = (pw, pw, ph, ph)
 
     def forward(self, x: torch.Tensor, cache: Cache | None = None) -> torch.Tensor:
-        time_pad = self.time_pad
-        if cache is not None and time_pad > 0:
+        padded = F.pad(x, (*self.space_pad, self.time_pad, 0))
+        if cache is not None and self.time_pad > 0:
             prev = cache.get(self)
+            history = 0 if prev is None else prev.shape[2]
+            pw, _, ph, _ = self.space_pad
+            interior = padded[..., ph : ph + x.shape[3], pw : pw + x.shape[4]]
             if prev is not None:
-                # the previous chunk's frames replace that much of the zero padding
-                x = torch.cat([prev, x], dim=2)
-                time_pad -= prev.shape[2]
-            # clone: a view would keep the whole chunk alive until the next one
-            cache[self] = x[:, :, -CACHE_T:].clone()
-        # Rebinding frees the concatenated copy before the convolution runs (a lower encode/decode peak).
-        x = F.pad(x, (*self.space_pad, time_pad, 0))
-        return super().forward(x)
+                # the previous chunk's frames replace that much of the zero padding, written in place: a
+                # torch.cat([prev, x]) would be one more chunk-sized copy alive beside the padded one
+                interior[:, :, self.time_pad - history : self.time_pad] = prev
+            # clone: a view would keep the whole padded chunk alive until the next one
+            cache[self] = interior[:, :, -min(CACHE_T, history + x.shape[2]) :].clone()
+        return super().forward(padded)
 
 
 class RMSNorm(nn.Module):
@@ -62,8 +65,12 @@ class Cached(nn.Module):
     """A layer whose forward takes (x, cache): it keeps temporal state across chunks."""
 
 
-def _run(layers: nn.Module, x: torch.Tensor, cache: Cache) -> torch.Tensor:
-    """Apply a sequence of layers, handing the cache to those that keep temporal state."""
+def _run(layers: Iterable[nn.Module], x: torch.Tensor, cache: Cache) -> torch.Tensor:
+    """Apply a sequence of layers, handing the cache to those that keep temporal state.
+
+    Each layer's input is freed as soon as the next layer has its output. A caller that keeps a reference to `x`
+    keeps it alive for the whole sequence: pass an encoder's or decoder's layers as one sequence, not stage by
+    stage (one full-resolution activation less at the peak)."""
     for layer in layers:
         x = layer(x, cache) if isinstance(layer, (CausalConv3d, Cached)) else layer(x)
     return x
