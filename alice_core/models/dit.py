@@ -107,8 +107,9 @@ class Attention(nn.Module):
 class SelfAttention(Attention):
     def forward(self, x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
         v = self.v(x)
-        q = apply_rope(self.heads(self.norm_q(self.q(x))), rope).to(v.dtype)
-        k = apply_rope(self.heads(self.norm_k(self.k(x))), rope).to(v.dtype)
+        # normalised and rotated in float32, as Wan does
+        q = apply_rope(self.heads(self.norm_q(upcast(self.q(x)))), rope).to(v.dtype)
+        k = apply_rope(self.heads(self.norm_k(upcast(self.k(x)))), rope).to(v.dtype)
         return self.o(self.attention(q, k, self.heads(v)))
 
 
@@ -179,12 +180,15 @@ class WanBlock(nn.Module):
     ) -> torch.Tensor:
         # The residual stream x stays in the model's dtype, as in diffusers (a float32 stream beside bf16 weights
         # costs peak memory); norms, modulation and the gated sums run in float32 and are cast back. Shift/scale/gate for attention, then for the FFN; e0 is [B, 1 or L, 6, dim].
+        # addcmul: one kernel and one float32 temporary for each modulation and gated sum (x + y * gate promotes
+        # to the float32 of the gate without an upcast copy of x).
         shift_a, scale_a, gate_a, shift_f, scale_f, gate_f = (upcast(self.modulation) + e0).unbind(2)
-        y = self.self_attn((self.norm1(x) * (1 + scale_a) + shift_a).to(x.dtype), rope)
-        x = (upcast(x) + y * gate_a).to(x.dtype)
+        # Each branch output is used in place (no local name), so it is freed before the next branch runs.
+        x = torch.addcmul(x, self.self_attn(torch.addcmul(shift_a, self.norm1(x), 1 + scale_a).to(x.dtype), rope),
+                          gate_a).to(x.dtype)
         x = x + self.cross_attn(self.norm3(x), context, image_context).to(x.dtype)
-        y = self.ffn((self.norm2(x) * (1 + scale_f) + shift_f).to(x.dtype))
-        return (upcast(x) + y * gate_f).to(x.dtype)
+        return torch.addcmul(x, self.ffn(torch.addcmul(shift_f, self.norm2(x), 1 + scale_f).to(x.dtype)),
+                             gate_f).to(x.dtype)
 
 
 class Head(nn.Module):
@@ -197,7 +201,7 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         # e is [B, 1 or L, dim]
         shift, scale = (upcast(self.modulation) + e[:, :, None]).unbind(2)
-        return self.head(self.norm(x) * (1 + scale) + shift)
+        return self.head(torch.addcmul(shift, self.norm(x), 1 + scale))
 
 
 class WanDiT(nn.Module):
@@ -322,9 +326,10 @@ class WanDiT(nn.Module):
         self.check_inputs(x, t, context, y, clip_embedding)
         tokens = self.patch_embedding(x if y is None else torch.cat([x, y.to(x.dtype)], dim=1))
         grid = tuple(tokens.shape[2:])
-        # The residual stream's dtype is the weights' (also under autocast); contiguous once here, not in each block.
-        tokens = tokens.flatten(2).transpose(1, 2)
-        tokens = tokens.to(self.patch_embedding.weight.dtype, memory_format=torch.contiguous_format)
+        # The residual stream's dtype is the weights' (also under autocast); contiguous once here, not in each block
+        # (.contiguous(): `.to(memory_format=...)` returns this transposed view as it is when the dtype matches, and
+        # every block then ran on the transposed layout).
+        tokens = tokens.flatten(2).transpose(1, 2).to(self.patch_embedding.weight.dtype).contiguous()
         rope = rope_rotations(cfg.head_dim, grid, x.device, upcast(tokens).dtype)
 
         e, e0 = self.embed_time(t)
