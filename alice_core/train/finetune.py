@@ -15,6 +15,9 @@ uninterrupted one. Outputs are LoRA safetensors files in the PEFT layout with `a
 
 Under torchrun (`alice finetune` only) the networks are sharded with FSDP2, `batch_size` is the global batch, each
 rank draws its own clips for its rows, and rank 0 alone writes the checkpoint and the LoRA files.
+
+This module sets a run up (bundle, clips, memory check, checkpoint identity, output files); the two stages' loops
+are `finetune_stages.py`, the settings `finetune_config.py`.
 """
 
 from __future__ import annotations
@@ -33,37 +36,31 @@ import torch
 
 from ..bundle import ModelBundle, resolve_bundle
 from ..errors import AliceError
-from ..limits import available_bytes, check_finite
+from ..limits import available_bytes
 from ..loading.lora import with_lora, write_loras
 from ..loading.output import file_sha256
 from ..models.config import WanDiTConfig
-from ..models.dit import WanDiT
 from .clips import TrainingClip, fit_frames
 from .data import CachedTextEncoder, clips_to_video
-from .distill import DistillConfig, Distiller
-from .distributed import (
-    any_rank, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks, rank_world,
-    restore_stream, shard, stream_states,
-)
-from .flow_matching import flow_matching_loss, sample_training_times
+from .distributed import full_tensors, local_rows, rank_world, shard
+from .finetune_config import FinetuneConfig
+from .finetune_stages import ClipLatents, FinetuneCancelled, FinetuneProgress, FinetuneStages, use_ema
 from .lora_layers import (
-    DEFAULT_TARGET_MODULES,
     add_trainable_loras,
     load_lora_parameters,
     lora_parameters,
     lora_state_dict,
     matches_target,
 )
-from .state import load_checkpoint, save_atomic, training_device
+from .state import load_checkpoint, training_device
+
+__all__ = [  # the stage loops' names too: front ends import them from here
+    "CHECKPOINT_NAME", "FinetuneCancelled", "FinetuneConfig", "FinetuneProgress", "FinetuneResult", "ForeignCheckpoint",
+    "TrainingClip", "check_memory", "default_work_folder", "estimate_memory", "finetune", "lora_file_stem",
+    "teacher_lora_path",
+]
 
 CHECKPOINT_NAME = "finetune-checkpoint.pt"
-# progress(stage "teacher" | "student", steps done, steps in that stage, loss of the last step: in stage 2 the
-# student's losses summed, or the critic's loss on critic iterations)
-FinetuneProgress = Callable[[str, int, int, float], None]
-
-
-class FinetuneCancelled(AliceError):
-    """The caller asked to stop; the run was checkpointed and calling `finetune` again resumes it."""
 
 
 class ForeignCheckpoint(AliceError):
@@ -76,55 +73,10 @@ class ForeignCheckpoint(AliceError):
 
 
 @dataclass
-class FinetuneConfig:
-    rank: int = 16
-    alpha: float = 16.0
-    target_modules: tuple[str, ...] = DEFAULT_TARGET_MODULES
-    teacher_steps: int = 300
-    student_steps: int = 200
-    teacher_lr: float = 5e-4
-    student_lr: float = 1e-4
-    batch_size: int = 4
-    caption_dropout: float = 0.1
-    uniform_time_fraction: float = 0.3  # as the tiny teacher's training: low noise levels get trained too
-    distill_mode: str = "rcm"           # "rcm", or the ablations "scm" / "dmd"
-    student_update_freq: int = 2        # student updates every 2nd iteration (the critic in between)
-    tangent_warmup: int = 20            # the student already is a consistency model: a short warm-up suffices
-    seed: int = 0
-    checkpoint_every: int = 50
-    sample_prompts: tuple[str, ...] = ()
-
-    def __post_init__(self) -> None:
-        self.target_modules = tuple(self.target_modules)
-        self.sample_prompts = tuple(self.sample_prompts)
-        for name in ("rank", "batch_size", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                raise AliceError(f"finetune setting {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("teacher_steps", "student_steps"):
-            if getattr(self, name) < 0:
-                raise AliceError(f"finetune setting {name} must be 0 or more, got {getattr(self, name)}")
-        for name in ("teacher_lr", "student_lr", "alpha"):
-            check_finite(getattr(self, name), f"--{name.replace('_', '-')}", positive=True)
-        if self.distill_mode not in ("rcm", "scm", "dmd"):
-            raise AliceError(f"distill_mode must be rcm, scm or dmd, got {self.distill_mode!r}")
-
-
-@dataclass
 class FinetuneResult:
     student_lora: Path
     teacher_lora: Path
     losses: dict[str, list[float]] = field(default_factory=dict)  # per stage, the losses of this call's steps
-
-
-class ClipLatents:
-    """The training clips as latents and text states, drawn in seeded random batches (the trainers' data source)."""
-
-    def __init__(self, latents: torch.Tensor, contexts: torch.Tensor, captions: list[str], rng: np.random.Generator) -> None:
-        self.latents, self.contexts, self.captions, self.rng = latents, contexts, captions, rng
-
-    def batch(self, n: int) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-        idx = self.rng.integers(len(self.captions), size=n)
-        return self.latents[idx], self.contexts[idx], [self.captions[i] for i in idx]
 
 
 # ------------------------------------------------------------------------------------------------- memory
@@ -272,7 +224,7 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
         "sample_prompts": list(cfg.sample_prompts) or sorted({c.caption for c in fitted})[:4],
         "clips": len(fitted), "size": list(size), "frames": frames,
     }
-    run = _Run(cfg, ckpt_path, fingerprint, data, null_context, dev, progress, should_cancel)
+    run = FinetuneStages(cfg, ckpt_path, fingerprint, data, null_context, dev, progress, should_cancel)
 
     adapters_t = add_trainable_loras(teacher, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
     run.train_teacher(shard(teacher), adapters_t, d.shift, state)
@@ -296,7 +248,7 @@ def _finetune(model, clips, cfg, out_file, work_dir, device, threads, progress, 
     fake = copy.deepcopy(teacher)
     add_trainable_loras(fake, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed + 2)
     distiller = run.train_student(teacher, student, fake, state)
-    _use_ema(distiller, adapters_s)
+    use_ema(distiller)
     student_sd = lora_state_dict(adapters_s)
     if rank == 0:
         write_loras([(out_file, student_sd, {**metadata, "applies_to": "rcm", "base_sha256": base_hashes["rcm"]})])
@@ -313,106 +265,3 @@ def _finetunable_bundle(model: str | Path | None) -> ModelBundle:
         raise AliceError(f"{bundle.folder / 'model.json'}: dits lacks {', '.join(missing)}; finetuning needs both "
                          "the teacher and the rCM student")
     return bundle
-
-
-def _use_ema(distiller: Distiller, adapters) -> None:
-    """The student LoRA ships its EMA weights (as the distilled student does)."""
-    shadow = distiller.ema.state_dict()
-    params = {n: p for n, p in distiller.student.named_parameters() if p.requires_grad}
-    with torch.no_grad():
-        for name, p in params.items():
-            p.copy_(shadow[name])
-
-
-class _Run:
-    """One finetune's loops, sharing progress, cancellation and the single atomic checkpoint (rank 0 reports and
-    writes; a stop request on any rank stops all)."""
-
-    def __init__(self, cfg, ckpt_path, fingerprint, data, null_context, device, progress, should_cancel) -> None:
-        self.cfg, self.ckpt_path, self.fingerprint = cfg, ckpt_path, fingerprint
-        self.data, self.null_context, self.device = data, null_context, device
-        self.progress, self.should_cancel = progress, should_cancel
-        self.losses: dict[str, list[float]] = {"teacher": [], "student": []}
-        self.teacher_state: dict = {}
-
-    def _report(self, stage: str, step: int, total: int, loss: float) -> None:
-        self.losses[stage].append(loss)
-        if self.progress and rank_world()[0] == 0:
-            self.progress(stage, step, total, loss)
-
-    def _save(self, extra: dict) -> None:
-        if rank_world()[0] == 0:
-            save_atomic({"fingerprint": self.fingerprint, "config": asdict(self.cfg), **self.teacher_state, **extra},
-                        self.ckpt_path)
-
-    def _stop_requested(self, save: Callable[[], None]) -> None:
-        if any_rank(bool(self.should_cancel and self.should_cancel())):
-            save()
-            raise FinetuneCancelled(f"finetune cancelled; run it again with the same settings to resume from {self.ckpt_path}")
-
-    def train_teacher(self, teacher: WanDiT, adapters, shift: float, state: dict | None) -> None:
-        cfg, data = self.cfg, self.data
-        params = list(lora_parameters(adapters).values())
-        opt = torch.optim.AdamW(params, lr=cfg.teacher_lr, betas=(0.9, 0.99), weight_decay=0.0)
-        gen = torch.Generator().manual_seed(cfg.seed + 1)  # the same on every rank: noise for the global batch
-        rows = local_rows(cfg.batch_size)
-        step = 0
-        if state is not None:
-            load_lora_parameters(adapters, state["teacher_lora"])
-            step = int(state["teacher_step"])
-            if state["stage"] == "teacher":
-                # Restored even when stage 1 had finished: stage 2 draws its batches from where stage 1 left the data
-                # stream (a crash between the last stage-1 and the first stage-2 checkpoint lands here).
-                load_optimizer_state(opt, state["teacher_opt"])
-                gen.set_state(state["teacher_rng"])
-                restore_stream(data.rng, state["numpy_rng"])
-
-        def keep_result() -> None:  # every later checkpoint carries stage 1's result (stage 2 rebuilds from it)
-            lora = full_tensors(lora_parameters(adapters))  # gathered: every rank calls it
-            self.teacher_state = {"teacher_lora": {k: v.clone() for k, v in lora.items()}, "teacher_step": step}
-
-        def save() -> None:
-            keep_result()
-            self._save({"stage": "teacher", "teacher_opt": full_optimizer_state(opt), "teacher_rng": gen.get_state(),
-                        "numpy_rng": stream_states(data.rng)})
-
-        teacher.train()
-        while step < cfg.teacher_steps:
-            self._stop_requested(save)
-            x0, ctx, _ = data.batch(rows.stop - rows.start)
-            drop = (torch.rand(cfg.batch_size, generator=gen)[rows] < cfg.caption_dropout).to(ctx.device)
-            ctx = torch.where(drop[:, None, None], self.null_context, ctx)
-            s = sample_training_times(cfg.batch_size, shift, gen, cfg.uniform_time_fraction)[rows].to(self.device)
-            noise = torch.randn((cfg.batch_size, *x0.shape[1:]), generator=gen)[rows].to(self.device)
-            loss = flow_matching_loss(teacher, x0, ctx, s, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            step += 1
-            self._report("teacher", step, cfg.teacher_steps, mean_over_ranks({"loss": loss.item()})["loss"])
-            if step % cfg.checkpoint_every == 0 or step == cfg.teacher_steps:
-                save()
-        keep_result()
-        teacher.eval()
-
-    def train_student(self, teacher: WanDiT, student: WanDiT, fake: WanDiT, state: dict | None) -> Distiller:
-        cfg = self.cfg
-        dcfg = DistillConfig(mode=cfg.distill_mode, steps=cfg.student_steps, batch_size=cfg.batch_size,
-                             student_lr=cfg.student_lr, fake_score_lr=cfg.student_lr, weight_decay=0.0,
-                             tangent_warmup=cfg.tangent_warmup, student_update_freq=cfg.student_update_freq,
-                             ema_decay=0.99, seed=cfg.seed, checkpoint_every=cfg.checkpoint_every)
-        distiller = Distiller(teacher, dcfg, self.data, self.null_context, self.device, student=student, fake=fake)
-        if state is not None and state.get("stage") == "student":
-            distiller.load_state_dict(state["distiller"])
-
-        def save() -> None:
-            self._save({"stage": "student", "distiller": distiller.state_dict()})
-
-        while distiller.iteration < dcfg.steps:
-            self._stop_requested(save)
-            logs = distiller.step()
-            self._report("student", distiller.iteration, dcfg.steps, sum(logs.values()))
-            if distiller.iteration % dcfg.checkpoint_every == 0 or distiller.iteration == dcfg.steps:
-                save()
-        return distiller
