@@ -161,7 +161,9 @@ class AliceFinetune(AliceNode):
                 "student_lr": ("FLOAT", {"default": d.student_lr, **lr, "tooltip": "stage 2 learning rate"}),
                 "batch_size": ("INT", {"default": d.batch_size, "min": 1, "max": 64,
                                        "tooltip": "clips per step: more is smoother and needs more memory"}),
-                "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED,
+                # not randomised after each queue (the frontend's default for a seed): a run resumes only
+                # with the settings it started with
+                "seed": ("INT", {"default": d.seed, "min": 0, "max": MAX_SEED, "control_after_generate": False,
                                  "tooltip": "the run's randomness: the same seed and inputs train the same LoRA"}),
                 "checkpoint_every": ("INT", {"default": d.checkpoint_every, "min": 1, "max": 100000,
                                              "tooltip": "steps between checkpoints (Cancel also writes one)"}),

@@ -64,12 +64,14 @@ def is_file_list(widget: str) -> bool:
 
 def expected_widget_values(node_type: str) -> list[str]:
     """Widget names in the order ComfyUI's frontend stores their values; a seed's "control after generate"
-    value follows it, and so does an image combo's upload button."""
+    value follows it, and so does an image combo's upload button. The frontend (useIntWidget) gives an INT
+    input that control unless it declares control_after_generate false, and by default to any named seed or
+    noise_seed."""
     names = []
     for name, spec in declared(node_type).items():
         if is_widget(spec):
             names.append(name)
-            if len(spec) > 1 and spec[1].get("control_after_generate"):
+            if len(spec) > 1 and spec[1].get("control_after_generate", name in ("seed", "noise_seed")):
                 names.append(f"{name}:control_after_generate")
             if len(spec) > 1 and spec[1].get("image_upload"):
                 names.append(f"{name}:upload")

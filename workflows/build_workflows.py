@@ -95,8 +95,10 @@ def to_ui(nodes: list[Node], mappings: dict) -> dict:
         for name, spec in inputs.items():
             if is_widget(spec):
                 widgets.append(node.inputs[name])
-                if len(spec) > 1 and spec[1].get("control_after_generate"):
-                    widgets.append("fixed")  # the seed widget's "control after generate": keep shared seeds
+                # the frontend gives an INT a "control after generate" widget when it asks, and a seed unless it
+                # declines: keep shared seeds fixed
+                if len(spec) > 1 and spec[1].get("control_after_generate", name in ("seed", "noise_seed")):
+                    widgets.append("fixed")
                 if len(spec) > 1 and spec[1].get("image_upload"):
                     widgets.append("image")  # Load Image's upload button stores this value
         ui_nodes.append({
