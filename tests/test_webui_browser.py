@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 from selenium import webdriver
 from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -206,6 +207,24 @@ def seen_text(browser, css, text, timeout=60, scope=None):
         return False
 
     return WebDriverWait(browser, timeout, poll_frequency=0.1).until(found, f"{css} showing {text!r} never seen")
+
+
+def upload_start_image(browser, path: Path, size: tuple[int, int], seed: int) -> None:
+    """Save a random picture of `size` (height, width) and upload it as the start image; wait until it is seen."""
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+    upload = browser.find_element(By.CSS_SELECTOR, "#start-image")
+    upload.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(path))
+    WebDriverWait(browser, 30).until(lambda b: any(b.execute_script(SEEN, i, upload)
+                                                   for i in b.find_elements(By.CSS_SELECTOR, "#start-image img")))
+
+
+def generate_new_video(browser, studio, timeout: float) -> Path:
+    """Click Generate, wait for "Done:" in the status, and return the one video file it added."""
+    before = set(studio.output_dir.glob("*.mp4"))
+    click_generate(browser)
+    seen_text(browser, "#generate-status", "Done:", timeout=timeout)
+    [made] = set(studio.output_dir.glob("*.mp4")) - before
+    return made
 
 
 def sized(browser, url, size):
@@ -452,8 +471,6 @@ def choose_model(browser, label):
 
 def test_the_clip_vision_choice_shows_for_a_wan21_i2v_model_and_its_file_makes_the_video(browser, url, studio,
                                                                                          tmp_path):
-    from PIL import Image
-
     sized(browser, url, (1400, 1000))
     WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#model input")))
     assert not clip_vision_shown(browser)  # text-to-video: no CLIP vision choice
@@ -474,16 +491,8 @@ def test_the_clip_vision_choice_shows_for_a_wan21_i2v_model_and_its_file_makes_t
     assert "clip_vision_tiny.safetensors" in options, options
     browser.find_element(By.TAG_NAME, "h1").click()
 
-    picture = tmp_path / "start.png"
-    Image.fromarray(np.random.default_rng(2).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(picture)
-    label = browser.find_element(By.CSS_SELECTOR, "#start-image")
-    label.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(picture))
-    WebDriverWait(browser, 30).until(lambda b: any(b.execute_script(SEEN, i, label)
-                                                   for i in b.find_elements(By.CSS_SELECTOR, "#start-image img")))
-    before = set(studio.output_dir.glob("*.mp4"))
-    click_generate(browser)
-    seen_text(browser, "#generate-status", "Done:", timeout=120)
-    [made] = set(studio.output_dir.glob("*.mp4")) - before
+    upload_start_image(browser, tmp_path / "start.png", (48, 64), seed=2)
+    made = generate_new_video(browser, studio, timeout=120)
     assert read_video_metadata(made)["model"] == "clip-i2v-test" and read_video_metadata(made)["image"] == START_IMAGE_NAME
     assert studio.pipeline("local/clip-i2v-test").image_encoder.width == CLIP_WIDTH  # the chosen file was read
     video = browser.find_element(By.CSS_SELECTOR, "#output-video video")

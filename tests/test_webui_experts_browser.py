@@ -4,7 +4,6 @@ typed there reach the video."""
 
 import socket
 
-import numpy as np
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
@@ -16,7 +15,7 @@ from alice_core.video_io import read_video_metadata
 from webui.app import serve
 
 from tests.test_webui_browser import (  # noqa: F401  (browser: fixture)
-    CHROMIUM, SEEN, browser, choose_teacher, click_generate, pick, seen_text, sized,
+    CHROMIUM, SEEN, browser, choose_teacher, generate_new_video, pick, seen_text, sized, upload_start_image,
 )
 from tests.test_webui_experts import LABEL, pair_home, studio  # noqa: F401  (fixtures: the pair in $ALICE_HOME)
 from tests.test_text_encoders import tiny_umt5  # noqa: F401  (fixture used by pair_home)
@@ -56,8 +55,6 @@ def label_seen(browser, elem_id, text):  # noqa: F811
 
 
 def test_the_low_noise_guidance_shows_for_a_pair_and_reaches_the_video(browser, url, studio, tmp_path):  # noqa: F811
-    from PIL import Image
-
     sized(browser, url, (1400, 1000))
     WebDriverWait(browser, 60).until(ec.presence_of_element_located((By.CSS_SELECTOR, "#guidance input")))
     label_seen(browser, "guidance", "Teacher guidance")  # alice-tiny: one DiT, one value
@@ -78,16 +75,8 @@ def test_the_low_noise_guidance_shows_for_a_pair_and_reaches_the_video(browser, 
     choose_teacher(browser, 2)
     pick(browser, "size", "48x32")
     pick(browser, "frames", "5")
-    picture = tmp_path / "start.png"
-    Image.fromarray(np.random.default_rng(1).integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(picture)
-    upload = browser.find_element(By.CSS_SELECTOR, "#start-image")
-    upload.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(picture))
-    WebDriverWait(browser, 30).until(lambda b: any(b.execute_script(SEEN, i, upload)
-                                                   for i in b.find_elements(By.CSS_SELECTOR, "#start-image img")))
-    before = set(studio.output_dir.glob("*.mp4"))
-    click_generate(browser)
-    seen_text(browser, "#generate-status", "Done:", timeout=180)
-    [made] = set(studio.output_dir.glob("*.mp4")) - before
+    upload_start_image(browser, tmp_path / "start.png", (40, 56), seed=1)
+    made = generate_new_video(browser, studio, timeout=180)
     meta = read_video_metadata(made)
     assert (meta["sampler"], float(meta["guidance"]), float(meta["guidance_low"])) == ("teacher", 6.0, 2.5)
     seen_text(browser, "#generate-status", made.name)
