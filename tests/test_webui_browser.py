@@ -52,14 +52,19 @@ def studio(tmp_path_factory, clip_files):  # noqa: F811
     return Studio(tmp_path_factory.mktemp("out"), models_dir=models)
 
 
-@pytest.fixture(scope="module")
-def url(studio):
+def served_app(studio):
+    """The app on a free loopback port for the duration of a fixture: yields its URL."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     demo = serve(studio, port=port, block=False, quiet=True)
     yield f"http://127.0.0.1:{port}/"
     demo.close()
+
+
+@pytest.fixture(scope="module")
+def url(studio):
+    yield from served_app(studio)
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 the low-noise expert's field appears, labelled and at Wan's preset, only for a two-expert model, and the values
 typed there reach the video."""
 
-import socket
 
 import pytest
 from selenium.common.exceptions import StaleElementReferenceException
@@ -12,10 +11,9 @@ from selenium.webdriver.support import expected_conditions as ec
 from selenium.webdriver.support.ui import WebDriverWait
 
 from alice_core.video_io import read_video_metadata
-from webui.app import serve
 
 from tests.test_webui_browser import (  # noqa: F401  (browser: fixture)
-    CHROMIUM, SEEN, browser, choose_teacher, generate_new_video, pick, seen_text, sized, upload_start_image,
+    CHROMIUM, SEEN, browser, choose_teacher, generate_new_video, pick, seen_text, served_app, sized, upload_start_image,
 )
 from tests.test_webui_experts import LABEL, pair_home, studio  # noqa: F401  (fixtures: the pair in $ALICE_HOME)
 from tests.test_text_encoders import tiny_umt5  # noqa: F401  (fixture used by pair_home)
@@ -27,12 +25,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def url(studio):  # noqa: F811
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    demo = serve(studio, port=port, block=False, quiet=True)
-    yield f"http://127.0.0.1:{port}/"
-    demo.close()
+    yield from served_app(studio)
 
 
 def low_field_shown(browser) -> bool:  # noqa: F811
