@@ -16,8 +16,8 @@ from ..errors import AliceError
 from ..models.dit import WanDiT
 from .distill import DistillConfig, Distiller
 from .distributed import (
-    any_rank, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks, rank_world,
-    restore_stream, stream_states,
+    any_rank, barrier, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks,
+    rank_world, restore_stream, stream_states,
 )
 from .finetune_config import FinetuneConfig
 from .flow_matching import flow_matching_loss, sample_training_times
@@ -87,6 +87,7 @@ class FinetuneStages:
     def _stop_requested(self, save: Callable[[], None]) -> None:
         if any_rank(bool(self.should_cancel and self.should_cancel())):
             save()
+            barrier()  # no rank leaves (and ends its process) while rank 0 is still writing the checkpoint
             raise FinetuneCancelled(f"finetune cancelled; run it again with the same settings to resume from {self.ckpt_path}")
 
     def train_teacher(self, teacher: WanDiT, adapters, shift: float, state: dict | None) -> None:
