@@ -71,9 +71,9 @@ def _load_pickle(path: Path) -> tuple[dict[str, torch.Tensor], bool]:
             ) from None
         raise AliceError(f"{path}: not a torch checkpoint{file_kind_hint(path)}: its pickle data is unreadable "
                          "(corrupt or not a checkpoint); download or export it again") from None
-    except Exception as exc:  # torch raises RuntimeError, KeyError, EOFError... for files that are not checkpoints
-        raise AliceError(f"{path}: not a readable torch checkpoint{file_kind_hint(path)} "
-                         f"({type(exc).__name__}: {_first_line(exc)[:160]})") from None
+    except Exception as exc:  # garbage bytes make the unpickler raise IndexError, KeyError, EOFError, RuntimeError...
+        raise AliceError(f"{path}: not a torch checkpoint{file_kind_hint(path)}: its pickle data is unreadable "
+                         f"({type(exc).__name__}: {_first_line(exc)[:160]}); download or export it again") from None
     # Training checkpoints often wrap the weights: {"state_dict": ...}, {"model": ...}, {"net": ...}.
     for wrapper in ("state_dict", "model", "module", "net_ema"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
