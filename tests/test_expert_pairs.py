@@ -103,6 +103,29 @@ def test_single_file_pairs_load_with_quantisation_on_both(tmp_path, high_layout,
         assert is_quantized_linear(layer) and layer.weight.dtype == stored and expert.config.in_dim == 36
 
 
+def test_rcm_merged_pt_pair_loads_as_the_same_weights_in_the_official_layout(tmp_path):
+    """rCM's Wan2.2-I2V-A14B-{high,low}-rCM*-merged.pt: bf16 torch pickles, `net.` prefix, the Linear patch
+    embedding [dim, 36*1*2*2]. They hold plain tensors (torch's own weights_only reader takes them) and load as the
+    very weights of the same experts saved in Wan's official layout."""
+    states = {role: {k: v.to(torch.bfloat16) for k, v in official_state(seed).items()}
+              for role, seed in (("high", 11), ("low", 12))}
+    merged, official = {}, {}
+    for role, state in states.items():
+        merged[role], _ = write_variant(state, "rcm", tmp_path / "merged" / role)
+        official[role], _ = write_variant(state, "official", tmp_path / "official" / role)
+        raw = torch.load(merged[role], map_location="cpu", weights_only=True)
+        assert raw["net.patch_embedding.weight"].shape == (128, 144) and raw["net.head.head.weight"].dtype == torch.bfloat16
+    from_pt = load_expert_pair(merged["high"], merged["low"], "bf16")
+    reference = load_expert_pair(official["high"], official["low"], "bf16")
+    assert from_pt.boundary == reference.boundary == 0.9  # the I2V pair's default
+    for a, b in ((from_pt.high, reference.high), (from_pt.low, reference.low)):
+        assert a.config.in_dim == 36 and a.config.image_dim is None  # Wan2.2 I2V: no CLIP
+        for (k, v), (k2, w) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
+            assert k == k2 and v.dtype == torch.bfloat16 and torch.equal(v, w), k
+    patch = states["high"]["patch_embedding.weight"]
+    assert torch.equal(from_pt.high.patch_embedding.weight, patch)  # the Linear folded back into the Conv3d weight
+
+
 def test_pair_with_different_architectures_is_refused(tmp_path):
     high, _ = write_variant(official_state(3), "official", tmp_path / "high")
     low, _ = write_variant(official_state(4, in_channels=16), "official", tmp_path / "low")

@@ -386,6 +386,18 @@ def test_packaged_catalogue_has_the_models_the_project_promises():
         "-low-720P-quant.pth")
     assert {k: pair.defaults[k] for k in ("rcm_steps", "sigma_max", "boundary", "width", "height")} == {
         "rcm_steps": 4, "sigma_max": 200.0, "boundary": 0.9, "width": 1280, "height": 720}
+    rcm_pair = catalogue.models["rcm-wan2.2-i2v-a14b"]
+    assert [(catalogue.files[rcm_pair.roles[r]].repo_id, catalogue.files[rcm_pair.roles[r]].filename)
+            for r in ("dit", "dit_low")] == [("worstcoder/rcm-Wan", "Wan2.2-I2V-A14B-high-rCM4.0-merged.pt"),
+                                             ("worstcoder/rcm-Wan", "Wan2.2-I2V-A14B-low-rCM1.0-merged.pt")]
+    assert rcm_pair.defaults == pair.defaults and "clip_vision" not in rcm_pair.roles  # Wan2.2 I2V: no CLIP
+    t2v = catalogue.models["wan2.2-t2v-a14b"]
+    assert [catalogue.files[t2v.roles[r]].filename.rsplit("/", 1)[-1] for r in ("dit", "dit_low")] == [
+        "wan2.2_t2v_high_noise_14B_fp8_scaled.safetensors", "wan2.2_t2v_low_noise_14B_fp8_scaled.safetensors"]
+    # Wan2.2 T2V-A14B's own settings (wan/configs: 40 steps, guide (3, 4) as (low, high), shift 12, boundary 0.875)
+    assert {k: t2v.defaults[k] for k in ("sampler", "teacher_steps", "guidance", "guidance_low", "shift", "boundary")} \
+        == {"sampler": "teacher", "teacher_steps": 40, "guidance": 4.0, "guidance_low": 3.0, "shift": 12.0,
+            "boundary": 0.875}
     assert catalogue.files["wan2.2-vae"].filename == "Wan2.2_VAE.pth"
     # Wan2.1 I2V's CLIP vision encoder in both shipped forms, into ComfyUI's clip_vision folder
     assert {(f.filename.rsplit("/", 1)[-1], f.folder) for f in catalogue.files.values() if "clip" in f.name} == {
