@@ -64,7 +64,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     d = stages.add_parser("distill", help="rCM distillation of a bundle's teacher into a 4-step student")
     d.add_argument("--teacher-bundle", required=True, help="model bundle folder holding the teacher")
     d.add_argument("--out", required=True, help="run folder; resumes if it has a checkpoint")
-    d.add_argument("--mode", choices=("rcm", "scm", "dmd"), default="rcm")
+    d.add_argument("--mode", choices=("rcm", "scm", "dmd", "cfg"), default="rcm",
+                   help="cfg: guidance distillation only, a first stage for --init-student")
     d.add_argument("--steps", type=int, default=4000)
     d.add_argument("--batch-size", type=int, default=8)
     d.add_argument("--guidance", type=float, default=3.0, help="teacher CFG folded into the student")
@@ -81,6 +82,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "render more clips like the ones it fails (0: off)")
     d.add_argument("--mining-fraction", type=float, default=0.5, help="share of clips drawn from the mined failures")
     d.add_argument("--resume-pack", default=None, help="start from a committed resume pack when --out has no checkpoint")
+    d.add_argument("--init-student", default=None,
+                   help="a DiT file the student starts from instead of the teacher (a --mode cfg run, exported)")
     b = stages.add_parser("bundle", help="assemble a model bundle (model.json + weights) from training runs")
     b.add_argument("--teacher-run", required=True)
     b.add_argument("--student-run", default=None)
@@ -112,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
                             student_lr=args.lr, fake_score_lr=args.lr, tangent_warmup=args.tangent_warmup,
                             seed=args.seed, checkpoint_every=args.checkpoint_every,
                             student_update_freq=args.student_update_freq, mining_every=args.mining_every,
-                            mining_fraction=args.mining_fraction)
+                            mining_fraction=args.mining_fraction, init_student=args.init_student)
         with process_group_from_env():  # torchrun: one process per GPU (or CPU gloo), FSDP-sharded networks
             ckpt = distill(args.teacher_bundle, cfg, args.out, args.device, args.threads, args.max_minutes,
                            args.resume_pack)

@@ -1,6 +1,7 @@
 """The rCM distillation loop: student (from the teacher) trained with sCM + DMD, a fake-score critic, EMA.
 
-Switches: mode "rcm" (both), "scm" (consistency only), "dmd" (score distillation only). Under torchrun the
+Switches: mode "rcm" (both), "scm" (consistency only), "dmd" (score distillation only), "cfg" (guidance
+distillation only: a first stage whose student `init_student` then starts rCM from). Under torchrun the
 three networks are sharded with FSDP2 (gloo on CPU, nccl on GPU): `batch_size` is the global batch, each rank
 renders its own clips for its rows and draws the shared noise of the whole batch (see distributed.py).
 """
@@ -29,10 +30,14 @@ from .distributed import (
     any_rank, copy_full_into, full_optimizer_state, full_tensors, load_optimizer_state, local_rows, mean_over_ranks,
     rank_world, restore_stream, shard, stream_states,
 )
-from .rcm import TrigFlow, backward_simulation, critic_loss, dmd_loss, sample_lognormal_angles, sample_shifted_angles, scm_loss
+from .rcm import (
+    TrigFlow, backward_simulation, critic_loss, dmd_loss, guidance_distillation_loss, sample_lognormal_angles,
+    sample_shifted_angles, scm_loss,
+)
 from .state import EMA, load_checkpoint, read_resume_pack, save_atomic, training_device
 
-MODES = {"rcm": (100.0, 1.0), "scm": (100.0, 0.0), "dmd": (0.0, 1.0)}  # (sCM loss scale, DMD loss scale)
+# (sCM loss scale, DMD loss scale); "cfg" has neither: its student regresses on the teacher's guided velocity
+MODES = {"rcm": (100.0, 1.0), "scm": (100.0, 0.0), "dmd": (0.0, 1.0), "cfg": (0.0, 0.0)}
 
 
 @dataclass
@@ -42,7 +47,7 @@ class DistillConfig:
     batch_size: int = 8
     student_lr: float = 5e-5
     fake_score_lr: float = 5e-5
-    betas: tuple[float, float] = (0.0, 0.999)
+    betas: tuple[float, float] | None = None  # None: rCM's (0, 0.999); (0.9, 0.999) for "cfg"
     weight_decay: float = 0.01
     grad_clip: float = 1.0
     guidance: float = 3.0           # teacher CFG folded into the targets: the student needs one pass per step
@@ -59,6 +64,8 @@ class DistillConfig:
     # prompts and mining_fraction of the clips then render the attributes of the ones it failed.
     mining_every: int = 0
     mining_fraction: float = 0.5
+    # A DiT file (`alice train export` of a "cfg" run) the student starts from instead of the teacher's weights.
+    init_student: str | None = None
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -66,7 +73,9 @@ class DistillConfig:
         if self.mining_every < 0 or not 0.0 <= self.mining_fraction <= 1.0:
             raise AliceError(f"--mining-every must be >= 0 and --mining-fraction in [0, 1]; got {self.mining_every} "
                              f"and {self.mining_fraction}")
-        self.betas = tuple(self.betas)
+        # rCM's losses take beta1 0; the plain regression of "cfg" oscillates without momentum (seen: loss
+        # 195 -> 250/100 alternating on a fixed batch, against 195 -> 5 with beta1 0.9)
+        self.betas = tuple(self.betas) if self.betas is not None else ((0.9, 0.999) if self.mode == "cfg" else (0.0, 0.999))
 
 
 def _trainable(model: torch.nn.Module) -> list[torch.nn.Parameter]:
@@ -77,9 +86,11 @@ class Distiller:
     """Holds the three networks and their optimisers; `step()` runs one student or critic iteration."""
 
     def __init__(self, teacher: WanDiT, cfg: DistillConfig, data: SyntheticVideoData, null_context: torch.Tensor,
-                 device: torch.device, student: WanDiT | None = None, fake: WanDiT | None = None) -> None:
-        """`student` / `fake` default to full copies of the teacher (rCM's set_up_model). A LoRA finetune passes
-        its own networks with only the adapters trainable; then only those are optimised and checkpointed.
+                 device: torch.device, student: WanDiT | None = None, fake: WanDiT | None = None,
+                 student_weights: dict[str, torch.Tensor] | None = None) -> None:
+        """`student` / `fake` default to full copies of the teacher (rCM's set_up_model); `student_weights` then
+        replace the student copy's weights (a guidance-distilled start). A LoRA finetune passes its own networks
+        with only the adapters trainable; then only those are optimised and checkpointed.
         Under torchrun all three are sharded here (FSDP2), so pass them unsharded."""
         self.cfg = cfg
         self.rows = local_rows(cfg.batch_size)
@@ -87,7 +98,12 @@ class Distiller:
         self.device = device
         self.scm_scale, self.dmd_scale = MODES[cfg.mode]
         teacher = teacher.to(device).eval().requires_grad_(False)
-        student = (student if student is not None else copy.deepcopy(teacher).requires_grad_(True)).to(device).train()
+        self.partial = student is not None  # only some weights train: save and average just those
+        if student is None:
+            student = copy.deepcopy(teacher).requires_grad_(True)
+            if student_weights is not None:
+                student.load_state_dict(student_weights)
+        student = student.to(device).train()
         self.student = shard(student)
         self.fake = None
         if self.dmd_scale > 0:
@@ -96,7 +112,6 @@ class Distiller:
         self.opt_student = torch.optim.AdamW(_trainable(self.student), lr=cfg.student_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_fake = (torch.optim.AdamW(_trainable(self.fake), lr=cfg.fake_score_lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
                          if self.fake is not None else None)
-        self.partial = student is not None  # only some weights train: save and average just those
         self.ema = EMA(self.student, cfg.ema_decay, trainable_only=self.partial)
         self.null_context = null_context.to(device)
         self.gen = torch.Generator().manual_seed(cfg.seed * 1000)  # the same on every rank: shared noise
@@ -124,6 +139,13 @@ class Distiller:
         n_sim = it % cfg.max_simulation_steps + 1
         if self.is_student_phase(it):
             self.opt_student.zero_grad(set_to_none=True)
+            if cfg.mode == "cfg":
+                t = sample_shifted_angles(cfg.batch_size, cfg.dmd_shift, self.gen)[rows].to(self.device)
+                noise = torch.randn(shape, generator=self.gen)[rows].to(self.device)
+                loss = guidance_distillation_loss(self._tf(self.student), self._tf(self.teacher), x0, ctx, null, t,
+                                                  noise, cfg.guidance)
+                loss.backward()
+                logs["cfg"] = loss.item()
             if self.scm_scale > 0:
                 t = sample_lognormal_angles(cfg.batch_size, cfg.p_mean, cfg.p_std, self.gen)[rows].to(self.device)
                 noise = torch.randn(shape, generator=self.gen)[rows].to(self.device)
@@ -218,7 +240,17 @@ def build_distiller(teacher_bundle: str | Path, cfg: DistillConfig, device: str 
     d = bundle.defaults
     data = SyntheticVideoData(autoencoder, text, size=d.width, frames=d.frames,
                               rng=np.random.default_rng(cfg.seed * 1000 + rank))
-    return Distiller(teacher, cfg, data, text.encode([""]), dev)
+    return Distiller(teacher, cfg, data, text.encode([""]), dev, student_weights=_initial_student(cfg, teacher))
+
+
+def _initial_student(cfg: DistillConfig, teacher: WanDiT) -> dict[str, torch.Tensor] | None:
+    if cfg.init_student is None:
+        return None
+    start = load_dit(cfg.init_student)
+    if start.config != teacher.config:
+        raise AliceError(f"--init-student {cfg.init_student}: its architecture differs from the teacher's; give a "
+                         "student exported from a distillation run of this teacher (alice train export)")
+    return {k: v.float() for k, v in start.state_dict().items()}
 
 
 def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path, device: str | None = None,

@@ -125,6 +125,25 @@ def scm_loss(
     return SCMOutput(loss=loss_scale * per_sample.mean(), tangent_norm=float(norm.mean()))
 
 
+def guidance_distillation_loss(
+    student: TrigFlow,
+    teacher: TrigFlow,
+    x0: torch.Tensor,
+    context: torch.Tensor,
+    null_context: torch.Tensor,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    guidance: float,
+) -> torch.Tensor:
+    """Guidance distillation: the student's one-pass F regresses on the teacher's guided F at noised clips (sum of
+    squares per sample, batch mean). A cheap stage before rCM: the student starts with CFG in its weights, so rCM's
+    guided targets no longer have to move it there (300 rCM iterations from the teacher did not, for shape)."""
+    x_t = _bcast(torch.cos(t), x0) * x0 + _bcast(torch.sin(t), x0) * noise
+    with torch.no_grad():
+        target = guided(teacher.F, x_t, t, context, null_context, guidance)
+    return (student.F(x_t, t, context) - target).pow(2).flatten(1).sum(dim=1).mean()
+
+
 def backward_simulation(
     student: TrigFlow,
     shape: tuple[int, ...],
