@@ -127,8 +127,8 @@ class AliceFinetune(AliceNode):
     DISPLAY_NAME = "Alice Finetune (LoRA)"
     DESCRIPTION = (
         "Trains a LoRA on your clips: first the teacher learns them, then the 4-step student is distilled from it. "
-        "Writes <lora_name>.safetensors (student) and <lora_name>.teacher.safetensors into models/loras for the "
-        "Alice LoRA Loader. Cancel keeps a checkpoint; queue again with the same inputs to resume."
+        "Writes <lora_name>.safetensors (student) and <lora_name>.teacher.safetensors into models/loras; the Alice "
+        "LoRA Loader lists the two as <lora_name> and puts each on its network. Cancel keeps a checkpoint; queue again with the same inputs to resume."
     )
     RETURN_TYPES = ("STRING", "STRING")
     RETURN_NAMES = ("lora_name", "teacher_lora_name")

@@ -15,6 +15,7 @@ from alice_core.models.runtime import DiTRuntime
 from alice_core.models.vae import WanVAE
 from alice_core.pipeline import VideoPipeline, load_pipeline, load_vae
 from alice_core.preview import remember_wan_vae
+from alice_core.train.finetune_job import finetune_lora_files, without_teacher_halves
 
 from . import host
 from .base import AliceNode
@@ -176,7 +177,8 @@ class AliceVAELoader(AliceNode):
 
 class AliceLoraLoader(AliceNode):
     DISPLAY_NAME = "Alice LoRA Loader"
-    DESCRIPTION = "Applies a LoRA from models/loras to the model; chain several loaders to stack LoRAs."
+    DESCRIPTION = ("Applies a LoRA from models/loras to the model; chain several loaders to stack LoRAs. A finetune's "
+                   "LoRA X is listed once: X goes on the 4-step student and X.teacher (beside it) on the teacher.")
     RETURN_TYPES = ("ALICE_MODEL",)
     RETURN_NAMES = ("model",)
 
@@ -187,8 +189,9 @@ class AliceLoraLoader(AliceNode):
         return {
             "required": {
                 "model": ("ALICE_MODEL", {"tooltip": "the model to add the LoRA to (it stays unchanged itself)"}),
-                "lora_name": ([*files, *shipped], {"tooltip": "a LoRA file in models/loras, or an example LoRA "
-                                                              "shipped with a bundled model"}),
+                "lora_name": (without_teacher_halves([*files, *shipped]), {
+                    "tooltip": "a LoRA file in models/loras, or an example LoRA shipped with a bundled model; a "
+                               "finetune's <name>.teacher file is applied with <name>, to the teacher"}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.01,
                                        "tooltip": "how much of the LoRA to add: 1 as trained, 0 none, negative "
                                                   "subtracts"}),
@@ -205,5 +208,15 @@ class AliceLoraLoader(AliceNode):
             lora_name = trained_lora  # a name in models/loras, as the finetune node returns it
         shipped = bundled_loras()
         if lora_name in shipped and lora_name not in host.model_files("loras"):
-            return (model.with_lora(shipped[lora_name], strength),)
-        return (model.with_lora(host.model_path("loras", lora_name), strength),)
+            path = Path(shipped[lora_name])
+        else:
+            path = host.model_path("loras", lora_name)
+        files = finetune_lora_files(path, list(model.dits))  # a finetune's LoRA: its teacher LoRA too
+        teacher = files.get("teacher")
+        if teacher is not None and files.get("rcm") != teacher and teacher.name in {n for n, _ in model.loras}:
+            # a graph from before the pair was listed as one entry: a second loader applying the teacher's half
+            raise AliceError(f"{teacher.name} is already on the model, and a finetune's LoRA applies it together "
+                             f"with its student LoRA; remove the LoRA loader that applies {teacher.name} alone")
+        for file in dict.fromkeys(files.values()):
+            model = model.with_lora(file, strength)
+        return (model,)

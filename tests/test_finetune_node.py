@@ -128,18 +128,21 @@ def test_image_batch_run_writes_loras_that_the_lora_loader_applies(env, referenc
     assert (meta["applies_to"], meta["rank"], meta["clips"], meta["base_model"]) == ("rcm", 2, 2, "random-test")
 
     loras = load_pack().NODE_CLASS_MAPPINGS["AliceLoraLoader"].INPUT_TYPES()["required"]["lora_name"][0]
-    assert set(names) <= set(loras)
+    assert names[0] in loras and names[1] not in loras  # the finetune is one entry: its student LoRA's name
     model = run_node("AliceModelLoader", model_name=MODEL, precision="fp32", offload=False, download=False)[0]
     base = {s: d.blocks[0].self_attn.q.weight.clone() for s, d in model.dits.items()}
     teacher = load_file(str(env.loras / names[1]))
-    for name, network, lora in ((names[0], "rcm", student), (names[1], "teacher", teacher)):
-        patched = run_node("AliceLoraLoader", model=model, lora_name=name, strength=1.0)[0]
-        up, down = lora["blocks.0.self_attn.q.lora_B.weight"], lora["blocks.0.self_attn.q.lora_A.weight"]
-        assert up.abs().max() > 0  # trained away from the zero init
-        expected = base[network] + (4.0 / 2) * (up @ down)  # alpha / rank
-        torch.testing.assert_close(patched.dits[network].blocks[0].self_attn.q.weight, expected, atol=1e-6, rtol=0)
-        other = "teacher" if network == "rcm" else "rcm"  # a finetune LoRA only touches the network it is for
-        torch.testing.assert_close(patched.dits[other].blocks[0].self_attn.q.weight, base[other], atol=0, rtol=0)
+    for trained_lora, changed in ((names[0], ("rcm", "teacher")), (names[1], ("teacher",))):
+        # the Finetune node's lora_name output brings both files, each to its network; its teacher_lora_name the
+        # teacher's alone
+        patched = run_node("AliceLoraLoader", model=model, lora_name=loras[0], strength=1.0,
+                           trained_lora=trained_lora)[0]
+        for network, lora in (("rcm", student), ("teacher", teacher)):
+            up, down = lora["blocks.0.self_attn.q.lora_B.weight"], lora["blocks.0.self_attn.q.lora_A.weight"]
+            assert up.abs().max() > 0  # trained away from the zero init
+            expected = base[network] + (4.0 / 2) * (up @ down) if network in changed else base[network]  # alpha/rank
+            torch.testing.assert_close(patched.dits[network].blocks[0].self_attn.q.weight, expected, atol=1e-6,
+                                       rtol=0)
 
     with pytest.raises(AliceError, match="style.safetensors already exists; choose another lora_name, or turn on "
                                          "restart"):

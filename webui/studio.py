@@ -20,16 +20,15 @@ import numpy as np
 from alice_core.bundle import DEFAULT_MODEL
 from alice_core.errors import AliceError
 from alice_core.limits import APP_WORDS
-from alice_core.loading.lora import lora_samplers
 from alice_core.models.runtime import DiTRuntime
 from alice_core.pipeline import GeneratedVideo, GenerationSettings, VideoPipeline
 from alice_core.preview import previewer_for
 from alice_core.sampling import RCM_MAX_STEPS
 from alice_core.train.clips import clips_from_files
-from alice_core.train.finetune import (
-    FinetuneConfig, FinetuneProgress, FinetuneResult, lora_file_stem, teacher_lora_path,
+from alice_core.train.finetune import FinetuneConfig, FinetuneProgress, FinetuneResult, lora_file_stem
+from alice_core.train.finetune_job import (
+    FinetuneOutputsExist, ForeignCheckpoint, finetune_lora_files, run_finetune_job, without_teacher_halves,
 )
-from alice_core.train.finetune_job import FinetuneOutputsExist, ForeignCheckpoint, run_finetune_job
 from alice_core.video_io import unique_path
 
 from .models import (
@@ -300,8 +299,7 @@ class Studio:
     def lora_names(self) -> list[str]:
         """The LoRAs the app offers: the .safetensors files directly in its LoRA folder, a finetune's pair (X and
         X.teacher) as one entry X, which the app applies to the right network itself."""
-        files = self._files_in_lora_folder()
-        return [name for name in files if _student_of(name) not in files]
+        return without_teacher_halves(self._files_in_lora_folder())
 
     def lora_path(self, name: str) -> Path:
         if name not in self.lora_names():
@@ -311,14 +309,7 @@ class Studio:
     def _lora_files(self, job: Job, pipe: VideoPipeline) -> dict[str, Path]:
         """{sampler: LoRA file} for the networks the job's LoRA changes ({} without a LoRA): for a finetune, its
         student file on the 4-step student and its teacher file on the teacher; any other LoRA on every network."""
-        if not job.lora:
-            return {}
-        path = self.lora_path(job.lora)
-        files = {sampler: path for sampler in lora_samplers(path, list(pipe.dits))}
-        partner = teacher_lora_path(path)
-        if "teacher" in pipe.dits and "teacher" not in files and partner.is_file():
-            files.update({sampler: partner for sampler in lora_samplers(partner, list(pipe.dits))})
-        return files
+        return finetune_lora_files(self.lora_path(job.lora), list(pipe.dits)) if job.lora else {}
 
     def _with_lora(self, pipe: VideoPipeline, job: Job) -> VideoPipeline:
         """The pipeline with the job's LoRA on copies of the networks it is for (the cached pipeline stays
@@ -387,12 +378,6 @@ class Studio:
             except ForeignCheckpoint:
                 raise AliceError(f"LoRA name {stem!r} has an unfinished run with other videos, captions, settings "
                                  "or model; tick 'Start over' to discard it, or choose another name") from None
-
-
-def _student_of(name: str) -> str:
-    """'x.teacher.safetensors' -> 'x.safetensors' (the student half of a finetune's pair); other names unchanged."""
-    stem = name.removesuffix(LORA_SUFFIX)
-    return stem.removesuffix(".teacher") + LORA_SUFFIX if stem.endswith(".teacher") else ""  # "": in no list
 
 
 def _captions(text: str, count: int) -> list[str]:

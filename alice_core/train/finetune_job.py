@@ -15,17 +15,19 @@ in their own terms (a node names its input, the app its checkbox, the CLI its fl
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from ..errors import AliceError
+from ..loading.lora import lora_samplers
 from .distributed import barrier, rank_world
 from .finetune import (
     CHECKPOINT_NAME, FinetuneConfig, FinetuneProgress, FinetuneResult, ForeignCheckpoint, TrainingClip, finetune,
     teacher_lora_path,
 )
 
-__all__ = ["FinetuneOutputsExist", "ForeignCheckpoint", "finetune_outputs", "run_finetune_job"]
+__all__ = ["FinetuneOutputsExist", "ForeignCheckpoint", "finetune_lora_files", "finetune_outputs", "run_finetune_job",
+           "without_teacher_halves"]
 
 
 class FinetuneOutputsExist(AliceError):
@@ -39,6 +41,27 @@ class FinetuneOutputsExist(AliceError):
 def finetune_outputs(out_file: str | Path) -> tuple[Path, Path]:
     """(student LoRA, teacher LoRA) of a job writing `out_file`."""
     return Path(out_file), teacher_lora_path(out_file)
+
+
+def without_teacher_halves(names: Iterable[str]) -> list[str]:
+    """A LoRA list with each finetune shown once: `X.teacher.safetensors` is left out where `X.safetensors` is
+    listed, because applying X applies both (`finetune_lora_files`). Names may be paths relative to a folder."""
+    names = list(names)
+    halves = {str(teacher_lora_path(name)) for name in names}
+    return [name for name in names if name not in halves]
+
+
+def finetune_lora_files(path: str | Path, samplers: list[str]) -> dict[str, Path]:
+    """{sampler: LoRA file} for the networks LoRA `path` changes among `samplers`: a finetune's student LoRA on the
+    4-step student and, where the model has a teacher, the teacher LoRA beside it on the teacher; any other LoRA
+    on every network."""
+    path = Path(path)
+    files = {sampler: path for sampler in lora_samplers(path, samplers)}
+    partner = teacher_lora_path(path)
+    if "teacher" in samplers and "teacher" not in files and partner.is_file() and \
+            lora_samplers(partner, samplers) == ["teacher"]:
+        files["teacher"] = partner
+    return files
 
 
 def run_finetune_job(
