@@ -404,6 +404,9 @@ def test_packaged_catalogue_has_the_models_the_project_promises():
         ("clip_vision_h.safetensors", "clip_vision"), ("models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth",
                                                         "clip_vision")}
     assert {"rcm-wan2.1-t2v-14b", "rcm-wan2.1-t2v-14b-hd720", "turbowan2.1-t2v-14b"} <= set(catalogue.models)
+    turbo720 = catalogue.models["turbowan2.1-t2v-14b-hd720"]
+    assert catalogue.files[turbo720.roles["dit"]].filename == "TurboWan2.1-T2V-14B-720P.pth"
+    assert (turbo720.defaults["width"], turbo720.defaults["height"], turbo720.defaults["rcm_steps"]) == (1280, 720, 4)
     # Alice's umT5 loader finds the tokenizer in google/umt5-xxl/ beside the encoder file.
     standalone = catalogue.expand(["rcm-wan2.1-t2v-1.3b"])
     assert {f.relative_path for f in standalone if f.folder == "text_encoders"} >= {
