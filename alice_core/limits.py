@@ -91,10 +91,9 @@ class GenerationShape:
 
 
 def dit_parameters(config: WanDiTConfig) -> int:
-    from .models.dit import WanDiT
+    from .models.dit import meta_state_dict
 
-    with torch.device("meta"):
-        return sum(t.numel() for t in WanDiT(config).state_dict().values())
+    return sum(t.numel() for t in meta_state_dict(config).values())
 
 
 def estimate_generation_bytes(shape: GenerationShape, precision: str, width: int, height: int, frames: int,

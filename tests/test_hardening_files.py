@@ -151,6 +151,19 @@ def test_nan_weights_are_refused(tmp_path):
         load_dit(path)
 
 
+def test_inf_weights_are_counted_and_large_finite_ones_load(tmp_path):
+    from alice_core.models.config import WanDiTConfig
+
+    dit = WanDiT(WanDiTConfig(dim=32, ffn_dim=64, num_heads=2, num_layers=1, in_dim=16, out_dim=16, text_dim=32))
+    dit.blocks[0].ffn[0].weight.data[:4] = 3e38  # finite, but their float32 sum overflows: not refused
+    good = save_dit(dit, tmp_path / "large.safetensors")
+    assert torch.equal(load_dit(good, precision="fp32").blocks[0].ffn[0].weight, dit.blocks[0].ffn[0].weight)
+    dit.blocks[0].ffn[0].weight.data[1, :3] = torch.tensor([float("inf"), -float("inf"), float("nan")])
+    bad = save_dit(dit, tmp_path / "inf.safetensors")
+    with pytest.raises(AliceError, match="'blocks.0.ffn.0.weight' holds 3 NaN/inf values"):
+        load_dit(bad, precision="fp32")
+
+
 def test_integer_weights_are_refused(tmp_path):
     from alice_core.models.config import WanDiTConfig
 

@@ -10,7 +10,7 @@ from ..errors import AliceError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..train.finetune import FinetuneConfig
+    from ..train.finetune_config import FinetuneConfig  # not finetune: it imports FSDP (~1 s)
 
     d = FinetuneConfig()
     p = sub.add_parser(

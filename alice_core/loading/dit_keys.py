@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 import torch
 
@@ -116,7 +117,7 @@ def infer_dit_config(state: dict[str, torch.Tensor], num_heads: int | None = Non
     )
 
 
-def check_state_matches(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+def check_state_matches(state: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise one clear error listing missing / unexpected keys and shape mismatches."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -26,7 +26,7 @@ import torch
 
 from ..errors import AliceError
 from ..models.config import DIT_PRESETS, WanDiTConfig
-from ..models.dit import WanDiT
+from ..models.dit import meta_state_dict
 from .checkpoint import open_checkpoint
 from .dit_keys import check_state_matches, infer_dit_config, official_key_from_diffusers
 
@@ -155,9 +155,7 @@ def detect_format(
         )
     config = config or _infer_config(recipes, source)
     # Shapes against the model the config describes; this also catches files whose blocks disagree.
-    with torch.device("meta"):
-        expected = WanDiT(config).state_dict()
-    check_state_matches(recipes, expected, source)
+    check_state_matches(recipes, meta_state_dict(config), source)
     return CheckpointFormat(source, layout, prefix, recipes, config, ignored)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import fully_shard
-from torch.distributed.tensor import DTensor, distribute_tensor
 
 from ..errors import AliceError
+
+# FSDP and DTensor (torch.distributed.fsdp / .tensor) take about 1 s to import, and the finetune settings that
+# `alice generate`'s parser reads import this module: they are imported where a model is sharded.
 
 
 @contextmanager
@@ -64,11 +65,20 @@ def shard(model: nn.Module) -> nn.Module:
     _, world = rank_world()
     if world == 1:
         return model
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
     mesh = init_device_mesh(next(model.parameters()).device.type, (world,))  # over the default process group
     for block in model.blocks:
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     return model
+
+
+def _is_dtensor(value: torch.Tensor) -> bool:
+    """isinstance(value, DTensor), without importing DTensor: none exists until its module has been imported."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(value, module.DTensor)
 
 
 def full_tensors(tensors: Mapping[str, torch.Tensor], all_ranks: bool = False) -> dict[str, torch.Tensor]:
@@ -77,7 +87,7 @@ def full_tensors(tensors: Mapping[str, torch.Tensor], all_ranks: bool = False) -
     keep = all_ranks or rank_world()[0] == 0
     out = {}
     for key, value in tensors.items():
-        full = value.full_tensor() if isinstance(value, DTensor) else value.detach()
+        full = value.full_tensor() if _is_dtensor(value) else value.detach()
         if keep:
             out[key] = full.cpu()
     return out
@@ -92,7 +102,9 @@ def copy_full_into(targets: Mapping[str, torch.Tensor], full: Mapping[str, torch
 
 def _like(value: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """`value` laid out as `target`: this rank's shard when target is sharded, else value itself."""
-    if isinstance(target, DTensor) and not isinstance(value, DTensor):
+    if _is_dtensor(target) and not _is_dtensor(value):
+        from torch.distributed.tensor import distribute_tensor
+
         return distribute_tensor(value.to(target.device, target.dtype), target.device_mesh, target.placements)
     return value
 
