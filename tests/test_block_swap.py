@@ -51,6 +51,18 @@ def test_swapped_forward_is_identical_and_keeps_at_most_k_blocks(k):
         assert torch.equal(model(x, t, ctx), expected)
 
 
+def test_a_model_loaded_in_inference_mode_swaps_too():
+    # ComfyUI runs its loader nodes under inference_mode: the parameters are inference tensors
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        model = WanDiT(CFG).eval().requires_grad_(False)
+    x, t, ctx = inputs()
+    with torch.inference_mode():
+        expected = model(x, t, ctx)
+        swap = BlockSwap(model, blocks_on_device=1, device="cpu")
+        assert torch.equal(model(x, t, ctx), expected) and swap.peak_resident == 1
+
+
 def test_k_out_of_range_names_the_limit():
     with pytest.raises(AliceError, match="between 1 and the model's 6 blocks"):
         BlockSwap(WanDiT(CFG), blocks_on_device=0, device="cpu")

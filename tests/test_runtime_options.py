@@ -11,6 +11,7 @@ import torch
 from alice_core.models.config import WanDiTConfig
 from alice_core.models.dit import WanDiT
 from alice_core.models.runtime import DiTRuntime, prepare_dit
+from alice_core.pipeline import GenerationSettings, load_pipeline
 from alice_core.video_io import read_video
 
 
@@ -50,3 +51,27 @@ def test_compiled_blocks_match_eager():
         prepare_dit(model, "cpu", DiTRuntime(compile=True))
         compiled = model(x, t, ctx)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_model_loader_node_and_app_cache_run_every_dit_with_the_chosen_runtime(tmp_path, monkeypatch):
+    from tests.bundles import random_tiny_bundle
+    from tests.comfy_host import run_node
+    from webui.models import ModelChoice, PipelineCache
+
+    monkeypatch.setenv("ALICE_HOME", str(tmp_path / "home"))
+    bundle = random_tiny_bundle(tmp_path / "home" / "diffusion_models" / "three-blocks", num_layers=3)
+    node_pipe = run_node("AliceModelLoader", model_name="three-blocks/model.json", precision="fp32", offload=False,
+                         download=False, attention="sage", blocks_on_gpu=1)[0]
+    choice = ModelChoice("three-blocks", "local", "three-blocks", str(bundle.folder))
+    app_pipe = PipelineCache("cpu", runtime=DiTRuntime("sage", 1)).get(choice, "fp32")
+    plain = load_pipeline(str(bundle.folder), precision="fp32")
+    for pipe in (node_pipe, app_pipe):
+        for sampler, dit in pipe.dits.items():
+            assert dit.block_swap.streamed == [0, 1, 2] and dit.blocks[0].self_attn.attention.requested == "sage"
+            cfg = dit.config
+            x, t, ctx = torch.randn(1, cfg.in_dim, 3, 8, 8), torch.tensor([600.0]), torch.randn(1, 7, cfg.text_dim)
+            with torch.inference_mode():
+                assert torch.equal(dit(x, t, ctx), plain.dits[sampler](x, t, ctx))
+            assert dit.block_swap.peak_resident == 1
+    settings = GenerationSettings(prompt="a red ball", seed=2, steps=2)
+    assert np.array_equal(app_pipe.generate(settings).frames, plain.generate(settings).frames)

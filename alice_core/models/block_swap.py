@@ -90,8 +90,11 @@ class BlockSwap:
         """Start copying block i to the device (on the side stream when there is one)."""
         if i in self.resident:
             return
-        # Plain tensors even inside ComfyUI's inference_mode, so a later training step could still use the model.
-        with torch.inference_mode(False), torch.no_grad():
+        # Copies of the masters' kind: plain tensors for a model loaded outside inference mode, even when it runs
+        # inside ComfyUI's (a later training step could still use it); inference tensors for one loaded inside it
+        # (ComfyUI's loader nodes), whose parameters cannot point at plain tensors ("Inference tensors do not track
+        # version counter" at the first forward).
+        with torch.inference_mode(self.masters[i][0].is_inference()), torch.no_grad():
             if self.copy_stream is not None:
                 self.copy_stream.wait_stream(torch.cuda.current_stream(self.device))
                 with torch.cuda.stream(self.copy_stream):
