@@ -190,8 +190,10 @@ def test_torchrun_distill_writes_on_rank_0_and_the_installed_command_resumes_it(
     bad = subprocess.run([*torchrun, "--batch-size", "3"], capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and not out.exists()
     errors = [line for line in bad.stderr.splitlines() if line.startswith("alice: error:")]
-    assert errors == ["alice: error: --batch-size 3 is the global batch and must be divisible by the 2 processes; "
-                      "use a multiple of 2"] * 2  # one line from each rank, no traceback of ours
+    # One line from each rank that prints it before torchrun stops the group on the first rank's exit (a rank slowed
+    # down by a busy machine can be stopped first: seen with the 2 cores loaded), no traceback of ours.
+    assert 1 <= len(errors) <= 2 and set(errors) == {
+        "alice: error: --batch-size 3 is the global batch and must be divisible by the 2 processes; use a multiple of 2"}
 
     run = subprocess.run([*torchrun, "--batch-size", "2", "--steps", "2"], capture_output=True, text=True, env=env,
                          timeout=300)
