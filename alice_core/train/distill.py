@@ -274,7 +274,7 @@ def distill(teacher_bundle: str | Path, cfg: DistillConfig, out_dir: str | Path,
     if rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
     miner = _miner(distiller, out_dir / "mining.csv" if rank == 0 else None) if cfg.mining_every > 0 else None
-    log = (out_dir / "loss.jsonl").open("a") if rank == 0 else None
+    log = (out_dir / "loss.jsonl").open("a", buffering=1) if rank == 0 else None  # line-buffered: readable live
 
     def save() -> None:
         state = distiller.state_dict()  # every rank gathers; rank 0 writes
