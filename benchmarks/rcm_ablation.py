@@ -10,7 +10,7 @@ then assembles the markdown report and the plot from whatever rows the cache hol
     # ... then the report from the cache alone
     python benchmarks/rcm_ablation.py
 
-Rows: teacher50, teacher4, scm4, dmd4, rcm1, rcm2, rcm4 (or "all"). A student is a distillation run folder
+Rows: teacher50, teacher4, scm4, dmd4, cfg4, rcm1, rcm2, rcm4 (or "all"). A student is a distillation run folder
 (checkpoint.pt from alice_core/train/distill.py; its EMA weights are exported into the cache) or a DiT .safetensors.
 """
 
@@ -69,6 +69,8 @@ ROWS = (
     Row("teacher4", "teacher 4 steps + CFG", "teacher", 4),
     Row("scm4", "sCM-only 4 steps", "scm", 4),
     Row("dmd4", "DMD-only 4 steps", "dmd", 4),
+    # The first stage of the shipped recipe: the teacher's CFG folded in by regression, no consistency loss.
+    Row("cfg4", "guidance-distilled only 4 steps", "cfg", 4),
     Row("rcm1", "rCM 1 step", "rcm", 1),
     Row("rcm2", "rCM 2 steps", "rcm", 2),
     Row("rcm4", "rCM 4 steps", "rcm", 4),

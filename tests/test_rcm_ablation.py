@@ -20,7 +20,7 @@ from tests.bundles import random_tiny_bundle
 
 ROW_LABELS = {
     "teacher50": "teacher 50 steps + CFG", "teacher4": "teacher 4 steps + CFG", "scm4": "sCM-only 4 steps",
-    "dmd4": "DMD-only 4 steps", "rcm1": "rCM 1 step", "rcm2": "rCM 2 steps", "rcm4": "rCM 4 steps",
+    "dmd4": "DMD-only 4 steps", "cfg4": "guidance-distilled only 4 steps", "rcm1": "rCM 1 step", "rcm2": "rCM 2 steps", "rcm4": "rCM 4 steps",
 }
 COMMON = ["--limit", "2", "--seeds", "0,1"]
 
@@ -37,7 +37,9 @@ def setup(tmp_path_factory) -> dict:
     bundle = random_tiny_bundle(tmp / "bundle")
     rcm_run = tmp / "rcm-run"
     distill(bundle.folder, DistillConfig(mode="rcm", steps=1, batch_size=1, checkpoint_every=1000), rcm_run)
-    paths = {"bundle": bundle.folder, "rcm_run": rcm_run, "scm_file": bundle.dits["rcm"],
+    cfg_run = tmp / "cfg-run"
+    distill(bundle.folder, DistillConfig(mode="cfg", steps=1, batch_size=1, checkpoint_every=1000), cfg_run)
+    paths = {"bundle": bundle.folder, "rcm_run": rcm_run, "cfg_run": cfg_run, "scm_file": bundle.dits["rcm"],
              "dmd_file": bundle.dits["teacher"], "cache": tmp / "cache", "out": tmp / "docs" / "ablation.md",
              "plot": tmp / "docs" / "ablation.png"}
     outputs = ["--cache", str(paths["cache"]), "--out", str(paths["out"]), "--plot", str(paths["plot"]), *COMMON]
@@ -45,7 +47,7 @@ def setup(tmp_path_factory) -> dict:
     assert ablation.main(["--teacher", str(bundle.folder), "--rows", "teacher50", *outputs]) == 0
     assert ablation.main(["--teacher", str(bundle.folder), "--student", f"rcm={rcm_run}",
                           "--student", f"scm={paths['scm_file']}", "--student", f"dmd={paths['dmd_file']}",
-                          "--rows", "teacher4,scm4,dmd4,rcm1,rcm2,rcm4", *outputs]) == 0
+                          "--student", f"cfg={cfg_run}", "--rows", "teacher4,scm4,dmd4,cfg4,rcm1,rcm2,rcm4", *outputs]) == 0
     # The report again from the cache alone, nothing computed.
     paths["out"].unlink()
     paths["plot"].unlink()
@@ -71,7 +73,7 @@ def _table(markdown: str) -> tuple[list[str], dict[str, dict[str, str]]]:
 
 def test_every_row_is_cached_with_its_scores_timings_and_identity(setup: dict) -> None:
     cached = _cached(setup)
-    passes = {"teacher50": 100, "teacher4": 8, "scm4": 4, "dmd4": 4, "rcm1": 1, "rcm2": 2, "rcm4": 4}
+    passes = {"teacher50": 100, "teacher4": 8, "scm4": 4, "dmd4": 4, "cfg4": 4, "rcm1": 1, "rcm2": 2, "rcm4": 4}
     for key, data in cached.items():
         assert data["label"] == ROW_LABELS[key]
         assert data["seeds"] == [0, 1] and len(data["prompts"]) == 2 and data["clips"] == 4
@@ -92,6 +94,8 @@ def test_every_row_is_cached_with_its_scores_timings_and_identity(setup: dict) -
     assert len(exported) == 1 and exported.pop().parent == setup["cache"] / "students"
     assert cached["rcm4"]["dit"]["source"] == str(setup["rcm_run"]) and cached["rcm4"]["dit"]["train_step"] == 1
     assert cached["rcm4"]["dit"]["sha256"] != cached["scm4"]["dit"]["sha256"]
+    assert cached["cfg4"]["dit"]["source"] == str(setup["cfg_run"]) and cached["cfg4"]["guidance"] is None
+    assert cached["cfg4"]["dit"]["sha256"] not in {cached[k]["dit"]["sha256"] for k in ("rcm4", "scm4", "dmd4")}
 
 
 def test_report_from_cache_has_every_row_and_the_cached_numbers(setup: dict) -> None:
@@ -163,7 +167,7 @@ def test_stale_or_missing_rows_are_reported_not_mixed_in(setup: dict, tmp_path: 
     out = tmp_path / "report.md"
     assert ablation.main(["--cache", str(cache), "--out", str(out), "--plot", "none", *COMMON]) == 0
     _, rows = _table(out.read_text())
-    assert "DMD-only 4 steps" not in rows and len(rows) == 6
+    assert "DMD-only 4 steps" not in rows and len(rows) == 7
     assert "DMD-only 4 steps: not measured" in out.read_text()
     # other seeds than the cached ones: nothing to report
     assert ablation.main(["--cache", str(cache), "--out", str(tmp_path / "x.md"), "--plot", "none", "--limit", "2",
