@@ -1,6 +1,8 @@
 """Wan2.2 two-expert sampling and the image-to-video conditioning tensor, against diffusers' WanPipeline
 (transformer + transformer_2 + boundary_ratio) and WanImageToVideoPipeline on small random weights."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -34,8 +36,14 @@ def test_rcm_i2v_schedule_runs_two_steps_on_each_expert():
     control = StepControl()
     sample_rcm(Experts(network("high"), network("low"), 0.9), (1, 4, 1, 2, 2), torch.Generator().manual_seed(0),
                steps=4, sigma_max=200.0, control=control)
-    assert [name for name, _ in seen] == ["high", "high", "low", "low"] == control.experts
-    assert [round(t / 1000, 3) for _, t in seen] == [0.995, 0.934, 0.853, 0.609]
+    # rCM's wan2pt2_i2v_rcm_infer.py schedule: TrigFlow angles [atan(sigma_max), 1.5, 1.4, 1.0] mapped to RF time
+    # s = sin t / (cos t + sin t); the high-noise expert while s >= boundary
+    angles = [math.atan(200.0), 1.5, 1.4, 1.0]
+    times = [math.sin(a) / (math.cos(a) + math.sin(a)) for a in angles]
+    assert [round(s, 3) for s in times] == [0.995, 0.934, 0.853, 0.609]
+    assert [t / 1000 for _, t in seen] == pytest.approx(times, abs=1e-5)
+    assert [name for name, _ in seen] == ["high" if s >= 0.9 else "low" for s in times] == control.experts
+    assert control.experts == ["high", "high", "low", "low"]
     # a boundary above every step's time gives the low-noise expert throughout
     control = StepControl()
     sample_rcm(Experts(network("high"), network("low"), 0.999), (1, 4, 1, 2, 2), torch.Generator(), steps=2,
@@ -223,3 +231,4 @@ def test_ti2v_first_frame_matches_diffusers_expand_timesteps():
     out = first.apply(out)
     assert torch.equal(out[:, :, :1], first.latent)
     assert rel_err(out, ref) < 1e-4
+
