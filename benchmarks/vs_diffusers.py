@@ -41,14 +41,17 @@ PEAK_TFLOPS_BF16 = 790.0
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
-def diffusers_dit(layers: int):
+def diffusers_dit(layers: int, device: str = "cpu"):
+    """diffusers' Wan2.1 1.3B-shaped DiT with `layers` blocks, its weights drawn on `device` (a GPU draws 1.3B
+    weights in well under a second; the same seed gives the same weights on the same device)."""
     from diffusers import WanTransformer3DModel
 
     torch.manual_seed(0)
-    model = WanTransformer3DModel(
-        num_layers=layers, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
-        in_channels=16, out_channels=16, freq_dim=256, patch_size=(1, 2, 2),
-    )
+    with torch.device(device):
+        model = WanTransformer3DModel(
+            num_layers=layers, num_attention_heads=12, attention_head_dim=128, ffn_dim=8960, text_dim=4096,
+            in_channels=16, out_channels=16, freq_dim=256, patch_size=(1, 2, 2),
+        )
     with torch.no_grad():
         for p in model.parameters():  # diffusers zero-inits some tables: random everywhere, as trained weights are
             p.copy_(torch.randn_like(p) * p.shape[-1] ** -0.5 if p.ndim > 1 else 0.02 * torch.randn_like(p))
@@ -69,7 +72,7 @@ def diffusers_vae():
 def build(part: str, which: str, layers: int, device: str, dtype: torch.dtype):
     """The model of one part (dit, vae, vae-encode) and implementation, on `device` in `dtype`."""
     if part == "dit":
-        ref = diffusers_dit(layers)
+        ref = diffusers_dit(layers, device)
         model = ref if which == "diffusers" else build_dit(ref.state_dict())
         return model.to(device, dtype)
     ref = diffusers_vae()
@@ -161,7 +164,8 @@ def peak_of(args, which: str) -> int:
     return json.loads(out.stdout.strip().splitlines()[-1])["peak_bytes"]
 
 
-def timed(part: str, args) -> dict[str, list[float]]:
+def timed(part: str, args) -> tuple[dict[str, list[float]], float]:
+    """Interleaved times of both implementations, and the largest |alice - diffusers| of their outputs."""
     dtype, device = DTYPES[args.dtype], args.device
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
     runs = {}
@@ -170,8 +174,9 @@ def timed(part: str, args) -> dict[str, list[float]]:
         runs[which] = runner(part, which, model, make_inputs(part, args.latent, device, dtype))
     times: dict[str, list[float]] = {"alice": [], "diffusers": []}
     with torch.inference_mode():
-        for run in runs.values():  # warm-up (kernels, caches)
-            run()
+        outputs = [run() for run in runs.values()]  # warm-up (kernels, caches)
+        max_diff = (outputs[0].float() - outputs[1].float()).abs().max().item()
+        del outputs
         for _ in range(args.repeats):
             for which, run in runs.items():  # interleaved: a drift in machine speed hits both
                 sync(device)
@@ -179,13 +184,22 @@ def timed(part: str, args) -> dict[str, list[float]]:
                 run()
                 sync(device)
                 times[which].append(clock() - start)
-    return times
+    return times, max_diff
 
 
-def table(part: str, args) -> str:
-    times = timed(part, args)
+def measure(part: str, args) -> dict:
+    """times (per implementation), ratios (alice / diffusers per interleaved pair), peaks (bytes, each measured in
+    its own process), max_diff (largest |alice - diffusers| of the outputs)."""
+    times, max_diff = timed(part, args)
     ratios = [a / d for a, d in zip(times["alice"], times["diffusers"])]
     peaks = {which: peak_of(argparse.Namespace(**{**vars(args), "part": part}), which) for which in times}
+    return {"times": times, "ratios": ratios, "peaks": peaks, "max_diff": max_diff}
+
+
+def table(part: str, args, result: dict | None = None) -> str:
+    """The markdown table of one part (measured now unless `result`, from measure(), is given)."""
+    result = result or measure(part, args)
+    times, ratios, peaks = result["times"], result["ratios"], result["peaks"]
     what = {"dit": f"DiT forward, {args.layers} blocks at 1.3B width", "vae": "VAE decode (Wan2.1, full width)",
             "vae-encode": "VAE encode (Wan2.1, full width)"}[part]
     lines = [
@@ -199,6 +213,7 @@ def table(part: str, args) -> str:
         lines.append(f"| {which} | {statistics.median(times[which]):.4f} | {min(times[which]):.4f} | {peaks[which] / 2**20:.1f} |")
     lines.append(f"| alice / diffusers | {statistics.median(ratios):.3f} (pairs {min(ratios):.3f}-{max(ratios):.3f}) | | "
                  f"{peaks['alice'] / max(peaks['diffusers'], 1):.3f} |")
+    lines.append(f"\nLargest |alice - diffusers| of the outputs: {result['max_diff']:.3g}")
     if part == "dit":
         tflop = dit_tflop(args.layers, args.latent)
         best = min(times["alice"])

@@ -80,6 +80,28 @@ def test_missing_package_falls_back_to_sdpa_with_one_line(name, monkeypatch, cap
     assert (backend(q, k, v).double() - reference_attention(q, k, v)).abs().max() < FP32_TOLERANCE
 
 
+def test_a_package_broken_at_import_falls_back_to_sdpa_with_one_line(monkeypatch, caplog):
+    # e.g. sageattention 1.x against a newer Triton: the import itself raises something other than ImportError
+    real_import = builtins.__import__
+
+    def broken(module, *args, **kwargs):
+        if module.split(".")[0] == "sageattention":
+            raise AttributeError("module 'triton.language' has no attribute 'fake'\nsecond line")
+        return real_import(module, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    with caplog.at_level(logging.WARNING):
+        backend = AttentionBackend("sage")
+        assert "sage" not in available_attention_backends()
+    assert backend.name == "sdpa"
+    assert [r.getMessage() for r in caplog.records] == [
+        "attention backend 'sage' could not be loaded (AttributeError: module 'triton.language' has no attribute "
+        "'fake'); using sdpa"
+    ]
+    q, k, v = qkv()
+    assert (backend(q, k, v).double() - reference_attention(q, k, v)).abs().max() < FP32_TOLERANCE
+
+
 def test_a_kernel_failing_at_run_time_falls_back_once(caplog):
     calls = []
 

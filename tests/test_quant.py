@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -76,6 +77,32 @@ def test_fp8_fast_matmul_path_where_supported_and_fallback_elsewhere(monkeypatch
     for odd in (make_fp8_linear(in_features=40), make_fp8_linear(fp8_dtype=torch.float8_e5m2), make_fp8_linear(fast=False)):
         odd(torch.randn(2, odd.in_features))
     assert len(calls) == 1  # sizes not multiple of 16, e5m2 weights, or fast path off: fall back
+
+
+def test_a_failing_fp8_matmul_falls_back_to_upcasting_once(monkeypatch, caplog):
+    calls = []
+
+    def refusing(*args, **kwargs):
+        calls.append(1)
+        raise RuntimeError("Only tensorwise scaling with contiguous inputs\nsecond line")
+
+    ops = fp8_ops()
+    layers = [ops.Linear(64, 48), ops.Linear(64, 32)]
+    for layer in layers:
+        layer.set_weight(torch.randn(layer.out_features, 64) / 8)
+    x = torch.randn(3, 64)
+    expected = [layer(x) for layer in layers]  # CPU: the upcast path
+    monkeypatch.setattr(quant, "_fp8_matmul_supported", lambda device: True)
+    monkeypatch.setattr(torch, "_scaled_mm", refusing)
+    with caplog.at_level(logging.WARNING):
+        got = [layer(x) for layer in layers] + [layers[0](x)]
+    assert len(calls) == 1  # the model's fp8 layers stop trying after the first failure
+    assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]) and torch.equal(got[2], expected[0])
+    assert [r.getMessage() for r in caplog.records] == [
+        "fp8 matmul (torch._scaled_mm) failed (Only tensorwise scaling with contiguous inputs); fp8 weights are "
+        "upcast to bfloat16 instead"
+    ]
+    assert fp8_ops().Linear.fast_matmul  # another model's layers still try the fast path
 
 
 def test_nf4_linear_against_dequantised_reference():

@@ -6,6 +6,7 @@ namespaces that build them (the ComfyUI pattern: `WanDiT(cfg, ops)` builds quant
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterable
 
 import torch
@@ -15,6 +16,8 @@ from torch import nn
 from ..errors import AliceError
 from ..models.ops import StandardOps
 from .precision import FP8_PRECISIONS, QUANTIZED_COMPUTE_DTYPE, check_precision
+
+logger = logging.getLogger(__name__)
 
 NF4_BLOCKSIZE = 64
 QUANTIZE_CHUNK_ELEMENTS = 1 << 20
@@ -103,7 +106,12 @@ class Fp8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.compute_dtype)
         if self._use_fast_path(x):
-            return self._fp8_matmul(x)
+            try:
+                return self._fp8_matmul(x)
+            except RuntimeError as e:  # a torch / GPU whose fp8 matmul refuses these tensors: upcast from now on
+                type(self).fast_matmul = False  # the class of this model's fp8 layers (one per fp8_ops() call)
+                logger.warning("fp8 matmul (torch._scaled_mm) failed (%s); fp8 weights are upcast to %s instead",
+                               str(e).splitlines()[0] if str(e) else type(e).__name__, str(self.compute_dtype)[6:])
         return F.linear(x, self.dequantized_weight(), self.bias)
 
     def _fp8_matmul(self, x: torch.Tensor) -> torch.Tensor:

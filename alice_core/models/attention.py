@@ -69,6 +69,10 @@ _KERNEL_FACTORIES: dict[str, Callable[[], Kernel]] = {
 }
 
 
+def _first_line(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+
+
 class AttentionBackend:
     """The attention kernel one model uses. `name` is what runs now: the requested backend or, after a fallback,
     'sdpa'. A failing kernel is dropped on its first failure, so later calls do not retry (and re-log) it."""
@@ -83,6 +87,8 @@ class AttentionBackend:
                 self.kernel = _KERNEL_FACTORIES[requested]()
             except ImportError as e:
                 self._fall_back(f"is not installed ({e.name or e})")
+            except Exception as e:  # installed but broken (built for another torch / Triton / CUDA)
+                self._fall_back(f"could not be loaded ({_first_line(e)})")
 
     def _fall_back(self, reason: str) -> None:
         logger.warning("attention backend '%s' %s; using sdpa", self.requested, reason)
@@ -96,7 +102,7 @@ class AttentionBackend:
             try:
                 return self.kernel(q, k, v).to(v.dtype).flatten(2)
             except Exception as e:  # any kernel failure (device, dtype, head size): the generation goes on
-                self._fall_back(f"failed ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+                self._fall_back(f"failed ({_first_line(e)})")
         return sdpa_kernel(q, k, v).flatten(2)
 
     def __repr__(self) -> str:
@@ -117,7 +123,7 @@ def available_attention_backends() -> list[str]:
     for name, factory in _KERNEL_FACTORIES.items():
         try:
             factory()
-        except ImportError:
+        except Exception:  # not installed, or broken
             continue
         found.append(name)
     return found
