@@ -11,9 +11,8 @@ from .bundle import ModelDefaults, resolve_bundle
 from .errors import AliceError
 from .generation import GenerationSettings
 from .limits import GenerationShape, check_generation_memory, parse_device
-from .models.config import WAN22_VAE, WanVAEConfig
 from .models.dit import WanDiT
-from .models.latent_space import LatentSpace, latent_space_for
+from .models.latent_space import LatentSpace, latent_space_for, wan_latent_space
 
 
 def preflight(
@@ -26,10 +25,11 @@ def preflight(
     low_noise_model: str | None = None,
     defaults: dict | None = None,
     clip_vision: str | None = None,
-) -> GenerationSettings | None:
+) -> GenerationSettings:
     """The settings against the model's architecture and latent space (read from headers and model.json), and the
     memory the generation needs against what the device has free (`defaults`: a catalogue model's preset, as for
-    `load_pipeline`). Returns the resolved settings; None for expert pairs, which generation checks once loaded."""
+    `load_pipeline`). Returns the resolved settings. An expert pair is checked as far as headers tell (the two
+    experts alike, the start image, the VAE's latent channels); its memory is checked once loaded."""
     from .loading.experts import find_expert_pair
     from .loading.formats import inspect_checkpoint
     from .loading.precision import check_precision
@@ -39,7 +39,7 @@ def preflight(
     dev = parse_device(device)
     bundle = resolve_bundle(model) if low_noise_model is None else None
     if bundle is None and (low_noise_model is not None or find_expert_pair(model) is not None):
-        return None
+        return _preflight_pair(settings, model, low_noise_model, vae, defaults)
     if bundle is not None:
         files, model_defaults, name = dict(bundle.dits), bundle.defaults, bundle.name
         others = [text_encoder or bundle.text_encoder_source, vae or _bundle_vae_file(bundle)]
@@ -52,8 +52,8 @@ def preflight(
     configs = {sampler: inspect_checkpoint(file).config for sampler, file in files.items()}
     if bundle is not None and not vae:
         space = latent_space_for(bundle.autoencoder)
-    else:  # the Wan VAE the DiT is made for (the loaded pipeline checks the VAE actually given)
-        space = wan_latent_space(next(iter(configs.values())).out_dim)
+    else:
+        space = _vae_space(vae, next(iter(configs.values())).out_dim)
     with torch.device("meta"):
         dits = {sampler: WanDiT(config) for sampler, config in configs.items()}
     resolved = VideoPipeline(name, dits, space, defaults=model_defaults, device=dev).resolve(settings)
@@ -68,11 +68,36 @@ def preflight(
     return resolved
 
 
-def wan_latent_space(channels: int) -> LatentSpace:
-    """The latent space of the Wan VAE that makes `channels`-channel latents (Wan2.2's 48, else Wan2.1's 16)."""
-    cfg = WAN22_VAE if channels == WAN22_VAE.z_dim else WanVAEConfig()
-    name = "Wan2.2 VAE" if cfg is WAN22_VAE else "Wan2.1 VAE"
-    return LatentSpace(name, cfg.z_dim, cfg.temporal_stride, cfg.spatial_stride, cfg.latents_mean, cfg.latents_std)
+def _preflight_pair(settings: GenerationSettings, model: str, low_noise_model: str | None, vae: str | None,
+                    defaults: dict | None) -> GenerationSettings:
+    """A Wan2.2 pair from its headers: both experts of one architecture, the boundary, the start image the pair
+    takes (or refuses) and the VAE's latent channels, each refused before either expert is read."""
+    from .loading.experts import (
+        CLI_PAIR_FIX, PAIR_FIX, check_pair_files, default_boundary, default_teacher_settings, find_expert_pair,
+    )
+    from .sampling import Experts
+    from .video_pipeline import VideoPipeline
+
+    found = find_expert_pair(model) if low_noise_model is None else None
+    high, low = (model, low_noise_model) if found is None else (found.high, found.low)
+    config = check_pair_files(high, low, CLI_PAIR_FIX if found is None else PAIR_FIX)
+    boundary = found.boundary if found is not None and found.boundary is not None else default_boundary(config)
+    with torch.device("meta"):
+        dit = WanDiT(config)
+    pair = Experts(dit, dit, boundary)
+    preset = ModelDefaults.from_dict({**default_teacher_settings(config), **(defaults or {})}, f"{model}: defaults")
+    space = _vae_space(vae, config.out_dim)
+    return VideoPipeline(Path(model).stem, {"rcm": pair, "teacher": pair}, space, defaults=preset).resolve(settings)
+
+
+def _vae_space(vae: str | None, channels: int) -> LatentSpace:
+    """The latent space of the Wan VAE file given (its z_dim read from the header), else of the one a DiT making
+    `channels`-channel latents is made for."""
+    if vae:
+        from .loading.vae import inspect_vae
+
+        channels = inspect_vae(vae).z_dim
+    return wan_latent_space(channels)
 
 
 def _bundle_vae_file(bundle) -> str | None:

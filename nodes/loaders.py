@@ -8,6 +8,7 @@ from pathlib import Path
 from alice_core.bundle import bundled_loras, bundled_models
 from alice_core.errors import AliceError
 from alice_core.hub import load_catalogue, resolve_catalogue_model
+from alice_core.loading.experts import NODE_PAIR_FIX, check_pair_files
 from alice_core.loading.precision import HOST_PRECISION_NAMES, resolve_precision
 from alice_core.loading.text_encoders import load_text_encoder
 from alice_core.models.attention import ATTENTION_BACKENDS, DEFAULT_ATTENTION
@@ -108,6 +109,8 @@ class AliceModelLoader(AliceNode):
         if boundary and low is None:
             raise AliceError("input 'boundary' is for two-expert (Wan2.2 A14B) models: set it to 0, or choose the "
                              "low-noise expert in 'low_noise_model_name'")
+        if low is not None:  # from the two headers, before either expert is read
+            check_pair_files(source, low, NODE_PAIR_FIX)
         device = host.compute_device()
         offload_device = host.offload_device() if offload else None
         runtime = DiTRuntime(attention, blocks_on_gpu or None, compile)

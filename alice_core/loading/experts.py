@@ -66,13 +66,24 @@ def default_teacher_settings(config: WanDiTConfig) -> dict[str, float]:
     return {"shift": 12.0, "guidance": 4.0, "guidance_low": 3.0}
 
 
-def check_same_architecture(high: WanDiTConfig, low: WanDiTConfig, high_name: str, low_name: str) -> None:
-    differ = [f"{k} {a} vs {b}" for k, a in high.to_dict().items() if a != (b := low.to_dict()[k])]
+PAIR_FIX = "pass the two experts of one Wan2.2 model"
+CLI_PAIR_FIX = f"{PAIR_FIX} (--model HIGH --low-noise-model LOW)"
+NODE_PAIR_FIX = "choose the two experts of one Wan2.2 model in inputs 'model_name' and 'low_noise_model_name'"
+
+
+def check_pair_files(high: str | Path, low: str | Path, fix: str = PAIR_FIX) -> WanDiTConfig:
+    """The pair's architecture, read from the two headers alone, so a mismatched pair fails before any weight is
+    read; `fix` says how to give a matching pair in the caller's words (a CLI flag, a node input)."""
+    from .formats import inspect_checkpoint
+
+    high_cfg, low_cfg = inspect_checkpoint(high).config, inspect_checkpoint(low).config
+    differ = [f"{k} {a} vs {b}" for k, a in high_cfg.to_dict().items() if a != (b := low_cfg.to_dict()[k])]
     if differ:
         raise AliceError(
-            f"the high-noise model {high_name} and the low-noise model {low_name} have different architectures "
-            f"({', '.join(differ[:3])}); pass the two experts of one Wan2.2 model"
+            f"the high-noise model {high} and the low-noise model {low} have different architectures "
+            f"({', '.join(differ[:3])}); {fix}"
         )
+    return high_cfg
 
 
 def load_expert_pair(
@@ -85,11 +96,8 @@ def load_expert_pair(
     """Both experts, each read and converted (quantised) tensor by tensor like any single DiT; `boundary` None
     means Wan's default for the pair's task."""
     from .dit import load_dit
-    from .formats import inspect_checkpoint
 
-    # architectures first, from the headers alone, so a mismatched pair fails before any weight is read
-    high_cfg, low_cfg = inspect_checkpoint(high).config, inspect_checkpoint(low).config
-    check_same_architecture(high_cfg, low_cfg, str(high), str(low))
+    high_cfg = check_pair_files(high, low)
     boundary = default_boundary(high_cfg) if boundary is None else boundary
     pair_boundary = Experts(None, None, boundary).boundary  # validates before the long loads
     return Experts(

@@ -268,6 +268,21 @@ def _check_state(
     raise AliceError(f"{source}: checkpoint does not fit the Wan VAE ({arch}): " + " | ".join(problems))
 
 
+def inspect_vae(source: str | Path) -> WanVAEConfig:
+    """The architecture of a Wan VAE file (or diffusers `vae/` folder) from its tensor names and shapes alone:
+    nothing is read, so what a pipeline needs of its VAE (the latent channels) is checked before any loading."""
+    from .checkpoint import open_checkpoint
+
+    with open_checkpoint(source) as reader:
+        shapes: Mapping = reader.infos  # name -> TensorInfo, which has the .shape the inference reads
+    try:
+        if detect_vae_layout(shapes) == "diffusers":
+            shapes = vae_diffusers_to_official(shapes)
+        return infer_vae_config(shapes)
+    except AliceError as exc:
+        raise AliceError(f"{source}: {exc}") from None
+
+
 def load_wan_vae(
     source: str | Path | Mapping[str, torch.Tensor],
     dtype: torch.dtype = torch.float32,
