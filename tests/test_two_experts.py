@@ -232,3 +232,49 @@ def test_ti2v_first_frame_matches_diffusers_expand_timesteps():
     assert torch.equal(out[:, :, :1], first.latent)
     assert rel_err(out, ref) < 1e-4
 
+
+def test_wan21_i2v_with_diffusers_own_clip_image_encoder(tmp_path):
+    """Wan2.1 I2V with WanImageToVideoPipeline's image_encoder + image_processor (transformers' CLIPVisionModel and
+    CLIPImageProcessor) against Alice's CLIP vision loader on the same folder: the CLIP tokens themselves, then the
+    sampled latents. A 32x32 picture, video and CLIP input, so neither side resizes and the two bicubic
+    implementations do not enter."""
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModel
+
+    from alice_core.expert_swap import velocities
+    from alice_core.loading.clip_vision import load_clip_vision
+
+    torch.manual_seed(0)
+    encoder = CLIPVisionModel(CLIPVisionConfig(hidden_size=40, intermediate_size=64, num_hidden_layers=3,
+                                               num_attention_heads=2, image_size=32, patch_size=16,
+                                               hidden_act="gelu")).eval()
+    encoder.save_pretrained(tmp_path / "clip")
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    ref_dit = tiny_diffusers_model(seed=24, in_channels=36, out_channels=16, image_dim=40, added_kv_proj_dim=48)
+    dit = build_dit(ref_dit.state_dict(), WanDiTConfig(dim=48, ffn_dim=64, num_heads=2, num_layers=2, text_dim=32,
+                                                       text_len=512, in_dim=36, image_dim=40))
+    ref_vae = tiny_vae()
+    vae = load_wan_vae({vae_official_key(k, TINY_VAE["num_res_blocks"]): v for k, v in ref_vae.state_dict().items()})
+    pipe = WanImageToVideoPipeline(tokenizer=None, text_encoder=None, vae=ref_vae, scheduler=euler_scheduler(3.0),
+                                   transformer=ref_dit, image_encoder=encoder, image_processor=processor)
+    picture = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    start = fit_image(picture, 32, 32)
+    with torch.no_grad():
+        ref_tokens = pipe.encode_image(Image.fromarray(picture), torch.device("cpu"))
+    tokens = load_clip_vision(tmp_path / "clip").encode(start)
+    assert tokens.shape == ref_tokens.shape == (1, 5, 40)  # the class token and 2x2 patches, penultimate block
+    assert (tokens - ref_tokens).abs().max() < 1e-4
+
+    g = torch.Generator().manual_seed(6)
+    ctx, neg = torch.randn(1, 7, 32, generator=g), torch.randn(1, 5, 32, generator=g)
+    shape = (1, 16, 3, 4, 4)
+    noise = seeded_noise(shape, torch.Generator().manual_seed(10))
+    pad = lambda c: torch.nn.functional.pad(c, (0, 0, 0, 512 - c.shape[1]))  # noqa: E731
+    with torch.no_grad():
+        ref = pipe(image=Image.fromarray(picture), prompt_embeds=pad(ctx), negative_prompt_embeds=pad(neg),
+                   num_inference_steps=3, guidance_scale=3.0, latents=noise.clone(), num_frames=9, height=32,
+                   width=32, output_type="latent", return_dict=False)[0]
+    y = image_condition(vae, start, frames=9)
+    out = sample_flow_matching(velocities(dit, ctx, y, tokens), velocities(dit, neg, y, tokens), shape,
+                               torch.Generator().manual_seed(10), steps=3, guidance=3.0, shift=3.0)
+    assert rel_err(out, ref) < 1e-4
