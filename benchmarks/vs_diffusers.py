@@ -94,18 +94,30 @@ def make_inputs(part: str, latent: tuple[int, int, int], device: str, dtype: tor
     return (x,)
 
 
+def latent_stats(model, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' VAE config's per-channel latent mean and std, shaped and placed to broadcast over `like`."""
+    shape = (1, -1, 1, 1, 1)
+    return tuple(torch.tensor(getattr(model.config, name)).view(shape).to(like) for name in ("latents_mean", "latents_std"))
+
+
 def runner(part: str, which: str, model, inputs):
+    """The timed call. Alice's VAE encodes to and decodes from the normalised latent, diffusers' the raw one: its
+    decode gets the same latent de-normalised beforehand (not timed), its encode's result is normalised (two
+    elementwise ops, as Alice's encode does them), so both compute, and return, the same thing."""
     if part == "dit" and which == "diffusers":
         x, t, ctx = inputs
         return lambda: model(hidden_states=x, timestep=t, encoder_hidden_states=ctx, return_dict=False)[0]
     if part == "dit":
         return lambda: model(*inputs)
     if part == "vae-encode" and which == "diffusers":
-        return lambda: model.encode(inputs[0], return_dict=False)[0].mode()
+        mean, std = latent_stats(model, inputs[0])
+        return lambda: (model.encode(inputs[0], return_dict=False)[0].mode() - mean) / std
     if part == "vae-encode":
         return lambda: model.encode(inputs[0])
     if which == "diffusers":
-        return lambda: model.decode(inputs[0], return_dict=False)[0]
+        mean, std = latent_stats(model, inputs[0])
+        raw = inputs[0] * std + mean
+        return lambda: model.decode(raw, return_dict=False)[0]
     return lambda: model.decode(inputs[0])
 
 

@@ -70,14 +70,20 @@ def test_the_smoke_run_writes_every_table_with_what_it_measured(tmp_path):
     assert share.endswith(" s") and float(share.split("%")[0]) > 0  # against the step vs_diffusers measured
 
 
-@pytest.mark.slow  # inductor compiles one block on the CPU (tens of seconds)
-def test_the_compile_section_compiles_and_matches_eager(tmp_path):
-    run_smoke(tmp_path, "compile")
+@pytest.mark.slow  # inductor compiles one block on the CPU, and the full-width VAE decodes (tens of seconds)
+def test_the_compile_and_vae_sections_measure_the_same_outputs(tmp_path):
+    run_smoke(tmp_path, "compile,vae_vs_diffusers")
     text = (tmp_path / "compile.md").read_text()
     eager, compiled = table(text)
     assert (eager["run"], compiled["run"]) == ("eager", "torch.compile per block")
     assert "fell back to eager" not in text
     assert float(compiled["max abs diff vs first run"]) < 0.05  # bf16: inductor fuses differently
+
+    vae = (tmp_path / "vae_vs_diffusers.md").read_text()
+    assert vae.startswith("VAE decode (Wan2.1, full width), latent 2x4x4, bf16")
+    assert table(vae)[2][""] == "alice / diffusers"
+    # the same decode: diffusers given the de-normalised latent Alice's decode makes (nearly every pixel unclamped)
+    assert float(vae.split("Largest |alice - diffusers| of the outputs: ")[1].split()[0]) < 0.05
 
 
 def test_bad_sections_and_a_missing_gpu_name_the_fix(tmp_path, capsys):
