@@ -89,7 +89,7 @@ def test_the_compile_and_vae_sections_measure_the_same_outputs(tmp_path):
 def test_bad_sections_and_a_missing_gpu_name_the_fix(tmp_path, capsys):
     with pytest.raises(SystemExit):
         gpu_checks.main(["--out", str(tmp_path), "--smoke", "--sections", "attention,swap"])
-    assert "--sections: unknown swap; choose from attention, vs_diffusers" in capsys.readouterr().err
+    assert "--sections: unknown swap; choose from vs_diffusers, preview, block_swap_1.3b" in capsys.readouterr().err
     if not gpu_checks.torch.cuda.is_available():
         with pytest.raises(SystemExit):
             gpu_checks.main(["--out", str(tmp_path)])
