@@ -1,9 +1,9 @@
-"""Issue 16's bad input through the installed `alice` command, the library and the Model Loader node: a high/low
-pair whose architectures differ, an image-to-video model without a start image, a start image for a
-text-to-video model, and latents of one Wan VAE given to the other. Each is one line naming the fix in the words
-of the place (a CLI flag, a node input), exit 2 and no output file, and each is refused from the file headers
-before any weight is read: the DiTs here hold only NaN weights, which loading refuses with another error (the
-control runs with the same files and good input reach that error)."""
+"""Issue 16's bad input through the installed `alice` command, the library and the Model Loader node: a high/low pair
+whose architectures differ, an image-to-video model without a start image, a start image for a text-to-video model,
+latents of one Wan VAE given to the other, and a LoRA for a pair (not supported yet). Each is one line naming the
+fix in the words of the place (a CLI flag, a node input), exit 2 and no output file, and each is refused from the
+file headers before any weight is read: the DiTs here hold only NaN weights, which loading refuses with another
+error (the control runs with the same files and good input reach that error)."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def files(tmp_path_factory, tiny_umt5):  # noqa: F811
                                        num_res_blocks=1))
     save_file({k: v.contiguous() for k, v in wan22.state_dict().items()}, str(root / "wan2.2_vae.safetensors"))
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 56, 3), dtype=np.uint8)).save(root / "start.png")
+    save_file({"diffusion_model.blocks.0.ffn.2.diff": torch.zeros(16, 64)}, str(root / "lora.safetensors"))
     return root, tiny_umt5[0]
 
 
@@ -76,6 +77,10 @@ CASES = {  # model, flags, VAE, the words of the one error line
         "i2v_high.safetensors", ["--low-noise-model", "t2v_low.safetensors", "--image", "start.png"],
         "Wan2.1_VAE.pth", ["different architectures (in_dim 36 vs 16)",
                            "pass the two experts of one Wan2.2 model (--model HIGH --low-noise-model LOW)"]),
+    "LoRA on a pair": (
+        "i2v_high.safetensors", ["--low-noise-model", "i2v_low.safetensors", "--image", "start.png", "--lora",
+                                 "lora.safetensors"], "Wan2.1_VAE.pth",
+        ["--lora: LoRAs on two-expert (Wan2.2 A14B) models are not supported yet", "drop --lora"]),
     "48-channel DiT with the Wan2.1 VAE": (
         "ti2v_5b.safetensors", [], "Wan2.1_VAE.pth",
         ["makes 48-channel latents but the VAE has 16; use the Wan2.2 VAE (z_dim 48) (--vae)"]),

@@ -121,6 +121,7 @@ def _read_start_image(path: str):
 
 def run(args: argparse.Namespace) -> int:
     from ..limits import parse_device
+    from ..loading.experts import find_expert_pair
     from ..pipeline import GenerationSettings, load_pipeline
     from ..preflight import preflight
     from .download import catalogue_pipeline_args
@@ -138,6 +139,9 @@ def run(args: argparse.Namespace) -> int:
         args.clip_vision = args.clip_vision or found["clip_vision"]
         if found["lora"]:  # the model's own LoRA (lightx2v) first, then the user's
             loras.insert(0, (found["lora"], 1.0))
+    if loras and (args.low_noise_model or find_expert_pair(args.model)):
+        raise AliceError("--lora: LoRAs on two-expert (Wan2.2 A14B) models are not supported yet (each expert "
+                         "would need its own); drop --lora")
     if args.blocks_on_gpu is not None and args.blocks_on_gpu < 1:
         raise AliceError(f"--blocks-on-gpu {args.blocks_on_gpu}: give at least 1 block (or leave it out: all blocks)")
     from ..models.runtime import DiTRuntime
