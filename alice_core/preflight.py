@@ -54,8 +54,9 @@ def preflight(
         space = latent_space_for(bundle.autoencoder)
     else:
         space = _vae_space(vae, next(iter(configs.values())).out_dim)
-    with torch.device("meta"):
-        dits = {sampler: WanDiT(config) for sampler, config in configs.items()}
+    with torch.device("meta"):  # one network per architecture: the samplers of a bundle often share it
+        built = {config: WanDiT(config) for config in set(configs.values())}
+    dits = {sampler: built[config] for sampler, config in configs.items()}
     resolved = VideoPipeline(name, dits, space, defaults=model_defaults, device=dev).resolve(settings)
     image_dim = configs[resolved.sampler].image_dim
     if image_dim is not None and clip_vision is None:

@@ -68,18 +68,44 @@ def test_app_without_gradio_says_how_to_install_it():
                                  "`pip install -e .[app]`"
 
 
-def test_generate_imports_only_what_it_runs_and_skips_the_last_collection(tmp_path):
-    # Start-up time: a generation with the bundled model reads no FSDP/DTensor (about 1 s to import), transformers
-    # (MiniLM runs in plain torch), diffusers or Gradio; as the console script it freezes the heap on its way out.
+HEAVY = ("transformers", "diffusers", "gradio", "torch.distributed.fsdp", "torch.distributed.tensor")
+
+
+def _console_generate(out: Path, before: str = "pass") -> subprocess.CompletedProcess:
+    """`alice generate` as the console script runs it (main() without argv), with an atexit handler that reports the
+    heavy modules imported and whether the heap was frozen; `before` runs first."""
     script = (
-        "import gc, sys; from alice_core.cli import main; "
-        f"sys.argv = ['alice', 'generate', 'a ball', '-o', {str(tmp_path / 'a.gif')!r}, '--frames', '5']; rc = main(); "
-        "heavy = ('transformers', 'diffusers', 'gradio', 'torch.distributed.fsdp', 'torch.distributed.tensor'); "
-        "print(rc, gc.get_freeze_count() > 0, sorted(m for m in sys.modules if m in heavy))"
+        f"import atexit, gc, sys, threading, time; from alice_core.cli import main; {before}; "
+        f"atexit.register(lambda: print('atexit', gc.get_freeze_count() > 0, "
+        f"sorted(m for m in sys.modules if m in {HEAVY!r}))); "
+        "sys.argv = ['alice', 'generate', 'a ball', '-o', sys.argv[1], '--frames', '5']; main(); print('after main')"
     )
-    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=ENV, timeout=300)
+    return subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=ENV,
+                          timeout=300)
+
+
+def test_generate_imports_only_what_it_runs_and_ends_the_process_at_once(tmp_path):
+    # Start-up time: a generation with the bundled model reads no FSDP/DTensor (about 1 s to import), transformers
+    # (MiniLM runs in plain torch), diffusers or Gradio. As the console script it ends the process once the video is
+    # written: the atexit handlers run and stdout is flushed, nothing after main() runs (the interpreter's teardown
+    # is skipped), and an error keeps its exit code.
+    out = tmp_path / "a.gif"
+    for expected in (0, 2):  # the second run finds the file there
+        run = _console_generate(out)
+        assert run.returncode == expected, run.stderr
+        assert run.stdout.splitlines()[-1] == "atexit True []"
+        assert "after main" not in run.stdout
+    assert run.stdout.splitlines() == ["atexit True []"]
+    assert run.stderr.strip() == f"alice: error: {out} already exists; choose another -o path or delete it"
+    assert out.is_file()
+
+
+def test_generate_with_a_thread_running_ends_the_process_as_usual(tmp_path):
+    # A thread the host started (not daemon) is left to finish: the process ends through the interpreter's exit.
+    thread = "threading.Thread(target=lambda: (time.sleep(1), print('thread done'))).start()"
+    run = _console_generate(tmp_path / "a.gif", before=thread)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines()[-1] == "0 True []"
+    assert run.stdout.splitlines()[-3:] == ["after main", "thread done", "atexit True []"]
 
 
 def test_main_with_arguments_leaves_the_heap_unfrozen():

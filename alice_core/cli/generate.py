@@ -55,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--crf", type=int, default=19, help="mp4/webm quality (lower is better)")
     p.add_argument("--download", action="store_true", help="fetch a catalogue model (see alice download --list) if missing")
-    p.set_defaults(run=run)
+    p.set_defaults(run=run, ends_process=True)  # the video is placed and closed before run returns
     sub.add_parser("models", help="list bundled models").set_defaults(run=run_models)
 
 

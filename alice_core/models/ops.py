@@ -7,6 +7,8 @@ The models never name `nn.Linear` directly: they take an `ops` object whose `Lin
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,14 +20,27 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
     return x if x.dtype == torch.float64 else x.float()
 
 
+def skip_init_on_meta(init: Callable[[], None], weight: torch.Tensor) -> None:
+    """Run a layer's random init, except on the meta device (a checkpoint fills the weights there): torch's meta
+    kernels for uniform_ run in Python, ~20 ms per tiny DiT built, 5 builds per `alice generate`."""
+    if not weight.is_meta:
+        init()
+
+
 class Linear(nn.Linear):
     """nn.Linear that casts its input to the weight dtype, so float32 norm and modulation outputs can feed bf16 layers."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
 
+    def reset_parameters(self) -> None:
+        skip_init_on_meta(super().reset_parameters, self.weight)
+
 
 class Conv3d(nn.Conv3d):
+    def reset_parameters(self) -> None:
+        skip_init_on_meta(super().reset_parameters, self.weight)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x.to(self.weight.dtype))
 
