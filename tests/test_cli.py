@@ -71,14 +71,15 @@ def test_app_without_gradio_says_how_to_install_it():
 HEAVY = ("transformers", "diffusers", "gradio", "torch.distributed.fsdp", "torch.distributed.tensor")
 
 
-def _console_generate(out: Path, before: str = "pass") -> subprocess.CompletedProcess:
+def _console_generate(out: Path, before: str = "pass", after: str = "pass") -> subprocess.CompletedProcess:
     """`alice generate` as the console script runs it (main() without argv), with an atexit handler that reports the
-    heavy modules imported and whether the heap was frozen; `before` runs first."""
+    heavy modules imported and whether the heap was frozen; `before` runs first, `after` once main() returns."""
     script = (
-        f"import atexit, gc, sys, threading, time; from alice_core.cli import main; {before}; "
+        f"import atexit, gc, sys, threading; from alice_core.cli import main; {before}; "
         f"atexit.register(lambda: print('atexit', gc.get_freeze_count() > 0, "
         f"sorted(m for m in sys.modules if m in {HEAVY!r}))); "
-        "sys.argv = ['alice', 'generate', 'a ball', '-o', sys.argv[1], '--frames', '5']; main(); print('after main')"
+        "sys.argv = ['alice', 'generate', 'a ball', '-o', sys.argv[1], '--frames', '5']; main(); print('after main'); "
+        f"{after}"
     )
     return subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, env=ENV,
                           timeout=300)
@@ -102,10 +103,21 @@ def test_generate_imports_only_what_it_runs_and_ends_the_process_at_once(tmp_pat
 
 def test_generate_with_a_thread_running_ends_the_process_as_usual(tmp_path):
     # A thread the host started (not daemon) is left to finish: the process ends through the interpreter's exit.
-    thread = "threading.Thread(target=lambda: (time.sleep(1), print('thread done'))).start()"
-    run = _console_generate(tmp_path / "a.gif", before=thread)
+    thread = "done = threading.Event(); threading.Thread(target=lambda: (done.wait(), print('thread done'))).start()"
+    run = _console_generate(tmp_path / "a.gif", before=thread, after="done.set()")
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines()[-3:] == ["after main", "thread done", "atexit True []"]
+
+
+def test_importing_the_cli_freezes_what_it_imported_and_keeps_the_collector_as_it_was():
+    # Importing torch with the collector paused, then frozen: later collections skip its objects.
+    script = ("import gc, sys; gc.disable() if sys.argv[1] == 'off' else None; import alice_core.cli; "
+              "print(gc.isenabled(), 'torch' in sys.modules, gc.get_freeze_count() > 100_000)")
+    for collector, enabled in (("on", "True"), ("off", "False")):
+        run = subprocess.run([sys.executable, "-c", script, collector], capture_output=True, text=True, env=ENV,
+                             timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.split() == [enabled, "True", "True"]
 
 
 def test_main_with_arguments_leaves_the_heap_unfrozen():
