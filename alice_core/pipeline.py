@@ -42,6 +42,7 @@ def load_pipeline(
     defaults: ModelDefaults | dict | None = None,
     runtime: DiTRuntime = DiTRuntime(),
     clip_vision: str | None = None,
+    samplers: tuple[str, ...] | None = None,
 ) -> VideoPipeline:
     """A pipeline for a bundled model name, a bundle folder (or its model.json), a single Wan DiT checkpoint
     (+ `vae` and `text_encoder`, which also override a bundle's), or a Wan2.2 expert pair: an official / diffusers
@@ -49,7 +50,8 @@ def load_pipeline(
     (a node graph loads only the DiTs here). precision: a name of loading/precision.py, "auto" included.
     `defaults` are a single checkpoint's preset (a catalogue model's steps, sigma_max, boundary, size, ...).
     runtime: the DiT's attention kernel, block swap and compile (single DiTs; an expert pair keeps its own swap).
-    clip_vision: the CLIP image encoder a Wan2.1 I2V model needs."""
+    clip_vision: the CLIP image encoder a Wan2.1 I2V model needs. samplers: the ones of a bundle whose DiTs are
+    loaded (default all; a command running one sampler reads one network)."""
     from .loading.precision import compute_dtype, resolve_precision
     from .loading.text_encoders import load_text_encoder
     from .loading.vae import load_autoencoder, load_wan_vae
@@ -60,7 +62,8 @@ def load_pipeline(
     bundle = resolve_bundle(model) if low_noise_model is None else None
     if bundle is not None:
         name, defaults, space = bundle.name, bundle.defaults, latent_space_for(bundle.autoencoder)
-        dits = _load_bundle_dits(bundle.dits, precision, device, offload_device, runtime)
+        files = {s: file for s, file in bundle.dits.items() if samplers is None or s in samplers}
+        dits = _load_bundle_dits(files, precision, device, offload_device, runtime)
         encoder_source = text_encoder or bundle.text_encoder_source
     else:
         from .loading.experts import default_teacher_settings, find_expert_pair

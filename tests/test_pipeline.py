@@ -157,6 +157,23 @@ def test_cli_lora_flag_changes_the_video_and_reports(bundle, tmp_path, capsys):
     assert "lora" not in read_video_metadata(plain)
 
 
+def test_cli_reads_only_the_network_of_the_sampler_it_runs(bundle, tmp_path, monkeypatch):
+    # Start-up time: one DiT file read, not both; with a LoRA (it may be for the other network) both are.
+    import alice_core.loading.dit as dit_loading
+    from tests.test_nodes import write_lora
+
+    read, load_dit = [], dit_loading.load_dit
+    monkeypatch.setattr(dit_loading, "load_dit", lambda path, **kw: read.append(Path(path).name) or load_dit(path, **kw))
+    lora = tmp_path / "style.safetensors"
+    write_lora(lora, dim=32, seed=3, rank=2)
+    runs = {(): ["dit_rcm.safetensors"], ("--sampler", "teacher", "--steps", "2"): ["dit_teacher.safetensors"],
+            ("--lora", str(lora)): ["dit_rcm.safetensors", "dit_teacher.safetensors"]}
+    for i, (flags, files) in enumerate(runs.items()):
+        read.clear()
+        assert main(["generate", "a ball", "-o", str(tmp_path / f"{i}.gif"), "--model", str(bundle.folder), *flags]) == 0
+        assert sorted(read) == files
+
+
 def test_cli_lora_that_matches_nothing_is_an_error(bundle, tmp_path, capsys):
     from safetensors.torch import save_file
 

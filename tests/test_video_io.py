@@ -169,11 +169,13 @@ def test_ffmpeg_dying_mid_stream_leaves_nothing(tmp_path, monkeypatch):
 
 
 def test_gif_failure_mid_write_leaves_nothing(tmp_path, monkeypatch):
+    from PIL import Image
+
     def fail_after_partial_write(image, f, **kwargs):
         f.write(b"GIF89a partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(video_io.Image.Image, "save", fail_after_partial_write)
+    monkeypatch.setattr(Image.Image, "save", fail_after_partial_write)
     with pytest.raises(OSError, match="disk full"):
         write_video(moving_square(3), tmp_path / "clip.gif", fps=8)
     assert directory_names(tmp_path) == []

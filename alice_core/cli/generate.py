@@ -156,10 +156,12 @@ def run(args: argparse.Namespace) -> int:
         guidance_low=guidance_low, image=Path(args.image).name if args.image else None,
     )
     defaults = found["defaults"] if found else None
-    preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-              defaults, args.clip_vision)
+    resolved = preflight(settings, args.model, args.precision, args.vae, args.text_encoder, args.device,
+                         args.low_noise_model, defaults, args.clip_vision)
+    # Only the network of the sampler that runs is read, unless a LoRA (which may be for the other one) comes.
     pipe = load_pipeline(args.model, args.precision, args.vae, args.text_encoder, args.device, args.low_noise_model,
-                         args.boundary, defaults=defaults, runtime=runtime, clip_vision=args.clip_vision)
+                         args.boundary, defaults=defaults, runtime=runtime, clip_vision=args.clip_vision,
+                         samplers=None if loras else (resolved.sampler,))
     for path, strength in loras:
         # In place: nothing else uses the base networks in this process.
         pipe = pipe.with_lora(path, strength, copy=False, on_report=lambda r: print(r.summary(), file=sys.stderr))
