@@ -90,8 +90,11 @@ def test_a_failing_fp8_matmul_falls_back_to_upcasting_once(monkeypatch, caplog):
     layers = [ops.Linear(64, 48), ops.Linear(64, 32)]
     for layer in layers:
         layer.set_weight(torch.randn(layer.out_features, 64) / 8)
+        with torch.no_grad():  # the layers are built empty, as checkpoints fill them: give the bias values too
+            layer.bias.copy_(torch.randn(layer.out_features))
     x = torch.randn(3, 64)
     expected = [layer(x) for layer in layers]  # CPU: the upcast path
+    assert all(torch.isfinite(e).all() for e in expected)
     monkeypatch.setattr(quant, "_fp8_matmul_supported", lambda device: True)
     monkeypatch.setattr(torch, "_scaled_mm", refusing)
     with caplog.at_level(logging.WARNING):
