@@ -25,7 +25,7 @@ from torch import nn
 from ..errors import AliceError
 from .attention import DEFAULT_ATTENTION, AttentionBackend, shared_backend
 from .config import WanDiTConfig
-from .ops import StandardOps, upcast
+from .ops import Linear, StandardOps, upcast
 
 
 def sinusoidal_embedding(dim: int, position: torch.Tensor) -> torch.Tensor:
@@ -153,11 +153,25 @@ class ImageProjection(nn.Module):
         return self.proj(clip_embedding)
 
 
-class FeedForward(nn.Sequential):
-    """Linear -> GELU(tanh) -> Linear; indices 0 and 2 match the official `ffn.0` / `ffn.2` keys."""
+class GeluMlp(nn.Sequential):
+    """Linear -> GELU(tanh) -> Linear (indices 0 and 2, as the official `ffn.0` / `ffn.2` and `text_embedding.0` /
+    `.2` keys)."""
 
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, ops=StandardOps) -> None:
+        super().__init__(ops.Linear(in_dim, hidden_dim), nn.GELU(approximate="tanh"), ops.Linear(hidden_dim, out_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # A plain Linear fuses the GELU into its GEMM when it can (bf16 inference on a CPU): the hidden activation
+        # is then written once, not written, read and written again (1.2-2.4 ms of 7-9 per block at the 1.3B
+        # width, 192 tokens). Quantised layers, hooked (LoRA) layers and autograd run the layers one by one.
+        fc1, act, fc2 = self
+        hidden = fc1.gelu_tanh(x) if type(fc1).forward is Linear.forward else None
+        return fc2(act(fc1(x)) if hidden is None else hidden)
+
+
+class FeedForward(GeluMlp):
     def __init__(self, cfg: WanDiTConfig, ops=StandardOps) -> None:
-        super().__init__(ops.Linear(cfg.dim, cfg.ffn_dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.ffn_dim, cfg.dim))
+        super().__init__(cfg.dim, cfg.ffn_dim, cfg.dim, ops)
 
 
 class WanBlock(nn.Module):
@@ -221,7 +235,7 @@ class WanDiT(nn.Module):
         self.config = cfg
         backend = shared_backend(attention)
         self.patch_embedding = ops.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
-        self.text_embedding = nn.Sequential(ops.Linear(cfg.text_dim, cfg.dim), nn.GELU(approximate="tanh"), ops.Linear(cfg.dim, cfg.dim))
+        self.text_embedding = GeluMlp(cfg.text_dim, cfg.dim, cfg.dim, ops)
         self.time_embedding = nn.Sequential(ops.Linear(cfg.freq_dim, cfg.dim), nn.SiLU(), ops.Linear(cfg.dim, cfg.dim))
         self.time_projection = nn.Sequential(nn.SiLU(), ops.Linear(cfg.dim, cfg.dim * 6))
         self.blocks = nn.ModuleList([WanBlock(cfg, ops, backend) for _ in range(cfg.num_layers)])

@@ -7,6 +7,7 @@ The models never name `nn.Linear` directly: they take an `ops` object whose `Lin
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -27,11 +28,47 @@ def skip_init_on_meta(init: Callable[[], None], weight: torch.Tensor) -> None:
         init()
 
 
+@functools.lru_cache(maxsize=None)
+def _onednn_supports(dtype: torch.dtype) -> bool:
+    """oneDNN runs this half dtype natively on this CPU (bf16: AVX512-BF16 / AMX; fp16: AVX512-FP16)."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported() if dtype == torch.bfloat16 else torch.ops.mkldnn._is_mkldnn_fp16_supported()
+
+
+def _onednn_inference(weight: torch.Tensor) -> bool:
+    """Whether a half-precision CPU Linear may run as one oneDNN call with its bias (and activation) fused: no
+    autograd (grad mode off, no forward-mode dual level, no torch.func transform such as rCM's jvp), as the fused op
+    has no derivatives."""
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype in (torch.bfloat16, torch.float16)
+        and not torch.is_grad_enabled()
+        and torch.autograd.forward_ad._current_level < 0
+        and torch._C._functorch.peek_interpreter_stack() is None
+        and _onednn_supports(weight.dtype)
+    )
+
+
 class Linear(nn.Linear):
-    """nn.Linear that casts its input to the weight dtype, so float32 norm and modulation outputs can feed bf16 layers."""
+    """nn.Linear that casts its input to the weight dtype, so float32 norm and modulation outputs can feed bf16 layers.
+
+    Inference in bf16/fp16 on a CPU adds the bias inside the GEMM (oneDNN post-op) rather than in a second pass
+    over the output; `gelu_tanh` also applies GELU(tanh) there (the DiT's FFN), in float32 before the one rounding."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x.to(self.weight.dtype), self.weight, self.bias)
+        x = x.to(self.weight.dtype)
+        if _onednn_inference(self.weight):
+            return torch.ops.mkldnn._linear_pointwise(x, self.weight, self.bias, "none", [], "")
+        return F.linear(x, self.weight, self.bias)
+
+    def gelu_tanh(self, x: torch.Tensor) -> torch.Tensor | None:
+        """GELU(tanh)(self(x)) as one fused call when that is exact to do (see `_onednn_inference`, and no hooks
+        such as LoRA adapters' on this layer); None otherwise, and the caller runs the layers one by one."""
+        if self._forward_hooks or self._forward_pre_hooks or nn.modules.module._global_forward_hooks \
+                or nn.modules.module._global_forward_pre_hooks or not _onednn_inference(self.weight):
+            return None
+        return torch.ops.mkldnn._linear_pointwise(x.to(self.weight.dtype), self.weight, self.bias, "gelu", [], "tanh")
 
     def reset_parameters(self) -> None:
         skip_init_on_meta(super().reset_parameters, self.weight)
