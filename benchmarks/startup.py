@@ -29,8 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "a red ball bouncing"
 
 
-def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float]:
-    """(wall s, cpu s) of one whole process, run in `cwd` (`python -m` puts it first on sys.path: never a checkout)."""
+def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float, float]:
+    """(wall s, cpu s, peak MiB) of one whole process, run in `cwd` (`python -m` puts it first on sys.path: never a
+    checkout)."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -38,7 +39,7 @@ def _timed(cmd: list[str], env: dict[str, str], cwd: Path) -> tuple[float, float
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} exited {proc.returncode}")
-    return wall, usage.ru_utime + usage.ru_stime
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
 def _commit(checkout: Path) -> str:
@@ -46,7 +47,10 @@ def _commit(checkout: Path) -> str:
                           text=True).stdout.strip() or "?"
 
 
-def measure(checkouts: dict[str, Path], runs: int, folder: Path) -> tuple[dict[str, list[tuple[float, float]]], set]:
+Runs = list[tuple[float, float, float]]
+
+
+def measure(checkouts: dict[str, Path], runs: int, folder: Path) -> tuple[dict[str, Runs], set]:
     """Every command `runs` times in turn after one warm-up round; the sha256 of each checkout's videos."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"} | {"OMP_NUM_THREADS": "1"}
     bare = "import gc, os; gc.disable(); import torch; os._exit(0)"
@@ -54,8 +58,9 @@ def measure(checkouts: dict[str, Path], runs: int, folder: Path) -> tuple[dict[s
                 "floor without collector or teardown": ([sys.executable, "-c", bare], env)}
     for label, checkout in checkouts.items():
         compileall.compile_dir(checkout / "alice_core", quiet=1)
-        commands[label] = ([sys.executable, "-m", "alice_core", "generate", PROMPT, "-o"], env | {"PYTHONPATH": str(checkout)})
-    times: dict[str, list[tuple[float, float]]] = {label: [] for label in commands}
+        generate = [sys.executable, "-m", "alice_core", "generate", PROMPT, "-o"]
+        commands[label] = (generate, env | {"PYTHONPATH": str(checkout)})
+    times: dict[str, Runs] = {label: [] for label in commands}
     digests = set()
     for round_ in range(runs + 1):
         for label, (cmd, cmd_env) in commands.items():
@@ -68,21 +73,22 @@ def measure(checkouts: dict[str, Path], runs: int, folder: Path) -> tuple[dict[s
     return times, digests
 
 
-def _spread(values: list[float]) -> str:
+def _spread(values: tuple[float, ...]) -> str:
     return f"{statistics.median(values):.3f} ({min(values):.3f}-{max(values):.3f})"
 
 
-def table(times: dict[str, list[tuple[float, float]]], commits: dict[str, str]) -> str:
+def table(times: dict[str, Runs], commits: dict[str, str]) -> str:
     floor_label = next(iter(times))
     floor = times[floor_label]
     rows = ["| command | commit | wall s, median (min-max) | CPU s, median (min-max) | wall - floor, median "
-            "of rounds | wall / floor, median of rounds |", "|---|---|---|---|---|---|"]
+            "of rounds | wall / floor, median of rounds | peak RSS MiB, median |", "|---|---|---|---|---|---|---|"]
     for label, runs in times.items():
-        walls, cpus = [w for w, _ in runs], [c for _, c in runs]
-        above = [w - f for (w, _), (f, _) in zip(runs, floor)]
-        ratio = [w / f for (w, _), (f, _) in zip(runs, floor)]
+        walls, cpus, peaks = zip(*runs)
+        above = [w - f[0] for w, f in zip(walls, floor)]
+        ratio = [w / f[0] for w, f in zip(walls, floor)]
         rows.append(f"| {label} | {commits.get(label, '')} | {_spread(walls)} | {_spread(cpus)} | "
-                    f"{statistics.median(above):+.3f} | {statistics.median(ratio):.3f} |")
+                    f"{statistics.median(above):+.3f} | {statistics.median(ratio):.3f} | "
+                    f"{statistics.median(peaks):.0f} |")
     return "\n".join(rows)
 
 
