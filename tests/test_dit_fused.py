@@ -1,6 +1,7 @@
 """bf16 inference on a CPU runs each plain Linear as one oneDNN call with its bias (and the FFN's GELU) fused in:
 held to diffusers' WanTransformer3DModel and to the same layers run one by one; a hooked layer (LoRA), autograd and
-torch.func.jvp take the unfused path."""
+torch.func.jvp take the unfused path. Without autograd RMSNorm skips F.rms_norm's float32 temporaries: held to
+diffusers' RMSNorm."""
 
 import pytest
 import torch
@@ -85,3 +86,27 @@ def test_jvp_under_no_grad_takes_the_unfused_path():
     with torch.no_grad(), math_attention():
         _, tangent32 = torch.func.jvp(lambda v: model32(v, t, ctx.float()), (x.float(),), (torch.ones_like(x.float()),))
     assert rel_err(tangent.float(), tangent32) < 0.03
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rms_norm_inference_path_matches_diffusers(dtype):
+    """Without autograd RMSNorm writes x * rsqrt(mean(x^2) + eps) into x's dtype, then scales by the weight in place:
+    diffusers' RMSNorm rounds the same way."""
+    from diffusers.models.normalization import RMSNorm as DiffusersRMSNorm
+
+    torch.manual_seed(0)
+    ours, ref = ops.RMSNorm(1536, eps=1e-6), DiffusersRMSNorm(1536, eps=1e-6)
+    with torch.no_grad():
+        ours.weight.copy_(torch.randn(1536))
+        ref.weight.copy_(ours.weight)
+    ours, ref = ours.to(dtype), ref.to(dtype)
+    x = (torch.randn(1, 512, 1536) * 3).to(dtype)
+    with torch.no_grad():
+        got, expected = ours(x), ref(x)
+    assert got.dtype == dtype
+    if dtype == torch.float32:
+        assert rel_err(got, expected) < 1e-6
+    else:  # the same two roundings: at most one bf16 step apart (the sums of squares differ in their last bits)
+        assert (got.float() - expected.float()).abs().max().item() <= torch.finfo(dtype).eps * expected.abs().max().item()
+    assert rel_err(ours(x).float(), expected.float()) < (1e-6 if dtype == torch.float32 else 1e-2)  # autograd path
+
