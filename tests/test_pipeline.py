@@ -163,14 +163,16 @@ def test_cli_reads_only_the_network_of_the_sampler_it_runs(bundle, tmp_path, mon
     from tests.test_nodes import write_lora
 
     read, load_dit = [], dit_loading.load_dit
-    monkeypatch.setattr(dit_loading, "load_dit", lambda path, **kw: read.append(Path(path).name) or load_dit(path, **kw))
+    monkeypatch.setattr(dit_loading, "load_dit",
+                        lambda path, **kw: read.append(Path(path).name) or load_dit(path, **kw))
     lora = tmp_path / "style.safetensors"
     write_lora(lora, dim=32, seed=3, rank=2)
     runs = {(): ["dit_rcm.safetensors"], ("--sampler", "teacher", "--steps", "2"): ["dit_teacher.safetensors"],
             ("--lora", str(lora)): ["dit_rcm.safetensors", "dit_teacher.safetensors"]}
     for i, (flags, files) in enumerate(runs.items()):
         read.clear()
-        assert main(["generate", "a ball", "-o", str(tmp_path / f"{i}.gif"), "--model", str(bundle.folder), *flags]) == 0
+        out = tmp_path / f"{i}.gif"
+        assert main(["generate", "a ball", "-o", str(out), "--model", str(bundle.folder), *flags]) == 0
         assert sorted(read) == files
 
 

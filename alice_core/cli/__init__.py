@@ -21,9 +21,10 @@ from ..errors import user_message
 @contextmanager
 def imports_frozen() -> Iterator[None]:
     """No garbage collection while the body imports, then the heap is frozen (`gc.freeze`: what is alive now is
-    kept out of every later collection; the console script imports this module first). Importing torch (through the subcommands' modules, below) makes about a million
-    long-lived objects; the collector, run by allocation counts, walked them again and again as they were made
-    (~80 ms of a one-second import on a CPU) and again in each later full collection (~60 ms each)."""
+    kept out of every later collection; the console script imports this module first). Importing torch (through
+    the subcommands' modules, below) makes about a million long-lived objects; the collector, run by allocation
+    counts, walked them again and again as they were made (~80 ms of a one-second import on a CPU) and again in
+    each later full collection (~60 ms each)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
